@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+
+pub mod db;
+pub mod error;
+pub mod migrate;
+pub mod models;
+// `table!` generates a struct per column; the tables themselves carry doc comments.
+#[allow(missing_docs)]
+pub mod schema;
+
+pub use db::{Backend, Database, DatabaseUrl, DbConnection, PoolOptions, PooledConnection};
+pub use error::DbError;
+
+/// The current time truncated to microseconds, the precision PostgreSQL and MySQL keep, so a
+/// value read back compares equal to the value written on every backend.
+pub fn truncate_to_micros(t: chrono::NaiveDateTime) -> chrono::NaiveDateTime {
+    use chrono::Timelike;
+    let nanos = t.nanosecond();
+    t.with_nanosecond(nanos - nanos % 1_000).unwrap_or(t)
+}

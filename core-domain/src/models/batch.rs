@@ -1,0 +1,123 @@
+//! Rows of the batch metadata tables. The queries over them live in `batch-common`'s
+//! `JobRepository`, which owns their semantics (statuses, the live-execution guard, checkpoints).
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use crate::schema::{batch_item_failure, batch_job_execution, batch_job_instance, batch_step_execution};
+
+/// A job instance: job name + hash of the identifying parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = batch_job_instance)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
+pub struct JobInstance {
+    /// Primary key.
+    pub id: i64,
+    /// The job's name, e.g. `pointBalanceSyncJob`.
+    pub job_name: String,
+    /// Hash of the identifying parameters (unique with `job_name`).
+    pub job_key: String,
+    /// The identifying parameters as JSON.
+    pub parameters: String,
+    /// Created (UTC).
+    pub created_at: NaiveDateTime,
+}
+
+/// One run attempt of a job instance.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = batch_job_execution)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
+pub struct JobExecution {
+    /// Primary key.
+    pub id: i64,
+    /// The instance.
+    pub job_instance_id: i64,
+    /// STARTING, STARTED, STOPPING, STOPPED, COMPLETED, FAILED, ABANDONED.
+    pub status: String,
+    /// COMPLETED, COMPLETED_WITH_FAILURES, FAILED, NOOP, ...
+    pub exit_code: String,
+    /// Error or summary text.
+    pub exit_message: Option<String>,
+    /// All parameters of this run as JSON.
+    pub parameters: String,
+    /// `host:pid` of the process running it.
+    pub owner: Option<String>,
+    /// `job_instance_id` while live, NULL otherwise (UNIQUE: one live execution per instance).
+    pub live_instance_id: Option<i64>,
+    /// Created (UTC).
+    pub created_at: NaiveDateTime,
+    /// Started (UTC).
+    pub start_time: Option<NaiveDateTime>,
+    /// Ended (UTC).
+    pub end_time: Option<NaiveDateTime>,
+    /// Heartbeat (UTC).
+    pub last_updated: NaiveDateTime,
+}
+
+/// One step of one job execution.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = batch_step_execution)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
+pub struct StepExecution {
+    /// Primary key.
+    pub id: i64,
+    /// The job execution.
+    pub job_execution_id: i64,
+    /// The step's name.
+    pub step_name: String,
+    /// Step status.
+    pub status: String,
+    /// Items read.
+    pub read_count: i64,
+    /// Items written.
+    pub write_count: i64,
+    /// Items filtered out by the processor.
+    pub filter_count: i64,
+    /// Items skipped (recorded as item failures).
+    pub skip_count: i64,
+    /// Chunks committed.
+    pub commit_count: i64,
+    /// Chunks rolled back.
+    pub rollback_count: i64,
+    /// Retries (chunk and step level).
+    pub retry_count: i64,
+    /// Domain counters as a JSON object.
+    pub counters: String,
+    /// The checkpoint as JSON.
+    pub execution_context: String,
+    /// Exit code.
+    pub exit_code: String,
+    /// Error or summary text.
+    pub exit_message: Option<String>,
+    /// Started (UTC).
+    pub start_time: NaiveDateTime,
+    /// Ended (UTC).
+    pub end_time: Option<NaiveDateTime>,
+    /// Last change (UTC).
+    pub last_updated: NaiveDateTime,
+}
+
+/// An item that failed in a step (a partial failure).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = batch_item_failure)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
+pub struct ItemFailure {
+    /// Primary key.
+    pub id: i64,
+    /// The job execution it failed in.
+    pub job_execution_id: i64,
+    /// The instance (so a re-run can find the failures of earlier executions).
+    pub job_instance_id: i64,
+    /// The step.
+    pub step_name: String,
+    /// The item's key, e.g. a user id.
+    pub item_key: String,
+    /// The error.
+    pub error: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Recorded (UTC).
+    pub created_at: NaiveDateTime,
+    /// Set when a later run processed the item successfully.
+    pub resolved_at: Option<NaiveDateTime>,
+}
