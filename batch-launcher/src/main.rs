@@ -1,1 +1,31 @@
-fn main() {}
+//! `batch-launcher`: the one binary that runs every batch job.
+
+use batch_launcher::cli::Cli;
+use batch_launcher::{logging, run};
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(run::execute(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            let code = run::exit_code_for(&err);
+            tracing::debug!(error = ?err, "command failed");
+            // One line naming the problem, with its causes.
+            eprintln!("error: {err:#}");
+            code
+        }
+    };
+    code.into()
+}

@@ -105,9 +105,7 @@ pub struct TestDb {
 
 impl std::fmt::Debug for TestDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestDb")
-            .field("url", &self.url)
-            .finish()
+        f.debug_struct("TestDb").field("url", &self.url).finish()
     }
 }
 
@@ -140,9 +138,7 @@ impl TestDb {
                 let admin = mysql_admin_url();
                 admin_exec(
                     &admin,
-                    &format!(
-                        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-                    ),
+                    &format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"),
                 )
                 .await;
                 (with_database(&admin, &name), Some(admin), None)
@@ -187,7 +183,9 @@ impl TestDb {
 async fn admin_exec(admin_url: &str, sql: &str) {
     let url = DatabaseUrl::parse(admin_url).expect("admin URL");
     let mut conn = DbConnection::establish(&url).await.unwrap_or_else(|e| {
-        panic!("the test server at {url} is not reachable ({e}); start it with `scripts/services.sh`")
+        panic!(
+            "the test server at {url} is not reachable ({e}); start it with `scripts/services.sh`"
+        )
     });
     conn.batch_execute(sql)
         .await

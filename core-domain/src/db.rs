@@ -6,6 +6,7 @@
 //! every backend. [`Database`] is a bb8 pool of such connections.
 
 use std::fmt;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -189,6 +190,9 @@ pub fn redact(input: &str) -> String {
 /// One connection to any of the three backends.
 ///
 /// Use [`dispatch!`](crate::dispatch) to run the same diesel expression on whichever variant it is.
+// Connections live in pool slots and are never moved per query; boxing the PostgreSQL variant
+// would only add an indirection to every statement.
+#[allow(clippy::large_enum_variant)]
 pub enum DbConnection {
     /// A PostgreSQL connection.
     Postgres(AsyncPgConnection),
@@ -227,7 +231,9 @@ macro_rules! execute_owned {
             $crate::db::DbConnection::Postgres(c) => {
                 diesel_async::RunQueryDsl::execute($query, c).await
             }
-            $crate::db::DbConnection::Mysql(c) => diesel_async::RunQueryDsl::execute($query, c).await,
+            $crate::db::DbConnection::Mysql(c) => {
+                diesel_async::RunQueryDsl::execute($query, c).await
+            }
             $crate::db::DbConnection::Sqlite(c) => {
                 c.spawn_blocking(move |c| diesel::RunQueryDsl::execute($query, c))
                     .await
@@ -602,4 +608,18 @@ macro_rules! upsert {
             }
         }
     };
+}
+
+impl<'de> serde::Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        DatabaseUrl::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for DatabaseUrl {
+    /// Serializes the *redacted* form: a serialized configuration never carries the password.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
 }

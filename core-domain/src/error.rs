@@ -7,7 +7,9 @@
 #[non_exhaustive]
 pub enum DbError {
     /// The URL scheme is none of sqlite, postgres, mysql.
-    #[error("unsupported database URL scheme `{scheme}` (expected sqlite://, postgres:// or mysql://)")]
+    #[error(
+        "unsupported database URL scheme `{scheme}` (expected sqlite://, postgres:// or mysql://)"
+    )]
     UnsupportedScheme {
         /// The scheme that was given.
         scheme: String,

@@ -165,10 +165,14 @@ where
             .iter()
             .map(|m| m.name().to_string())
             .collect()),
-        Mode::Run => Ok(conn
-            .run_pending_migrations(migrations)?
-            .iter()
-            .map(ToString::to_string)
-            .collect()),
+        Mode::Run => {
+            let pending = conn.pending_migrations(migrations)?;
+            let mut names = Vec::with_capacity(pending.len());
+            for m in &pending {
+                conn.run_migration(m.as_ref())?;
+                names.push(m.name().to_string());
+            }
+            Ok(names)
+        }
     }
 }

@@ -12,7 +12,10 @@ async fn migrate_twice_is_a_no_op(backend: Backend) {
     let applied = migrate::run_pending(db.url()).await.unwrap();
     assert_eq!(applied.len(), all.len());
     assert!(migrate::pending(db.url()).await.unwrap().is_empty());
-    assert!(migrate::run_pending(db.url()).await.unwrap().is_empty(), "second run applied something");
+    assert!(
+        migrate::run_pending(db.url()).await.unwrap().is_empty(),
+        "second run applied something"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +60,9 @@ async fn mysql_concurrent_first_migrations_apply_once() {
 async fn server_databases_must_be_migrated_before_use() {
     for backend in [Backend::Postgres, Backend::Mysql] {
         let db = TestDb::unmigrated(backend).await;
-        let err = Database::connect(db.url(), &PoolOptions::default()).await.unwrap_err();
+        let err = Database::connect(db.url(), &PoolOptions::default())
+            .await
+            .unwrap_err();
         match &err {
             DbError::SchemaNotMigrated { pending, .. } => assert_eq!(pending.len(), 2),
             other => panic!("{backend}: expected SchemaNotMigrated, got {other}"),
@@ -73,9 +78,16 @@ async fn sqlite_is_created_and_migrated_on_first_use() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/dir/batch.db");
     let url = core_domain::DatabaseUrl::parse(&format!("sqlite://{}", path.display())).unwrap();
-    let db = Database::connect(&url, &PoolOptions::default()).await.unwrap();
+    let db = Database::connect(&url, &PoolOptions::default())
+        .await
+        .unwrap();
     assert!(path.exists());
     assert!(migrate::pending(&url).await.unwrap().is_empty());
     let mut conn = db.get().await.unwrap();
-    assert_eq!(core_domain::models::PointBalance::count(&mut conn).await.unwrap(), 0);
+    assert_eq!(
+        core_domain::models::PointBalance::count(&mut conn)
+            .await
+            .unwrap(),
+        0
+    );
 }

@@ -43,6 +43,10 @@ db_test!(async fn point_balance_insert_page_find_change_count(db) {
     assert_eq!(found.updated_at, ts("2026-11-20 01:02:03.123456"));
     assert!(PointBalance::find_by_user(&mut conn, n + 1).await?.is_none());
 
+    let ids = PointBalance::ids_for_users(&mut conn, &[42, 7, n + 1]).await?;
+    let b7 = PointBalance::find_by_user(&mut conn, 7).await?.unwrap();
+    assert_eq!(ids, vec![(7, b7.id), (42, found.id)]);
+
     let changed = PointBalance::apply_change(&mut conn, 42, 999, ts("2026-11-21 00:00:00")).await?;
     assert_eq!(changed, 1);
     let after_change = PointBalance::find_by_user(&mut conn, 42).await?.unwrap();
@@ -103,7 +107,13 @@ fn user(id: i64, active: bool) -> NewUser {
     NewUser {
         id,
         name: format!("user-{id}"),
-        status: if active { UserStatus::Active } else { UserStatus::Inactive }.as_str().to_owned(),
+        status: if active {
+            UserStatus::Active
+        } else {
+            UserStatus::Inactive
+        }
+        .as_str()
+        .to_owned(),
         created_at: ts("2026-01-01 00:00:00"),
         updated_at: ts("2026-01-01 00:00:00"),
     }

@@ -9,8 +9,10 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel_async::RunQueryDsl;
 
+/// column -> (type, nullable)
+type TableColumns = BTreeMap<String, (String, bool)>;
 /// table -> column -> (type, nullable)
-type Columns = BTreeMap<String, BTreeMap<String, (String, bool)>>;
+type Columns = BTreeMap<String, TableColumns>;
 /// table -> set of unique keys (column lists in key order)
 type Uniques = BTreeMap<String, BTreeSet<Vec<String>>>;
 
@@ -79,7 +81,10 @@ const SQLITE_UNIQUES: &str = "SELECT m.name AS table_name, il.name AS index_name
 fn normalize(backend: Backend, row: &ColumnRow) -> String {
     let t = row.data_type.to_ascii_lowercase();
     let (base, len_in_type) = match t.split_once('(') {
-        Some((b, rest)) => (b.trim().to_owned(), rest.trim_end_matches(')').parse::<i64>().ok()),
+        Some((b, rest)) => (
+            b.trim().to_owned(),
+            rest.trim_end_matches(')').parse::<i64>().ok(),
+        ),
         None => (t.clone(), None),
     };
     let len = row.max_length.or(len_in_type);
@@ -91,7 +96,10 @@ fn normalize(backend: Backend, row: &ColumnRow) -> String {
         (_, "text") => "Text".into(),
         (_, "timestamp without time zone" | "timestamp" | "datetime") => "Timestamp".into(),
         (_, "date") => "Date".into(),
-        (b, other) => panic!("{b}: unexpected column type `{other}` for {}.{}", row.table_name, row.column_name),
+        (b, other) => panic!(
+            "{b}: unexpected column type `{other}` for {}.{}",
+            row.table_name, row.column_name
+        ),
     }
 }
 
@@ -111,28 +119,34 @@ async fn introspect(backend: Backend) -> (Columns, Uniques) {
 
     let mut columns = Columns::new();
     for row in &col_rows {
-        columns
-            .entry(row.table_name.clone())
-            .or_default()
-            .insert(row.column_name.clone(), (normalize(backend, row), row.is_nullable == "YES"));
+        columns.entry(row.table_name.clone()).or_default().insert(
+            row.column_name.clone(),
+            (normalize(backend, row), row.is_nullable == "YES"),
+        );
     }
     let mut by_index: BTreeMap<(String, String), Vec<(i64, String)>> = BTreeMap::new();
     for row in idx_rows {
-        by_index.entry((row.table_name, row.index_name)).or_default().push((row.seqno, row.column_name));
+        by_index
+            .entry((row.table_name, row.index_name))
+            .or_default()
+            .push((row.seqno, row.column_name));
     }
     let mut uniques = Uniques::new();
     for ((table, _), mut cols) in by_index {
         cols.sort();
-        uniques.entry(table).or_default().insert(cols.into_iter().map(|(_, c)| c).collect());
+        uniques
+            .entry(table)
+            .or_default()
+            .insert(cols.into_iter().map(|(_, c)| c).collect());
     }
     (columns, uniques)
 }
 
 /// Parses `schema.rs`: table -> column -> (diesel type, nullable). `#[sql_name]` gives the SQL name.
-fn parse_schema_rs() -> BTreeMap<String, BTreeMap<String, (String, bool)>> {
+fn parse_schema_rs() -> Columns {
     let src = include_str!("../src/schema.rs");
     let mut tables = BTreeMap::new();
-    let mut current: Option<(String, BTreeMap<String, (String, bool)>)> = None;
+    let mut current: Option<(String, TableColumns)> = None;
     let mut sql_name: Option<String> = None;
     for line in src.lines().map(str::trim) {
         if line.starts_with("///") || line.starts_with("//") {
@@ -155,16 +169,23 @@ fn parse_schema_rs() -> BTreeMap<String, BTreeMap<String, (String, bool)>> {
                 None => (ty.to_owned(), false),
             };
             let name = sql_name.take().unwrap_or_else(|| col.to_owned());
-            assert!(cols.insert(name, (ty, nullable)).is_none(), "duplicate column in {table}");
+            assert!(
+                cols.insert(name, (ty, nullable)).is_none(),
+                "duplicate column in {table}"
+            );
             continue;
         }
-        if line == "}" {
-            if let Some((table, cols)) = current.take() {
-                tables.insert(table, cols);
-            }
+        if line == "}"
+            && let Some((table, cols)) = current.take()
+        {
+            tables.insert(table, cols);
         }
     }
-    assert!(tables.len() >= 9, "parsed only {} tables from schema.rs", tables.len());
+    assert!(
+        tables.len() >= 9,
+        "parsed only {} tables from schema.rs",
+        tables.len()
+    );
     tables
 }
 
@@ -189,15 +210,20 @@ async fn migrated_schemas_are_equal_and_match_schema_rs() {
 
     // And they match schema.rs.
     let schema = parse_schema_rs();
-    let migrated: BTreeMap<String, BTreeMap<String, (String, bool)>> = pg
-        .0
-        .iter()
-        .map(|(t, cols)| {
-            let cols = cols.iter().map(|(c, (ty, n))| (c.clone(), (strip_len(ty).to_owned(), *n))).collect();
-            (t.clone(), cols)
-        })
-        .collect();
-    assert_eq!(migrated, schema, "the migrated schema does not match schema.rs");
+    let migrated: BTreeMap<String, BTreeMap<String, (String, bool)>> =
+        pg.0.iter()
+            .map(|(t, cols)| {
+                let cols = cols
+                    .iter()
+                    .map(|(c, (ty, n))| (c.clone(), (strip_len(ty).to_owned(), *n)))
+                    .collect();
+                (t.clone(), cols)
+            })
+            .collect();
+    assert_eq!(
+        migrated, schema,
+        "the migrated schema does not match schema.rs"
+    );
 
     // The unique keys the spec names exist.
     let key = |cols: &[&str]| cols.iter().map(|c| c.to_string()).collect::<Vec<_>>();
@@ -207,7 +233,10 @@ async fn migrated_schemas_are_equal_and_match_schema_rs() {
         ("asset_history", key(&["user_id", "snapshot_day"])),
         ("batch_job_instance", key(&["job_name", "job_key"])),
         ("batch_job_execution", key(&["live_instance_id"])),
-        ("batch_step_execution", key(&["job_execution_id", "step_name"])),
+        (
+            "batch_step_execution",
+            key(&["job_execution_id", "step_name"]),
+        ),
     ] {
         assert!(
             pg.1.get(table).is_some_and(|k| k.contains(&cols)),

@@ -6,7 +6,12 @@ use core_domain::models::*;
 use crate::ts;
 
 fn balance(user_id: i64) -> NewPointBalance {
-    NewPointBalance { user_id, balance: 1, version: 1, updated_at: ts("2026-11-20 00:00:00") }
+    NewPointBalance {
+        user_id,
+        balance: 1,
+        version: 1,
+        updated_at: ts("2026-11-20 00:00:00"),
+    }
 }
 
 db_test!(async fn transaction_commits_or_rolls_back(db) {

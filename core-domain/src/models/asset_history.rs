@@ -60,7 +60,10 @@ pub struct NewAssetHistory {
 impl AssetHistory {
     /// Writes snapshots; a `(user_id, snapshot_day)` that exists is updated in place (same id,
     /// same `created_at`, `net_flow` untouched), never duplicated.
-    pub async fn upsert_many(conn: &mut DbConnection, rows: Vec<NewAssetHistory>) -> QueryResult<()> {
+    pub async fn upsert_many(
+        conn: &mut DbConnection,
+        rows: Vec<NewAssetHistory>,
+    ) -> QueryResult<()> {
         for batch in crate::models::chunks_owned(rows, 8) {
             upsert!(
                 &mut *conn,

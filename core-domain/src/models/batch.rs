@@ -4,7 +4,9 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use crate::schema::{batch_item_failure, batch_job_execution, batch_job_instance, batch_step_execution};
+use crate::schema::{
+    batch_item_failure, batch_job_execution, batch_job_instance, batch_step_execution,
+};
 
 /// A job instance: job name + hash of the identifying parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]

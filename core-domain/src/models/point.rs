@@ -109,10 +109,8 @@ impl Point {
     pub async fn insert_many(conn: &mut DbConnection, rows: Vec<NewPoint>) -> QueryResult<usize> {
         let mut total = 0;
         for batch in crate::models::chunks_owned(rows, 7) {
-            total += crate::execute_owned!(
-                &mut *conn,
-                diesel::insert_into(point::table).values(batch)
-            )?;
+            total +=
+                crate::execute_owned!(&mut *conn, diesel::insert_into(point::table).values(batch))?;
         }
         Ok(total)
     }

@@ -83,6 +83,24 @@ impl PointBalance {
             .optional())
     }
 
+    /// `(user_id, id)` of the balances of the given users, ordered by user.
+    pub async fn ids_for_users(
+        conn: &mut DbConnection,
+        user_ids: &[i64],
+    ) -> QueryResult<Vec<(i64, i64)>> {
+        let mut out = Vec::with_capacity(user_ids.len());
+        for ids in user_ids.chunks(crate::models::MAX_BIND_PARAMS) {
+            let mut part: Vec<(i64, i64)> = dispatch!(&mut *conn, c => point_balance::table
+                .filter(point_balance::user_id.eq_any(ids))
+                .select((point_balance::user_id, point_balance::id))
+                .load(c)
+                .await)?;
+            out.append(&mut part);
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// Sets a user's balance and bumps its version, as the online service does; returns rows changed.
     pub async fn apply_change(
         conn: &mut DbConnection,

@@ -72,10 +72,8 @@ impl User {
     pub async fn insert_many(conn: &mut DbConnection, rows: Vec<NewUser>) -> QueryResult<usize> {
         let mut total = 0;
         for batch in crate::models::chunks_owned(rows, 5) {
-            total += crate::execute_owned!(
-                &mut *conn,
-                diesel::insert_into(users::table).values(batch)
-            )?;
+            total +=
+                crate::execute_owned!(&mut *conn, diesel::insert_into(users::table).values(batch))?;
         }
         Ok(total)
     }

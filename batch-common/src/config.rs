@@ -1,0 +1,661 @@
+//! `BatchProperties`: every setting, layered and validated.
+//!
+//! Layers, later wins: the built-in defaults (`config/defaults.toml`, compiled in) → an optional
+//! TOML file (`--config PATH` or `BATCH_CONFIG`) → environment variables `BATCH__SECTION__KEY`
+//! (e.g. `BATCH__DATABASE__URL`; note the double underscores). Unknown sections and keys, and
+//! invalid values, are errors that name the key; nothing is half-applied.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use config::{Config, Environment, File, FileFormat};
+use core_domain::{DatabaseUrl, PoolOptions};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::secret::{RedactedUrl, Secret};
+
+/// The built-in defaults, also the reference of every key.
+pub const DEFAULTS_TOML: &str = include_str!("../config/defaults.toml");
+
+/// The environment variable that names a config file when `--config` is not given.
+pub const CONFIG_FILE_ENV: &str = "BATCH_CONFIG";
+
+/// Why the configuration could not be loaded. Every variant names the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file is missing or is not valid TOML.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key is unknown or its value is invalid.
+    #[error("invalid configuration: `{key}` (env {env}): {message}")]
+    Invalid {
+        /// Dotted key, e.g. `batch.chunk_size`.
+        key: String,
+        /// The matching environment variable, e.g. `BATCH__BATCH__CHUNK_SIZE`.
+        env: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            env: env_name(key),
+            message: message.into(),
+        }
+    }
+
+    /// The dotted key at fault, if the error is about one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::File { .. } => None,
+        }
+    }
+}
+
+/// `batch.chunk_size` -> `BATCH__BATCH__CHUNK_SIZE`.
+fn env_name(key: &str) -> String {
+    format!("BATCH__{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// Every setting of the launcher and the jobs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchProperties {
+    /// `[database]`
+    pub database: DatabaseSettings,
+    /// `[redis]`
+    pub redis: RedisSettings,
+    /// `[batch]`: the runtime.
+    pub batch: RuntimeSettings,
+    /// `[point]`: pointBalanceSyncJob.
+    pub point: PointSettings,
+    /// `[asset]`: assetRefreshJob.
+    pub asset: AssetSettings,
+    /// `[notify]`: notifications.
+    pub notify: NotifySettings,
+    /// `[server]`: `serve` mode's HTTP API.
+    pub server: ServerSettings,
+    /// `[schedule]`: job name → cron expression (seconds field first, evaluated in `batch.timezone`).
+    /// Job names match case-insensitively, because environment variables are lowercased.
+    pub schedule: BTreeMap<String, String>,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path`, `postgres://…` or `mysql://…`; picks the backend. The password is redacted
+    /// whenever the URL is printed.
+    pub url: DatabaseUrl,
+    /// Pool size.
+    pub max_connections: NonZeroU32,
+    /// How long to wait for a pooled connection.
+    #[serde(with = "duration")]
+    pub acquire_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    /// Pool options for [`core_domain::Database::connect`].
+    pub fn pool_options(&self) -> PoolOptions {
+        PoolOptions {
+            max_connections: self.max_connections.get(),
+            acquire_timeout: self.acquire_timeout,
+        }
+    }
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Single-node URL (`redis://` or `rediss://`).
+    #[serde(deserialize_with = "redis_url")]
+    pub url: RedactedUrl,
+    /// Cluster seed nodes; when non-empty the cluster client is used and `url` is ignored.
+    #[serde(deserialize_with = "redis_urls")]
+    pub cluster_nodes: Vec<RedactedUrl>,
+    /// TCP connect timeout.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Per-command response timeout.
+    #[serde(with = "duration")]
+    pub response_timeout: Duration,
+}
+
+/// `[batch]`: the runtime.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// The business time zone (IANA name).
+    #[serde(deserialize_with = "time_zone", serialize_with = "ser_display")]
+    pub timezone: Tz,
+    /// Items per chunk (one commit per chunk).
+    pub chunk_size: NonZeroUsize,
+    /// Attempts of a chunk that failed with a transient error (1 = no retry).
+    pub chunk_retry_attempts: NonZeroU32,
+    /// First chunk-retry delay; doubles per attempt.
+    #[serde(with = "duration")]
+    pub chunk_retry_backoff: Duration,
+    /// Upper bound of the chunk-retry delay.
+    #[serde(with = "duration")]
+    pub chunk_retry_max_backoff: Duration,
+    /// Retries of a failed step within one launch (0 = none).
+    pub step_retry_attempts: u32,
+    /// Wait between step retries.
+    #[serde(with = "duration")]
+    pub step_retry_interval: Duration,
+    /// Item failures a step tolerates before it fails.
+    pub skip_limit: u64,
+    /// How often a running execution refreshes its heartbeat.
+    #[serde(with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// A STARTED execution whose heartbeat is older than this is considered dead.
+    #[serde(with = "duration")]
+    pub stale_after: Duration,
+}
+
+/// `[point]`: pointBalanceSyncJob.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointSettings {
+    /// Expiry of a cached balance, refreshed on every sync.
+    #[serde(with = "duration")]
+    pub cache_ttl: Duration,
+    /// Key prefix; the key is `{prefix}{userId}`.
+    pub cache_key_prefix: String,
+}
+
+/// `[asset]`: assetRefreshJob.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetSettings {
+    /// Base URL of the external asset API (`http` or `https`).
+    #[serde(deserialize_with = "http_url")]
+    pub api_base_url: RedactedUrl,
+    /// Whole-request timeout.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// TCP connect timeout.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Calls in flight at once.
+    pub concurrency: NonZeroUsize,
+    /// Optional cap on calls started per second.
+    #[serde(default)]
+    pub rate_limit_per_second: Option<NonZeroU32>,
+    /// Attempts per user, including the first.
+    pub max_attempts: NonZeroU32,
+    /// First retry delay (exponential, with jitter).
+    #[serde(with = "duration")]
+    pub retry_backoff: Duration,
+}
+
+/// `[notify]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    /// Slack incoming-webhook URL (a secret). Unset: no Slack messages.
+    #[serde(default)]
+    pub slack_webhook_url: Option<Secret<url::Url>>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Listen address of `serve`.
+    pub bind: SocketAddr,
+    /// Bearer token required by every route but health (a secret).
+    #[serde(default)]
+    pub token: Option<Secret<String>>,
+}
+
+impl BatchProperties {
+    /// Loads defaults, then `file` (or the file named by `BATCH_CONFIG`), then the process
+    /// environment's `BATCH__*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let from_env_var = std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from);
+        let file = file.map(Path::to_path_buf).or(from_env_var);
+        let env = std::env::vars().filter(|(k, _)| k.starts_with("BATCH__"));
+        Self::load_from(file.as_deref(), env)
+    }
+
+    /// Like [`load`](Self::load) but with explicit environment variables (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            // Parse once here so a syntax error names the file and line.
+            toml_check(&text).map_err(|message| ConfigError::File {
+                path: path.to_owned(),
+                message,
+            })?;
+            builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("BATCH__"))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("BATCH")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("redis.cluster_nodes")
+                .source(Some(env)),
+        );
+        let merged = builder.build().map_err(|e| ConfigError::File {
+            path: file.map(Path::to_path_buf).unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        let props: BatchProperties = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().to_string();
+            ConfigError::invalid(&key, clean_message(&message))
+        })?;
+        props.validate()
+    }
+
+    /// Cross-field checks that types alone cannot express.
+    fn validate(mut self) -> Result<Self, ConfigError> {
+        let b = &self.batch;
+        if b.stale_after <= b.heartbeat_interval * 2 {
+            return Err(ConfigError::invalid(
+                "batch.stale_after",
+                format!(
+                    "{} must be more than twice batch.heartbeat_interval ({}), or live runs would look dead",
+                    humantime::format_duration(b.stale_after),
+                    humantime::format_duration(b.heartbeat_interval)
+                ),
+            ));
+        }
+        if b.heartbeat_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "batch.heartbeat_interval",
+                "must be greater than 0",
+            ));
+        }
+        if b.chunk_retry_max_backoff < b.chunk_retry_backoff {
+            return Err(ConfigError::invalid(
+                "batch.chunk_retry_max_backoff",
+                "must not be less than batch.chunk_retry_backoff",
+            ));
+        }
+        if self.point.cache_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "point.cache_ttl",
+                "must be at least 1s",
+            ));
+        }
+        if self.point.cache_key_prefix.is_empty() {
+            return Err(ConfigError::invalid(
+                "point.cache_key_prefix",
+                "must not be empty",
+            ));
+        }
+        if self.asset.timeout.is_zero() || self.asset.connect_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "asset.timeout",
+                "asset.timeout and asset.connect_timeout must be greater than 0",
+            ));
+        }
+        self.schedule = normalize_schedule(&self.schedule);
+        for (job, cron) in &self.schedule {
+            if cron.split_whitespace().count() < 5 {
+                return Err(ConfigError::invalid(
+                    &format!("schedule.{job}"),
+                    format!(
+                        "`{cron}` is not a cron expression (expected 6 fields: sec min hour day month weekday)"
+                    ),
+                ));
+            }
+        }
+        Ok(self)
+    }
+
+    /// The cron expression configured for a job (case-insensitive job name).
+    pub fn schedule_for(&self, job_name: &str) -> Option<&str> {
+        self.schedule
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(job_name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The effective configuration as TOML, secrets redacted (for `batch-launcher config`).
+    pub fn to_redacted_toml(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or_default();
+        let mut out = String::new();
+        if let serde_json::Value::Object(sections) = value {
+            for (section, body) in sections {
+                out.push_str(&format!("[{section}]\n"));
+                if let serde_json::Value::Object(keys) = body {
+                    for (k, v) in keys {
+                        if !v.is_null() {
+                            let key = if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                                k
+                            } else {
+                                format!("\"{k}\"")
+                            };
+                            out.push_str(&format!("{key} = {v}\n"));
+                        }
+                    }
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// Environment variables arrive lowercased (`BATCH__SCHEDULE__POINTBALANCESYNCJOB`), files keep
+/// case (`pointBalanceSyncJob`). Keys equal but for case are one job: the all-lowercase (env) one
+/// wins, and the file's spelling is kept.
+fn normalize_schedule(raw: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    let mut keys: Vec<&String> = raw.keys().collect();
+    // Mixed-case (file/default) spellings first, so the lowercase (env) value overrides them.
+    keys.sort_by_key(|k| (k.chars().all(|c| !c.is_ascii_uppercase()), k.to_string()));
+    for k in keys {
+        let existing = out.keys().find(|e| e.eq_ignore_ascii_case(k)).cloned();
+        match existing {
+            Some(name) => {
+                out.insert(name, raw[k].clone());
+            }
+            None => {
+                out.insert(k.clone(), raw[k].clone());
+            }
+        }
+    }
+    out
+}
+
+fn toml_check(text: &str) -> Result<(), String> {
+    // The config crate reports TOML errors without the file name; run it alone to get the line.
+    Config::builder()
+        .add_source(File::from_str(text, FileFormat::Toml))
+        .build()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The config crate appends `for key ...` / `in ...` to some messages; the key is already named.
+fn clean_message(message: &str) -> String {
+    let m = message
+        .split(" for key `")
+        .next()
+        .unwrap_or(message)
+        .trim_end();
+    m.to_owned()
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format_args!(
+                "invalid duration `{s}` ({e}); write it like 500ms, 30s, 5m, 48h"
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
+fn ser_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn time_zone<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse::<Tz>().map_err(|_| {
+        serde::de::Error::custom(format_args!(
+            "unknown time zone `{s}` (expected an IANA name such as Asia/Seoul or UTC)"
+        ))
+    })
+}
+
+fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<RedactedUrl, D::Error> {
+    let s = String::deserialize(d)?;
+    RedactedUrl::parse(&s, &["redis", "rediss"]).map_err(serde::de::Error::custom)
+}
+
+fn redis_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RedactedUrl>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    list.iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| RedactedUrl::parse(s, &["redis", "rediss"]).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<RedactedUrl, D::Error> {
+    let s = String::deserialize(d)?;
+    RedactedUrl::parse(&s, &["http", "https"]).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn err(file_text: Option<&str>, vars: &[(&str, &str)]) -> ConfigError {
+        let f = file_text.map(file);
+        BatchProperties::load_from(f.as_ref().map(|f| f.path()), env(vars)).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_are_complete_and_valid() {
+        let p = BatchProperties::load_from(None, env(&[])).unwrap();
+        assert_eq!(p.database.url.backend(), core_domain::Backend::Sqlite);
+        assert_eq!(p.batch.timezone, chrono_tz::Asia::Seoul);
+        assert_eq!(p.batch.chunk_size.get(), 1000);
+        assert_eq!(p.batch.step_retry_attempts, 3);
+        assert_eq!(p.batch.step_retry_interval, Duration::from_secs(300));
+        assert_eq!(p.point.cache_ttl, Duration::from_secs(48 * 3600));
+        assert_eq!(p.point.cache_key_prefix, "point:balance:");
+        assert_eq!(p.asset.concurrency.get(), 16);
+        assert!(p.asset.rate_limit_per_second.is_none());
+        assert!(p.notify.slack_webhook_url.is_none());
+        assert_eq!(p.server.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(p.schedule_for("pointBalanceSyncJob"), Some("0 0 1 * * *"));
+        assert_eq!(p.schedule_for("ASSETREFRESHJOB"), Some("0 0 4 * * *"));
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let f = file(
+            "[batch]\nchunk_size = 500\ntimezone = \"UTC\"\n[database]\nurl = \"postgres://u:pw@db:5432/x\"\n\
+             [schedule]\npointBalanceSyncJob = \"0 30 2 * * *\"\n",
+        );
+        let p = BatchProperties::load_from(
+            Some(f.path()),
+            env(&[
+                ("BATCH__BATCH__CHUNK_SIZE", "250"),
+                (
+                    "BATCH__REDIS__CLUSTER_NODES",
+                    "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+                ),
+                ("BATCH__SCHEDULE__POINTBALANCESYNCJOB", "0 0 3 * * *"),
+                ("BATCH__ASSET__RATE_LIMIT_PER_SECOND", "50"),
+                ("BATCH__SERVER__TOKEN", "12345"),
+                ("UNRELATED", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p.batch.chunk_size.get(), 250, "env wins over file");
+        assert_eq!(p.batch.timezone, chrono_tz::UTC, "file wins over defaults");
+        assert_eq!(p.database.url.backend(), core_domain::Backend::Postgres);
+        assert_eq!(p.redis.cluster_nodes.len(), 2);
+        assert_eq!(p.schedule_for("pointBalanceSyncJob"), Some("0 0 3 * * *"));
+        assert_eq!(p.schedule.len(), 2, "{:?}", p.schedule);
+        assert_eq!(p.asset.rate_limit_per_second.map(|n| n.get()), Some(50));
+        assert_eq!(p.server.token.as_ref().unwrap().expose(), "12345");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err(Some("[batch]\nchunk_sise = 5\n"), &[]);
+        assert_eq!(e.key(), Some("batch.chunk_sise"), "{e}");
+        assert!(e.to_string().contains("chunk_sise"), "{e}");
+
+        let e = err(Some("[databse]\nurl = \"sqlite://x.db\"\n"), &[]);
+        assert!(e.to_string().contains("databse"), "{e}");
+
+        let e = err(None, &[("BATCH__REDIS__HOST", "x")]);
+        assert_eq!(e.key(), Some("redis.host"), "{e}");
+        assert!(e.to_string().contains("BATCH__REDIS__HOST"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        for (vars, key, needle) in [
+            (
+                vec![("BATCH__BATCH__CHUNK_SIZE", "-5")],
+                "batch.chunk_size",
+                "-5",
+            ),
+            (
+                vec![("BATCH__BATCH__CHUNK_SIZE", "0")],
+                "batch.chunk_size",
+                "0",
+            ),
+            (
+                vec![("BATCH__BATCH__TIMEZONE", "Mars/Olympus")],
+                "batch.timezone",
+                "Mars/Olympus",
+            ),
+            (
+                vec![("BATCH__BATCH__STEP_RETRY_INTERVAL", "5 parsecs")],
+                "batch.step_retry_interval",
+                "5 parsecs",
+            ),
+            (
+                vec![("BATCH__DATABASE__URL", "oracle://x")],
+                "database.url",
+                "oracle",
+            ),
+            (
+                vec![("BATCH__ASSET__API_BASE_URL", "not a url")],
+                "asset.api_base_url",
+                "not a url",
+            ),
+            (
+                vec![("BATCH__REDIS__URL", "http://127.0.0.1")],
+                "redis.url",
+                "http",
+            ),
+            (
+                vec![("BATCH__SERVER__BIND", "localhost:notaport")],
+                "server.bind",
+                "",
+            ),
+            (
+                vec![("BATCH__BATCH__STALE_AFTER", "5s")],
+                "batch.stale_after",
+                "heartbeat",
+            ),
+            (
+                vec![("BATCH__SCHEDULE__ASSETREFRESHJOB", "daily")],
+                "schedule.assetRefreshJob",
+                "daily",
+            ),
+        ] {
+            let e = err(None, &vars);
+            assert_eq!(e.key(), Some(key), "{vars:?}: {e}");
+            assert!(e.to_string().contains(needle), "{vars:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn malformed_file_names_the_file() {
+        let f = file("[batch\nchunk_size = ");
+        let e = BatchProperties::load_from(Some(f.path()), env(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::File { .. }), "{e}");
+        assert!(
+            e.to_string().contains(&f.path().display().to_string()),
+            "{e}"
+        );
+
+        let e = BatchProperties::load_from(Some(Path::new("/nonexistent/batch.toml")), env(&[]))
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/batch.toml"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_everywhere() {
+        let p = BatchProperties::load_from(
+            None,
+            env(&[
+                (
+                    "BATCH__DATABASE__URL",
+                    "postgres://app:db-pass-1@db:5432/points",
+                ),
+                ("BATCH__REDIS__URL", "redis://:redis-pass-2@cache:6379"),
+                (
+                    "BATCH__NOTIFY__SLACK_WEBHOOK_URL",
+                    "https://hooks.slack.test/services/T0/B0/webhook-3",
+                ),
+                ("BATCH__SERVER__TOKEN", "token-4"),
+            ]),
+        )
+        .unwrap();
+        let shown = format!("{p:?}\n{}", p.to_redacted_toml());
+        for secret in ["db-pass-1", "redis-pass-2", "webhook-3", "token-4"] {
+            assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
+        }
+        assert!(shown.contains("db:5432"), "{shown}");
+        assert_eq!(
+            p.notify.slack_webhook_url.as_ref().unwrap().expose().path(),
+            "/services/T0/B0/webhook-3"
+        );
+
+        // A malformed secret is rejected without echoing it.
+        let e = err(
+            None,
+            &[("BATCH__NOTIFY__SLACK_WEBHOOK_URL", "ftp://secret-5@x")],
+        );
+        assert!(!e.to_string().contains("secret-5"), "{e}");
+        assert_eq!(e.key(), Some("notify.slack_webhook_url"));
+    }
+}

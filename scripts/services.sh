@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL, MariaDB and Redis are up on loopback, as the tests expect:
+#   PostgreSQL 127.0.0.1:5432 (user postgres, trust auth), MariaDB 127.0.0.1:3306 (root, empty
+#   password), Redis 127.0.0.1:6379 (nothing on disk).
+# Starts any that is down; installs any that is absent from Debian's packages. Idempotent.
+set -euo pipefail
+
+log() { echo "services: $*" >&2; }
+die() { echo "services: ERROR: $*" >&2; exit 1; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+wait_for() { # wait_for <what> <seconds> <command...>
+  local what=$1 secs=$2; shift 2
+  for _ in $(seq "$secs"); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 1
+  done
+  die "$what did not come up within ${secs}s"
+}
+
+missing=()
+command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql postgresql-client)
+[ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+  ver=$(ls /etc/postgresql | sort -V | tail -n 1)
+  [ -n "$ver" ] || die "no PostgreSQL cluster under /etc/postgresql"
+  log "starting PostgreSQL $ver"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+  wait_for "PostgreSQL" 60 pg_isready -h 127.0.0.1 -p 5432 -q
+fi
+if ! psql -w -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; then
+  # A fresh package install asks for passwords on TCP: trust loopback, as the tests expect.
+  ver=$(ls /etc/postgresql | sort -V | tail -n 1)
+  hba=/etc/postgresql/$ver/main/pg_hba.conf
+  log "allowing trust auth on loopback in $hba"
+  as_root sed -i -E 's/^(local|host)(\s+all\s+all\s+.*)(peer|md5|scram-sha-256)\s*$/\1\2trust/' "$hba"
+  grep -qE '^host\s+all\s+all\s+127\.0\.0\.1/32\s+trust' "$hba" \
+    || echo "host all all 127.0.0.1/32 trust" | as_root tee -a "$hba" >/dev/null
+  as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
+  wait_for "PostgreSQL login as postgres" 30 psql -w -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1'
+fi
+
+# --- MariaDB ------------------------------------------------------------------------------
+mysql_ok() { mariadb -h 127.0.0.1 -P 3306 -uroot -e 'SELECT 1' >/dev/null 2>&1; }
+if ! mysql_ok; then
+  if ! mariadb-admin --protocol=socket -uroot ping >/dev/null 2>&1; then
+    log "starting MariaDB"
+    as_root mkdir -p /run/mysqld && as_root chown mysql:mysql /run/mysqld 2>/dev/null || true
+    as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    wait_for "MariaDB" 60 mariadb-admin --protocol=socket -uroot ping
+  fi
+  if ! mysql_ok; then
+    # A fresh install lets root in only through the socket: allow root with an empty password on loopback.
+    log "allowing root with an empty password on 127.0.0.1"
+    as_root mariadb --protocol=socket -uroot -e "
+      ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD('') OR unix_socket;
+      CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
+      GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
+      FLUSH PRIVILEGES;"
+    wait_for "MariaDB login as root" 30 mysql_ok
+  fi
+fi
+
+# --- Redis --------------------------------------------------------------------------------
+if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+  log "starting Redis"
+  as_root mkdir -p /var/lib/redis /var/log/redis
+  as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  wait_for "Redis" 30 sh -c 'redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG'
+fi
+
+log "PostgreSQL, MariaDB and Redis are up"
