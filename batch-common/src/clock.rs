@@ -1,5 +1,7 @@
 //! The injected Clock. `Utc::now()` is called in exactly one place: [`SystemClock`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
@@ -11,6 +13,15 @@ use chrono_tz::Tz;
 pub trait Clock: Send + Sync {
     /// The current instant.
     fn now(&self) -> DateTime<Utc>;
+
+    /// Waits `duration` (retry intervals and backoffs). The system clock sleeps on tokio's timer;
+    /// a test clock moves itself forward and returns at once, so tests never wait for real.
+    fn sleep(
+        &self,
+        duration: std::time::Duration,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        Box::pin(tokio::time::sleep(duration))
+    }
 }
 
 /// The real clock.
@@ -58,6 +69,15 @@ impl FixedClock {
 impl Clock for FixedClock {
     fn now(&self) -> DateTime<Utc> {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the clock forward by `duration` and returns at once.
+    fn sleep(
+        &self,
+        duration: std::time::Duration,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        self.advance(Duration::from_std(duration).unwrap_or(Duration::MAX));
+        Box::pin(std::future::ready(()))
     }
 }
 

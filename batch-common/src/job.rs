@@ -1,4 +1,10 @@
-//! What a job declares about itself, so the launcher can list and validate it without running it.
+//! Jobs: what a job declares about itself (constants) and how it builds its steps.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::params::{JobParameters, ParameterError};
+use crate::step::Step;
 
 /// One parameter a job accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,4 +28,22 @@ pub struct JobDescriptor {
     pub steps: &'static [&'static str],
     /// Accepted parameters.
     pub parameters: &'static [ParameterSpec],
+}
+
+/// A runnable job. Built by the launcher with everything it needs (database, clients, clock).
+pub trait Job: Send + Sync {
+    /// Name, steps and parameters.
+    fn descriptor(&self) -> &'static JobDescriptor;
+
+    /// Validates the given parameters and fills in defaults (e.g. `date` = yesterday from the
+    /// injected Clock), so the instance identity uses the actual values. Errors mean exit 2.
+    fn resolve_parameters(
+        &self,
+        given: BTreeMap<String, String>,
+    ) -> Result<JobParameters, ParameterError> {
+        JobParameters::from_declared(self.descriptor(), given)
+    }
+
+    /// The steps of a run with these (resolved) parameters, in order.
+    fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>>;
 }

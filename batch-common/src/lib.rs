@@ -2,14 +2,25 @@
 
 pub mod clock;
 pub mod config;
+pub mod error;
 pub mod job;
+pub mod launcher;
+pub mod listener;
+pub mod params;
 pub mod result;
 pub mod secret;
+pub mod step;
 
 #[cfg(any(test, feature = "mock"))]
 pub use clock::MockClock;
 pub use clock::{Clock, ClockExt, FixedClock, SystemClock, day_window_utc};
 pub use config::{BatchProperties, ConfigError};
-pub use job::{JobDescriptor, ParameterSpec};
+pub use error::{Transient, is_transient};
+pub use job::{Job, JobDescriptor, ParameterSpec};
+pub use launcher::{JobLauncher, LaunchError, LaunchOptions};
+pub use listener::{JobListener, JobRunInfo};
+pub use params::{JobParameters, ParameterError};
 pub use result::{BatchResult, ExitCode, StepResult};
 pub use secret::{RedactedUrl, Secret};
+pub mod repository;
+pub use repository::{BatchStatus, JobRepository};

@@ -10,6 +10,8 @@
 //! `BATCH_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/mysql`) and `BATCH_TEST_REDIS_URL`
 //! (default `redis://127.0.0.1:6379`).
 
+pub mod jobs;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use core_domain::{Backend, Database, DatabaseUrl, DbConnection, PoolOptions, PooledConnection};

@@ -315,7 +315,10 @@ impl DbConnection {
         }
     }
 
-    async fn begin(&mut self) -> diesel::QueryResult<()> {
+    /// Opens a transaction (`BEGIN IMMEDIATE` on SQLite). Prefer [`transaction`](Self::transaction);
+    /// use this trio when the work borrows state the closure form cannot hold. A connection handed
+    /// back to the pool with a transaction still open is discarded, never reused.
+    pub async fn begin(&mut self) -> diesel::QueryResult<()> {
         match self {
             DbConnection::Postgres(c) => {
                 <AsyncPgConnection as AsyncConnection>::TransactionManager::begin_transaction(c)
@@ -337,11 +340,13 @@ impl DbConnection {
         }
     }
 
-    async fn commit(&mut self) -> diesel::QueryResult<()> {
+    /// Commits the open transaction.
+    pub async fn commit(&mut self) -> diesel::QueryResult<()> {
         dispatch!(self, c => commit_transaction(c).await)
     }
 
-    async fn rollback(&mut self) -> diesel::QueryResult<()> {
+    /// Rolls back the open transaction.
+    pub async fn rollback(&mut self) -> diesel::QueryResult<()> {
         dispatch!(self, c => rollback_transaction(c).await)
     }
 

@@ -1,0 +1,5 @@
+//! Runtime tests: the launch rules, restart, retries, item failures and the repository, each on
+//! SQLite, PostgreSQL and MySQL. Process-level tests (SIGKILL, racing launchers) are in
+//! `batch-testkit/tests/process.rs`.
+
+mod runtime;

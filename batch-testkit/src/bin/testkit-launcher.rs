@@ -1,0 +1,55 @@
+//! A launcher process for the runtime's process-level tests (SIGKILL, concurrent launches).
+//! It runs `countingJob` with the real `JobLauncher`, configured like `batch-launcher` from
+//! `BATCH__*` variables, and exits with the same exit codes.
+//!
+//! Usage: `testkit-launcher run=<id> items=<n> delay_ms=<ms>`
+
+use std::sync::Arc;
+
+use batch_common::{BatchProperties, JobLauncher, JobRepository, LaunchOptions, SystemClock};
+use batch_testkit::jobs::{CountingJob, FailPlan, parse_args};
+use core_domain::Database;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("info")
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match run(&args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            batch_common::ExitCode::Failed
+        }
+    };
+    code.into()
+}
+
+async fn run(args: &[String]) -> anyhow::Result<batch_common::ExitCode> {
+    let props = BatchProperties::load(None)?;
+    let given = parse_args(args)?;
+    let db = Database::connect(&props.database.url, &props.database.pool_options()).await?;
+    let launcher = JobLauncher::new(
+        JobRepository::new(db),
+        Arc::new(SystemClock),
+        props.batch.clone(),
+    );
+    let job = CountingJob {
+        plan: Arc::new(FailPlan::default()),
+    };
+    match launcher
+        .launch(&job, given, &LaunchOptions::default())
+        .await
+    {
+        Ok(result) => {
+            println!("{}", result.to_json());
+            Ok(result.exit_code)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Jobs for testing the runtime: deterministic items, injectable failures, adjustable speed.
+//!
+//! `countingJob` "processes" the numbers `1..=items` and writes each as one `point` row
+//! (`user_id` = the number) in the chunk's transaction, so "every item exactly once" is a
+//! `GROUP BY user_id` away.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use batch_common::job::{Job, JobDescriptor, ParameterSpec};
+use batch_common::params::{JobParameters, ParameterError, parse_pairs};
+use batch_common::step::{
+    ChunkStep, ItemReader, ItemWriter, PassThrough, ReadScope, Step, StepContext, StepOutcome,
+    Tasklet, TaskletStep, WriteOutcome,
+};
+use batch_common::{Transient, repository::ItemFailureRecord};
+use core_domain::DbConnection;
+use core_domain::models::{NewPoint, Point};
+
+/// The counting job's name.
+pub const COUNTING_JOB: &str = "countingJob";
+
+/// Its descriptor.
+pub const COUNTING: JobDescriptor = JobDescriptor {
+    name: COUNTING_JOB,
+    description: "writes the numbers 1..=items as point rows (runtime tests)",
+    steps: &["countStep", "flakyStep"],
+    parameters: &[
+        ParameterSpec {
+            name: "run",
+            identifying: true,
+            description: "instance id",
+        },
+        ParameterSpec {
+            name: "items",
+            identifying: false,
+            description: "how many numbers (default 100)",
+        },
+        ParameterSpec {
+            name: "delay_ms",
+            identifying: false,
+            description: "pause per chunk write",
+        },
+        ParameterSpec {
+            name: "fail_items",
+            identifying: false,
+            description: "comma-separated numbers that fail as item failures",
+        },
+    ],
+};
+
+/// Failures to inject; shared between the test and the job.
+#[derive(Debug, Default)]
+pub struct FailPlan {
+    /// Fail the write of the chunk containing this item (0: never) ...
+    pub fail_write_at_item: AtomicI64,
+    /// ... this many times ...
+    pub write_failures_left: AtomicU32,
+    /// ... as a transient error (true) or a permanent one.
+    pub transient: std::sync::atomic::AtomicBool,
+    /// The flaky tasklet step fails this many times before it succeeds.
+    pub flaky_failures_left: AtomicU32,
+    /// How often the flaky step ran.
+    pub flaky_runs: AtomicU32,
+}
+
+/// The counting job.
+pub struct CountingJob {
+    /// Failures to inject.
+    pub plan: Arc<FailPlan>,
+}
+
+impl Job for CountingJob {
+    fn descriptor(&self) -> &'static JobDescriptor {
+        &COUNTING
+    }
+
+    fn resolve_parameters(
+        &self,
+        given: BTreeMap<String, String>,
+    ) -> Result<JobParameters, ParameterError> {
+        let mut p = JobParameters::from_declared(&COUNTING, given)?;
+        if p.get("run").is_none() {
+            p.set("run", "default", true);
+        }
+        for key in ["items", "delay_ms"] {
+            if let Some(v) = p.get(key) {
+                v.parse::<u64>().map_err(|_| {
+                    ParameterError::new(key, format!("`{key}` must be a number, got `{v}`"))
+                })?;
+            }
+        }
+        Ok(p)
+    }
+
+    fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {
+        let items: i64 = params.get("items").map_or(Ok(100), str::parse)?;
+        let delay = Duration::from_millis(params.get("delay_ms").map_or(Ok(0), str::parse)?);
+        let fail_items: Vec<i64> = params
+            .get("fail_items")
+            .map(|s| {
+                s.split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        Ok(vec![
+            Arc::new(ChunkStep::new(
+                "countStep",
+                NumberReader {
+                    items,
+                    next: 1,
+                    only: None,
+                },
+                PassThrough,
+                PointWriter {
+                    plan: self.plan.clone(),
+                    delay,
+                    fail_items,
+                },
+            )),
+            Arc::new(TaskletStep::new(
+                "flakyStep",
+                Flaky {
+                    plan: self.plan.clone(),
+                },
+            )),
+        ])
+    }
+}
+
+/// Reads 1..=items; checkpoint `{"next": n}`.
+pub struct NumberReader {
+    items: i64,
+    next: i64,
+    only: Option<Vec<i64>>,
+}
+
+#[async_trait]
+impl ItemReader for NumberReader {
+    type Item = i64;
+
+    async fn open(
+        &mut self,
+        checkpoint: &serde_json::Value,
+        scope: &ReadScope,
+    ) -> anyhow::Result<()> {
+        self.next = checkpoint
+            .get("next")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(1);
+        self.only = match scope {
+            ReadScope::All => None,
+            ReadScope::FailedItems(keys) => {
+                Some(keys.iter().map(|k| k.parse()).collect::<Result<_, _>>()?)
+            }
+        };
+        Ok(())
+    }
+
+    async fn read_chunk(&mut self, max: usize) -> anyhow::Result<(Vec<i64>, serde_json::Value)> {
+        let chunk: Vec<i64> = match &self.only {
+            None => (self.next..=self.items).take(max).collect(),
+            Some(only) => only
+                .iter()
+                .copied()
+                .filter(|n| *n >= self.next)
+                .take(max)
+                .collect(),
+        };
+        if let Some(last) = chunk.last() {
+            self.next = last + 1;
+        }
+        Ok((chunk, serde_json::json!({ "next": self.next })))
+    }
+}
+
+/// Inserts one `point` row per number in the chunk's transaction.
+pub struct PointWriter {
+    plan: Arc<FailPlan>,
+    delay: Duration,
+    fail_items: Vec<i64>,
+}
+
+#[async_trait]
+impl ItemWriter<i64> for PointWriter {
+    fn writes_to_database(&self) -> bool {
+        true
+    }
+
+    async fn write(
+        &self,
+        items: &[i64],
+        tx: Option<&mut DbConnection>,
+    ) -> anyhow::Result<WriteOutcome> {
+        let tx = tx.expect("database writer gets the transaction");
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let (good, bad): (Vec<i64>, Vec<i64>) =
+            items.iter().partition(|n| !self.fail_items.contains(n));
+        let rows: Vec<NewPoint> = good
+            .iter()
+            .map(|&n| NewPoint {
+                user_id: n,
+                amount: 1,
+                point_type: "EARN".into(),
+                description: None,
+                balance_snapshot: n,
+                point_balance_id: 0,
+                created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0)
+                    .unwrap()
+                    .naive_utc(),
+            })
+            .collect();
+        Point::insert_many(tx, rows).await?;
+        // Fail *after* inserting, so a rollback is what keeps the rows from being written twice.
+        let at = self.plan.fail_write_at_item.load(Ordering::SeqCst);
+        if at > 0 && items.contains(&at) && self.plan.write_failures_left.load(Ordering::SeqCst) > 0
+        {
+            self.plan.write_failures_left.fetch_sub(1, Ordering::SeqCst);
+            let err = anyhow::anyhow!("injected failure writing the chunk with item {at}");
+            return Err(if self.plan.transient.load(Ordering::SeqCst) {
+                Transient::new(err).into()
+            } else {
+                err
+            });
+        }
+        let mut counters = BTreeMap::new();
+        counters.insert("inserted".to_owned(), good.len() as i64);
+        Ok(WriteOutcome {
+            written: good.len(),
+            counters,
+            failures: bad
+                .iter()
+                .map(|n| ItemFailureRecord {
+                    item_key: n.to_string(),
+                    error: format!("item {n} is cursed"),
+                    attempts: 1,
+                })
+                .collect(),
+            resolved_keys: good.iter().map(ToString::to_string).collect(),
+        })
+    }
+}
+
+/// A tasklet that fails `flaky_failures_left` times, then succeeds.
+pub struct Flaky {
+    plan: Arc<FailPlan>,
+}
+
+#[async_trait]
+impl Tasklet for Flaky {
+    async fn run(&self, ctx: &mut StepContext) -> anyhow::Result<()> {
+        self.plan.flaky_runs.fetch_add(1, Ordering::SeqCst);
+        if self.plan.flaky_failures_left.load(Ordering::SeqCst) > 0 {
+            self.plan.flaky_failures_left.fetch_sub(1, Ordering::SeqCst);
+            anyhow::bail!("flaky step failed on purpose");
+        }
+        ctx.progress.add_counter("flaky_ok", 1);
+        Ok(())
+    }
+}
+
+/// Parses `key=value` arguments for the counting job (the binary's helper).
+pub fn parse_args(args: &[String]) -> Result<BTreeMap<String, String>, ParameterError> {
+    parse_pairs(args)
+}
+
+/// A step that only returns `Stopped` (for cancellation tests).
+pub struct StopImmediately;
+
+#[async_trait]
+impl Step for StopImmediately {
+    fn name(&self) -> &str {
+        "stopStep"
+    }
+    async fn execute(&self, _ctx: &mut StepContext) -> anyhow::Result<StepOutcome> {
+        Ok(StepOutcome::Stopped)
+    }
+}
