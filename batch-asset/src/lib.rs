@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+use batch_common::job::ParamKind;
 use batch_common::{JobDescriptor, ParameterSpec};
 
 /// The job's name on the command line and in the metadata tables.
@@ -12,6 +13,7 @@ pub const DESCRIPTOR: JobDescriptor = JobDescriptor {
     steps: &["refreshAssetStep"],
     parameters: &[ParameterSpec {
         name: "date",
+        kind: ParamKind::Date,
         identifying: true,
         description: "snapshot day YYYY-MM-DD (default: today in batch.timezone)",
     }],

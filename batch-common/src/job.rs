@@ -6,11 +6,26 @@ use std::sync::Arc;
 use crate::params::{JobParameters, ParameterError};
 use crate::step::Step;
 
+/// The type of a parameter's value, checked before anything runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// `YYYY-MM-DD`.
+    Date,
+    /// `true` / `false`.
+    Bool,
+    /// A non-negative integer.
+    Count,
+    /// Any text.
+    Text,
+}
+
 /// One parameter a job accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParameterSpec {
     /// Name, as in `key=value`.
     pub name: &'static str,
+    /// The value's type.
+    pub kind: ParamKind,
     /// Whether it is part of the job instance's identity.
     pub identifying: bool,
     /// What it means and its default.
@@ -47,3 +62,25 @@ pub trait Job: Send + Sync {
     /// The steps of a run with these (resolved) parameters, in order.
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>>;
 }
+
+/// What the launcher hands a job factory: configuration, the database and the clock.
+#[derive(Clone)]
+pub struct JobEnv {
+    /// All settings.
+    pub props: Arc<crate::config::BatchProperties>,
+    /// The database (domain data and batch metadata).
+    pub db: core_domain::Database,
+    /// The injected clock.
+    pub clock: Arc<dyn crate::clock::Clock>,
+}
+
+impl std::fmt::Debug for JobEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobEnv")
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a job from the environment (one per domain job; registered in the launcher).
+pub type JobBuilder = fn(&JobEnv) -> anyhow::Result<Arc<dyn Job>>;

@@ -16,7 +16,7 @@ pub use clock::MockClock;
 pub use clock::{Clock, ClockExt, FixedClock, SystemClock, day_window_utc};
 pub use config::{BatchProperties, ConfigError};
 pub use error::{Transient, is_transient};
-pub use job::{Job, JobDescriptor, ParameterSpec};
+pub use job::{Job, JobBuilder, JobDescriptor, JobEnv, ParamKind, ParameterSpec};
 pub use launcher::{JobLauncher, LaunchError, LaunchOptions};
 pub use listener::{JobListener, JobRunInfo};
 pub use params::{JobParameters, ParameterError};

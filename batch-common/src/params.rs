@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::NaiveDate;
 use sha2::{Digest, Sha256};
 
-use crate::job::JobDescriptor;
+use crate::job::{JobDescriptor, ParamKind};
 
 /// A parameter problem: the run is refused with exit code 2 and nothing is written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +114,20 @@ impl JobParameters {
                     ),
                 ));
             };
+            match spec.kind {
+                ParamKind::Date => {
+                    parse_date(&k, &v)?;
+                }
+                ParamKind::Bool => {
+                    parse_bool(&k, &v)?;
+                }
+                ParamKind::Count => {
+                    v.trim().parse::<u64>().map_err(|_| {
+                        ParameterError::new(&k, format!("invalid number `{v}` for parameter `{k}`"))
+                    })?;
+                }
+                ParamKind::Text => {}
+            }
             params.set(&k, v, spec.identifying);
         }
         Ok(params)
@@ -179,11 +193,13 @@ mod tests {
         parameters: &[
             ParameterSpec {
                 name: "date",
+                kind: ParamKind::Date,
                 identifying: true,
                 description: "",
             },
             ParameterSpec {
                 name: "verify",
+                kind: ParamKind::Bool,
                 identifying: false,
                 description: "",
             },
@@ -217,6 +233,17 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.name.as_deref(), Some("dat"));
         assert!(e.message.contains("accepted: date, verify"), "{e}");
+    }
+
+    #[test]
+    fn values_are_checked_against_their_kind() {
+        let e = JobParameters::from_declared(&JOB, parse_pairs(&["date=2026-13-01"]).unwrap())
+            .unwrap_err();
+        assert_eq!(e.name.as_deref(), Some("date"));
+        assert!(e.message.contains("2026-13-01"), "{e}");
+        let e = JobParameters::from_declared(&JOB, parse_pairs(&["verify=perhaps"]).unwrap())
+            .unwrap_err();
+        assert_eq!(e.name.as_deref(), Some("verify"));
     }
 
     #[test]

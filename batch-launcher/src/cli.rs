@@ -50,6 +50,114 @@ pub enum Command {
     Config,
     /// Seed deterministic demo data (users, balances, one day of transactions) into the configured database.
     SeedDemo(SeedDemoArgs),
+    /// Run a job: `run <JOB> [key=value ...]` or `run --job.name=<JOB> [key=value ...]`.
+    Run(RunArgs),
+    /// Show recent executions, newest first.
+    History(HistoryArgs),
+    /// Mark a dead execution FAILED (abandoned) so its instance can be restarted.
+    Recover(RecoverArgs),
+    /// Delete the metadata of executions that ended before a cutoff.
+    Purge(PurgeArgs),
+}
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job (Spring style); without it, the first argument is the job name.
+    #[arg(long = "job.name", value_name = "JOB")]
+    pub job_name: Option<String>,
+
+    /// `JOB key=value ...` (or only `key=value ...` with --job.name).
+    #[arg(value_name = "JOB_AND_PARAMETERS")]
+    pub args: Vec<String>,
+
+    /// Run a COMPLETED job instance again from the start.
+    #[arg(long)]
+    pub rerun: bool,
+
+    /// Write the run's result as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub result_file: Option<PathBuf>,
+
+    /// Check the job name and parameters, print what would run, and exit without connecting.
+    #[arg(long)]
+    pub validate_only: bool,
+}
+
+impl RunArgs {
+    /// The job name and its `key=value` arguments.
+    pub fn job_and_params(&self) -> Result<(String, Vec<String>), String> {
+        match (&self.job_name, self.args.split_first()) {
+            (Some(job), _) => Ok((job.clone(), self.args.clone())),
+            (None, Some((job, rest))) if !job.contains('=') => Ok((job.clone(), rest.to_vec())),
+            _ => Err(
+                "no job given: use `run <JOB> [key=value ...]` or `run --job.name=<JOB>`"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// Arguments of `history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this job.
+    pub job: Option<String>,
+
+    /// How many executions.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub limit: i64,
+
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `recover`.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The execution to mark FAILED.
+    pub execution_id: i64,
+
+    /// Even if its heartbeat is recent (only when you know the process is gone).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Arguments of `purge`.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Delete executions that ended more than this long ago, e.g. `90d`, `12w`.
+    #[arg(long, value_parser = parse_duration)]
+    pub older_than: std::time::Duration,
+}
+
+/// Parses a duration like `30d` or `48h`, naming the value on error.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration `{s}` ({e}); write it like 30d, 12w, 48h"))
+}
+
+/// Turns the Spring-style `batch-launcher --job.name=JOB k=v` into `batch-launcher run --job.name=JOB k=v`.
+pub fn normalize_args(mut args: Vec<String>) -> Vec<String> {
+    let has_subcommand = args.iter().skip(1).any(|a| {
+        matches!(
+            a.as_str(),
+            "run"
+                | "list"
+                | "config"
+                | "migrate"
+                | "seed-demo"
+                | "history"
+                | "recover"
+                | "purge"
+                | "help"
+        )
+    });
+    if !has_subcommand && let Some(pos) = args.iter().position(|a| a.starts_with("--job.name")) {
+        args.insert(pos, "run".to_owned());
+    }
+    args
 }
 
 /// Arguments of `seed-demo`.
@@ -95,6 +203,50 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn spring_style_job_name_means_run() {
+        let args = normalize_args(
+            [
+                "batch-launcher",
+                "--log-format",
+                "json",
+                "--job.name=pointBalanceSyncJob",
+                "date=2026-11-20",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            run.job_and_params().unwrap(),
+            (
+                "pointBalanceSyncJob".to_owned(),
+                vec!["date=2026-11-20".to_owned()]
+            )
+        );
+        let cli = Cli::try_parse_from([
+            "batch-launcher",
+            "run",
+            "assetRefreshJob",
+            "date=2026-11-20",
+            "--rerun",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert!(run.rerun);
+        assert_eq!(run.job_and_params().unwrap().0, "assetRefreshJob");
+        let cli = Cli::try_parse_from(["batch-launcher", "run", "date=2026-11-20"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert!(run.job_and_params().is_err());
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! `batch-launcher`: the one binary that runs every batch job.
 
-use batch_launcher::cli::Cli;
+use batch_launcher::cli::{Cli, normalize_args};
 use batch_launcher::{logging, run};
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(normalize_args(std::env::args().collect()));
     logging::init(cli.log_format, cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,13 +1,22 @@
 //! Runs one parsed command and maps its outcome to an exit code.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use batch_common::{BatchProperties, ClockExt, ConfigError, ExitCode, SystemClock};
+use batch_common::launcher::{JobLauncher, LaunchError, LaunchOptions};
+use batch_common::params::{JobParameters, parse_pairs};
+use batch_common::{
+    BatchProperties, BatchResult, Clock, ClockExt, ConfigError, ExitCode, JobEnv, JobRepository,
+    ParameterError, SystemClock,
+};
 use core_domain::{Database, DbError, migrate};
+use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, SeedDemoArgs};
-use crate::demo;
+use crate::cli::{Cli, Command, HistoryArgs, PurgeArgs, RecoverArgs, RunArgs, SeedDemoArgs};
+use crate::{demo, jobs};
 
 /// A usage error found by the launcher itself (clap reports its own): exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +26,7 @@ pub struct UsageError(pub String);
 /// Exit code 2 for configuration, usage and URL errors anywhere in the chain, 1 otherwise.
 pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
-        if cause.is::<ConfigError>() || cause.is::<UsageError>() {
+        if cause.is::<ConfigError>() || cause.is::<UsageError>() || cause.is::<ParameterError>() {
             return ExitCode::Usage;
         }
         if let Some(DbError::UnsupportedScheme { .. } | DbError::InvalidUrl { .. }) =
@@ -35,7 +44,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Migrate => migrate_cmd(&props).await,
         Command::List => {
-            print!("{}", crate::jobs::render_list());
+            print!("{}", jobs::render_list());
             Ok(ExitCode::Completed)
         }
         Command::Config => {
@@ -43,7 +52,249 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::Completed)
         }
         Command::SeedDemo(args) => seed_demo_cmd(&props, args).await,
+        Command::Run(args) => run_cmd(props, args).await,
+        Command::History(args) => history_cmd(&props, args).await,
+        Command::Recover(args) => recover_cmd(&props, args).await,
+        Command::Purge(args) => purge_cmd(&props, args).await,
     }
+}
+
+/// Cancelled on the first SIGINT/SIGTERM: the running job stops after its current chunk and ends
+/// STOPPED (restartable). A second signal exits at once.
+fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        for round in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if round == 0 {
+                tracing::warn!(
+                    "stop requested: finishing the current chunk (signal again to exit at once)"
+                );
+                t.cancel();
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+    token
+}
+
+fn write_result_file(path: &Path, result: &BatchResult) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, result.to_json()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// A result for a launch that was refused before it ran (bad parameters, setup errors).
+fn refused_result(
+    job: &str,
+    given: &BTreeMap<String, String>,
+    code: ExitCode,
+    message: String,
+) -> BatchResult {
+    BatchResult {
+        job_name: job.to_owned(),
+        job_instance_id: None,
+        execution_id: None,
+        parameters: given.clone(),
+        status: "REFUSED".to_owned(),
+        exit_code: code,
+        message: Some(message),
+        started_at: None,
+        ended_at: None,
+        duration_ms: 0,
+        steps: Vec::new(),
+        item_failures: 0,
+    }
+}
+
+async fn run_cmd(props: BatchProperties, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (job_name, raw) = args.job_and_params().map_err(UsageError)?;
+    let Some(registration) = jobs::find(&job_name) else {
+        return Err(UsageError(format!(
+            "unknown job `{job_name}` (known: {})",
+            jobs::names()
+        ))
+        .into());
+    };
+    let given = parse_pairs(&raw)?;
+    // Checks names and value types before anything connects or runs.
+    JobParameters::from_declared(registration.descriptor, given.clone())?;
+    let Some(build) = registration.build else {
+        return Err(UsageError(format!(
+            "job `{job_name}` is declared but not implemented in this build yet"
+        ))
+        .into());
+    };
+    if args.validate_only {
+        println!("ok: {job_name} {}", raw.join(" "));
+        return Ok(ExitCode::Completed);
+    }
+    let props = Arc::new(props);
+    let db = Database::connect(&props.database.url, &props.database.pool_options()).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let env = JobEnv {
+        props: props.clone(),
+        db: db.clone(),
+        clock: clock.clone(),
+    };
+    let job = build(&env).map_err(|e| UsageError(format!("setting up {job_name}: {e:#}")))?;
+    let launcher = JobLauncher::new(JobRepository::new(db), clock, props.batch.clone());
+    let options = LaunchOptions {
+        rerun: args.rerun,
+        cancel: shutdown_token(),
+    };
+    let result = match launcher.launch(job.as_ref(), given.clone(), &options).await {
+        Ok(r) => r,
+        Err(e) => {
+            let code = e.exit_code();
+            if let Some(path) = &args.result_file {
+                write_result_file(
+                    path,
+                    &refused_result(&job_name, &given, code, e.to_string()),
+                )?;
+            }
+            return match e {
+                LaunchError::Parameters(p) => Err(p.into()),
+                LaunchError::Setup(s) => Err(UsageError(format!("{s:#}")).into()),
+                other => Err(other.into()),
+            };
+        }
+    };
+    println!("{result}");
+    if let Some(path) = &args.result_file {
+        write_result_file(path, &result)?;
+    }
+    Ok(result.exit_code)
+}
+
+async fn connect_repo(props: &BatchProperties) -> anyhow::Result<JobRepository> {
+    let db = Database::connect(&props.database.url, &props.database.pool_options()).await?;
+    Ok(JobRepository::new(db))
+}
+
+fn fmt_time(t: Option<chrono::NaiveDateTime>) -> String {
+    t.map_or_else(
+        || "-".to_owned(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
+}
+
+async fn history_cmd(props: &BatchProperties, args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let repo = connect_repo(props).await?;
+    let rows = repo.history(args.job.as_deref(), args.limit).await?;
+    if args.json {
+        let mut out = Vec::new();
+        for (e, i) in &rows {
+            let steps = repo.step_executions(e.id).await?;
+            out.push(serde_json::json!({
+                "execution_id": e.id,
+                "job_name": i.job_name,
+                "job_instance_id": i.id,
+                "status": e.status,
+                "exit_code": e.exit_code,
+                "exit_message": e.exit_message,
+                "parameters": serde_json::from_str::<serde_json::Value>(&e.parameters).unwrap_or_default(),
+                "owner": e.owner,
+                "start_time": e.start_time,
+                "end_time": e.end_time,
+                "last_updated": e.last_updated,
+                "steps": steps.iter().map(|s| serde_json::json!({
+                    "name": s.step_name, "status": s.status, "read": s.read_count, "written": s.write_count,
+                    "filtered": s.filter_count, "skipped": s.skip_count, "commits": s.commit_count,
+                    "rollbacks": s.rollback_count, "retries": s.retry_count,
+                    "counters": serde_json::from_str::<serde_json::Value>(&s.counters).unwrap_or_default(),
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::Completed);
+    }
+    if rows.is_empty() {
+        println!(
+            "no executions{}",
+            args.job.map(|j| format!(" of {j}")).unwrap_or_default()
+        );
+        return Ok(ExitCode::Completed);
+    }
+    println!(
+        "{:>6}  {:<22} {:<10} {:<24} {:<19}  {:>9}  PARAMETERS",
+        "ID", "JOB", "STATUS", "EXIT", "STARTED (UTC)", "SECONDS"
+    );
+    for (e, i) in rows {
+        let secs = match (e.start_time, e.end_time) {
+            (Some(s), Some(t)) => format!("{:.1}", (t - s).num_milliseconds() as f64 / 1000.0),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{:>6}  {:<22} {:<10} {:<24} {:<19}  {:>9}  {}",
+            e.id,
+            i.job_name,
+            e.status,
+            e.exit_code,
+            fmt_time(e.start_time),
+            secs,
+            e.parameters
+        );
+    }
+    Ok(ExitCode::Completed)
+}
+
+async fn recover_cmd(props: &BatchProperties, args: RecoverArgs) -> anyhow::Result<ExitCode> {
+    let repo = connect_repo(props).await?;
+    let now = SystemClock.now_naive_utc();
+    let stale_before =
+        now - chrono::Duration::from_std(props.batch.stale_after).unwrap_or(chrono::Duration::MAX);
+    if repo.execution(args.execution_id).await?.is_none() {
+        return Err(UsageError(format!("execution {} does not exist", args.execution_id)).into());
+    }
+    match repo
+        .recover(args.execution_id, stale_before, args.force, now)
+        .await?
+    {
+        Ok(e) => {
+            println!(
+                "execution {} marked FAILED (abandoned); the next launch of its job instance restarts it",
+                e.id
+            );
+            Ok(ExitCode::Completed)
+        }
+        Err(refusal) => {
+            eprintln!("error: {refusal}");
+            Ok(ExitCode::Failed)
+        }
+    }
+}
+
+async fn purge_cmd(props: &BatchProperties, args: PurgeArgs) -> anyhow::Result<ExitCode> {
+    let repo = connect_repo(props).await?;
+    let age = chrono::Duration::from_std(args.older_than)
+        .map_err(|_| UsageError(format!("--older-than {:?} is too large", args.older_than)))?;
+    let cutoff = SystemClock.now_naive_utc() - age;
+    let c = repo.purge(cutoff).await?;
+    println!(
+        "purged executions that ended before {} UTC: {} executions, {} steps, {} item failures, {} instances",
+        cutoff.format("%Y-%m-%d %H:%M:%S"),
+        c.executions,
+        c.steps,
+        c.failures,
+        c.instances
+    );
+    Ok(ExitCode::Completed)
 }
 
 async fn migrate_cmd(props: &BatchProperties) -> anyhow::Result<ExitCode> {

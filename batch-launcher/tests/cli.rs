@@ -1,31 +1,13 @@
 //! `migrate`, config errors and `seed-demo`, run as a user would.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use crate::{launcher, text};
 
 use batch_testkit::TestDb;
 use core_domain::models::{Point, PointBalance, User};
 use core_domain::{Backend, migrate};
-
-/// Runs the launcher in `dir` with only the given BATCH variables set.
-fn launcher(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_batch-launcher"));
-    cmd.current_dir(dir).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BATCH_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    cmd.output().expect("run batch-launcher")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 async fn migrate_creates_the_schema(backend: Backend) {
     let db = TestDb::unmigrated(backend).await;

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+use batch_common::job::ParamKind;
 use batch_common::{JobDescriptor, ParameterSpec};
 
 /// The job's name on the command line and in the metadata tables.
@@ -13,11 +14,13 @@ pub const DESCRIPTOR: JobDescriptor = JobDescriptor {
     parameters: &[
         ParameterSpec {
             name: "date",
+            kind: ParamKind::Date,
             identifying: true,
             description: "report date YYYY-MM-DD (default: yesterday in batch.timezone)",
         },
         ParameterSpec {
             name: "verify",
+            kind: ParamKind::Bool,
             identifying: false,
             description: "true: report cache drift without writing (default false)",
         },

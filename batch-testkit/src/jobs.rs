@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use batch_common::job::{Job, JobDescriptor, ParameterSpec};
+use batch_common::job::{Job, JobDescriptor, ParamKind, ParameterSpec};
 use batch_common::params::{JobParameters, ParameterError, parse_pairs};
 use batch_common::step::{
     ChunkStep, ItemReader, ItemWriter, PassThrough, ReadScope, Step, StepContext, StepOutcome,
@@ -31,21 +31,25 @@ pub const COUNTING: JobDescriptor = JobDescriptor {
     parameters: &[
         ParameterSpec {
             name: "run",
+            kind: ParamKind::Text,
             identifying: true,
             description: "instance id",
         },
         ParameterSpec {
             name: "items",
+            kind: ParamKind::Count,
             identifying: false,
             description: "how many numbers (default 100)",
         },
         ParameterSpec {
             name: "delay_ms",
+            kind: ParamKind::Count,
             identifying: false,
             description: "pause per chunk write",
         },
         ParameterSpec {
             name: "fail_items",
+            kind: ParamKind::Text,
             identifying: false,
             description: "comma-separated numbers that fail as item failures",
         },
