@@ -82,5 +82,10 @@ impl std::fmt::Debug for JobEnv {
     }
 }
 
-/// Builds a job from the environment (one per domain job; registered in the launcher).
-pub type JobBuilder = fn(&JobEnv) -> anyhow::Result<Arc<dyn Job>>;
+/// What a [`JobBuilder`] returns.
+pub type BuildFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Job>>> + Send + 'a>>;
+
+/// Builds a job from the environment, connecting what it needs (e.g. Redis) so that an unreachable
+/// dependency is reported before anything runs. One per domain job; registered in the launcher.
+pub type JobBuilder = for<'a> fn(&'a JobEnv) -> BuildFuture<'a>;

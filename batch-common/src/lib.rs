@@ -22,5 +22,6 @@ pub use listener::{JobListener, JobRunInfo};
 pub use params::{JobParameters, ParameterError};
 pub use result::{BatchResult, ExitCode, StepResult};
 pub use secret::{RedactedUrl, Secret};
+pub mod redis;
 pub mod repository;
 pub use repository::{BatchStatus, JobRepository};

@@ -15,7 +15,7 @@ pub struct Registration {
 pub const JOBS: &[Registration] = &[
     Registration {
         descriptor: &batch_point::DESCRIPTOR,
-        build: None,
+        build: Some(batch_point::build),
     },
     Registration {
         descriptor: &batch_asset::DESCRIPTOR,

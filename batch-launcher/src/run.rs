@@ -152,7 +152,9 @@ async fn run_cmd(props: BatchProperties, args: RunArgs) -> anyhow::Result<ExitCo
         db: db.clone(),
         clock: clock.clone(),
     };
-    let job = build(&env).map_err(|e| UsageError(format!("setting up {job_name}: {e:#}")))?;
+    let job = build(&env)
+        .await
+        .with_context(|| format!("setting up {job_name}"))?;
     let launcher = JobLauncher::new(JobRepository::new(db), clock, props.batch.clone());
     let options = LaunchOptions {
         rerun: args.rerun,

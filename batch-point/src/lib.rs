@@ -1,7 +1,20 @@
 #![doc = include_str!("../README.md")]
 
-use batch_common::job::ParamKind;
-use batch_common::{JobDescriptor, ParameterSpec};
+pub mod daily_report;
+pub mod sync_balance;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use batch_common::job::{BuildFuture, Job, JobEnv, ParamKind};
+use batch_common::params::{JobParameters, ParameterError, parse_bool, parse_date};
+use batch_common::redis::RedisConn;
+use batch_common::step::{ChunkStep, PassThrough, Step, TaskletStep};
+use batch_common::{BatchProperties, Clock, ClockExt, JobDescriptor, ParameterSpec};
+use core_domain::Database;
+
+use crate::daily_report::DailyReport;
+use crate::sync_balance::{BalanceReader, CacheWriter};
 
 /// The job's name on the command line and in the metadata tables.
 pub const JOB_NAME: &str = "pointBalanceSyncJob";
@@ -10,7 +23,7 @@ pub const JOB_NAME: &str = "pointBalanceSyncJob";
 pub const DESCRIPTOR: JobDescriptor = JobDescriptor {
     name: JOB_NAME,
     description: "Sync point balances from the database to the Redis cache, then write the daily points report",
-    steps: &["syncPointBalanceStep", "generateDailyReportStep"],
+    steps: &[sync_balance::STEP_NAME, daily_report::STEP_NAME],
     parameters: &[
         ParameterSpec {
             name: "date",
@@ -21,8 +34,98 @@ pub const DESCRIPTOR: JobDescriptor = JobDescriptor {
         ParameterSpec {
             name: "verify",
             kind: ParamKind::Bool,
-            identifying: false,
-            description: "true: report cache drift without writing (default false)",
+            identifying: true,
+            description: "true: only report cache drift, write nothing (default false; its own job instance)",
         },
     ],
 };
+
+/// pointBalanceSyncJob = syncPointBalanceStep + generateDailyReportStep.
+pub struct PointBalanceSyncJob {
+    db: Database,
+    redis: RedisConn,
+    clock: Arc<dyn Clock>,
+    props: Arc<BatchProperties>,
+}
+
+impl PointBalanceSyncJob {
+    /// The job over `db` and `redis`.
+    pub fn new(
+        db: Database,
+        redis: RedisConn,
+        clock: Arc<dyn Clock>,
+        props: Arc<BatchProperties>,
+    ) -> Self {
+        PointBalanceSyncJob {
+            db,
+            redis,
+            clock,
+            props,
+        }
+    }
+}
+
+/// The launcher's factory: connects Redis (failing fast with where it looked) and builds the job.
+pub fn build(env: &JobEnv) -> BuildFuture<'_> {
+    Box::pin(async move {
+        let redis = batch_common::redis::connect(&env.props.redis).await?;
+        let job: Arc<dyn Job> = Arc::new(PointBalanceSyncJob::new(
+            env.db.clone(),
+            redis,
+            env.clock.clone(),
+            env.props.clone(),
+        ));
+        Ok(job)
+    })
+}
+
+impl Job for PointBalanceSyncJob {
+    fn descriptor(&self) -> &'static JobDescriptor {
+        &DESCRIPTOR
+    }
+
+    fn resolve_parameters(
+        &self,
+        given: BTreeMap<String, String>,
+    ) -> Result<JobParameters, ParameterError> {
+        let mut params = JobParameters::from_declared(&DESCRIPTOR, given)?;
+        if params.get("date").is_none() {
+            let yesterday = self.clock.yesterday_in(self.props.batch.timezone);
+            params.set("date", yesterday.to_string(), true);
+        }
+        // `verify=false` and no `verify` are the same instance.
+        let verify = params
+            .get("verify")
+            .map(|v| parse_bool("verify", v))
+            .transpose()?
+            .unwrap_or(false);
+        params.set("verify", verify.to_string(), true);
+        Ok(params)
+    }
+
+    fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {
+        let date = parse_date("date", params.get("date").unwrap_or_default())?;
+        let verify = parse_bool("verify", params.get("verify").unwrap_or("false"))?;
+        let point = &self.props.point;
+        let sync: Arc<dyn Step> = Arc::new(ChunkStep::new(
+            sync_balance::STEP_NAME,
+            BalanceReader::new(self.db.clone()),
+            PassThrough,
+            CacheWriter::new(
+                self.redis.clone(),
+                &point.cache_key_prefix,
+                point.cache_ttl,
+                verify,
+            ),
+        ));
+        if verify {
+            // Verify mode writes nothing: no report either.
+            return Ok(vec![sync]);
+        }
+        let report: Arc<dyn Step> = Arc::new(TaskletStep::new(
+            daily_report::STEP_NAME,
+            DailyReport::new(self.db.clone(), date, self.props.batch.timezone),
+        ));
+        Ok(vec![sync, report])
+    }
+}
