@@ -3,7 +3,11 @@
 #   PostgreSQL 127.0.0.1:5432 (user postgres, trust auth), MariaDB 127.0.0.1:3306 (root, empty
 #   password), Redis 127.0.0.1:6379 (nothing on disk).
 # Starts any that is down; installs any that is absent from Debian's packages. Idempotent.
+# With arguments, only those services: `scripts/services.sh redis`.
 set -euo pipefail
+
+want() { [ "${#SERVICES[@]}" -eq 0 ] || [[ " ${SERVICES[*]} " == *" $1 "* ]]; }
+SERVICES=("$@")
 
 log() { echo "services: $*" >&2; }
 die() { echo "services: ERROR: $*" >&2; exit 1; }
@@ -19,10 +23,12 @@ wait_for() { # wait_for <what> <seconds> <command...>
 }
 
 missing=()
-command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql postgresql-client)
-[ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+if want postgres; then command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql postgresql-client); fi
+if want mariadb; then [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client); fi
+if want redis; then
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -31,6 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # --- PostgreSQL ---------------------------------------------------------------------------
+if want postgres; then
 if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
   ver=$(ls /etc/postgresql | sort -V | tail -n 1)
   [ -n "$ver" ] || die "no PostgreSQL cluster under /etc/postgresql"
@@ -49,10 +56,11 @@ if ! psql -w -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&
   as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
   wait_for "PostgreSQL login as postgres" 30 psql -w -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1'
 fi
+fi
 
 # --- MariaDB ------------------------------------------------------------------------------
 mysql_ok() { mariadb -h 127.0.0.1 -P 3306 -uroot -e 'SELECT 1' >/dev/null 2>&1; }
-if ! mysql_ok; then
+if want mariadb && ! mysql_ok; then
   if ! mariadb-admin --protocol=socket -uroot ping >/dev/null 2>&1; then
     log "starting MariaDB"
     as_root mkdir -p /run/mysqld && as_root chown mysql:mysql /run/mysqld 2>/dev/null || true
@@ -72,7 +80,7 @@ if ! mysql_ok; then
 fi
 
 # --- Redis --------------------------------------------------------------------------------
-if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+if want redis && ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
   log "starting Redis"
   as_root mkdir -p /var/lib/redis /var/log/redis
   as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
@@ -80,4 +88,4 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
   wait_for "Redis" 30 sh -c 'redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG'
 fi
 
-log "PostgreSQL, MariaDB and Redis are up"
+log "up: ${SERVICES[*]:-postgres mariadb redis}"

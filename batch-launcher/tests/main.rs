@@ -1,6 +1,7 @@
 //! End-to-end tests of the built `batch-launcher` binary: exit codes, output, rows.
 
 mod cli;
+mod point_job;
 mod runtime_cli;
 
 use std::path::Path;
