@@ -1,20 +1,31 @@
 #![doc = include_str!("../README.md")]
 
-use batch_common::job::ParamKind;
-use batch_common::{JobDescriptor, ParameterSpec};
+pub mod api;
+pub mod fake_server;
+pub mod job;
+pub mod provider;
+pub mod schedule;
+pub mod usecase;
 
-/// The job's name on the command line and in the metadata tables.
-pub const JOB_NAME: &str = "assetRefreshJob";
+use std::sync::Arc;
 
-/// What `batch-launcher list` shows for this job.
-pub const DESCRIPTOR: JobDescriptor = JobDescriptor {
-    name: JOB_NAME,
-    description: "Refresh every active user's assets from the external asset API, one snapshot per user per day",
-    steps: &["refreshAssetStep"],
-    parameters: &[ParameterSpec {
-        name: "date",
-        kind: ParamKind::Date,
-        identifying: true,
-        description: "snapshot day YYYY-MM-DD (default: today in batch.timezone)",
-    }],
-};
+use batch_common::job::{BuildFuture, Job, JobEnv};
+
+pub use job::{AssetRefreshJob, DESCRIPTOR, JOB_NAME};
+pub use provider::{AssetProvider, AssetSnapshot, FetchError, FetchErrorKind, HttpAssetProvider};
+
+/// The launcher's factory: the reqwest provider from `[asset]`, and the job.
+pub fn build(env: &JobEnv) -> BuildFuture<'_> {
+    Box::pin(async move {
+        let settings = &env.props.asset;
+        let provider = Arc::new(HttpAssetProvider::new(settings, env.clock.clone())?);
+        let job: Arc<dyn Job> = Arc::new(AssetRefreshJob::new(
+            env.db.clone(),
+            provider,
+            env.clock.clone(),
+            env.props.batch.timezone,
+            settings.concurrency.get(),
+        ));
+        Ok(job)
+    })
+}

@@ -202,6 +202,9 @@ pub struct AssetSettings {
     /// First retry delay (exponential, with jitter).
     #[serde(with = "duration")]
     pub retry_backoff: Duration,
+    /// Bearer token sent to the API (a secret). Unset: no `Authorization` header.
+    #[serde(default)]
+    pub api_token: Option<Secret<String>>,
 }
 
 /// `[notify]`

@@ -58,6 +58,41 @@ pub enum Command {
     Recover(RecoverArgs),
     /// Delete the metadata of executions that ended before a cutoff.
     Purge(PurgeArgs),
+    /// Serve a fake of the external asset API over HTTP, for local runs and benchmarks.
+    FakeAssetApi(FakeAssetApiArgs),
+}
+
+/// Arguments of `fake-asset-api`.
+#[derive(Debug, Args)]
+pub struct FakeAssetApiArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+
+    /// Port to listen on (the default matches `asset.api_base_url`).
+    #[arg(long, default_value_t = 8089)]
+    pub port: u16,
+
+    /// Delay before every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+
+    /// Share of requests answered 503 at random, 0.0 to 1.0.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub error_rate: f64,
+
+    /// Users that always fail, as user=status pairs: `3=500,5=404`.
+    #[arg(long, default_value = "")]
+    pub fail_users: String,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "invalid error rate `{s}`; expected a number from 0.0 to 1.0"
+        )),
+    }
 }
 
 /// Arguments of `run`.

@@ -19,7 +19,7 @@ pub const JOBS: &[Registration] = &[
     },
     Registration {
         descriptor: &batch_asset::DESCRIPTOR,
-        build: None,
+        build: Some(batch_asset::build),
     },
 ];
 

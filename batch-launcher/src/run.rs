@@ -56,7 +56,35 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History(args) => history_cmd(&props, args).await,
         Command::Recover(args) => recover_cmd(&props, args).await,
         Command::Purge(args) => purge_cmd(&props, args).await,
+        Command::FakeAssetApi(args) => fake_asset_api_cmd(args).await,
     }
+}
+
+async fn fake_asset_api_cmd(args: crate::cli::FakeAssetApiArgs) -> anyhow::Result<ExitCode> {
+    use batch_asset::fake_server::{FakeApiConfig, FakeState, parse_fail_users, serve};
+    let fail_users =
+        parse_fail_users(&args.fail_users).map_err(|e| UsageError(format!("--fail-users: {e}")))?;
+    let listener = tokio::net::TcpListener::bind((args.bind, args.port))
+        .await
+        .with_context(|| format!("listening on {}:{}", args.bind, args.port))?;
+    let state = Arc::new(FakeState::default());
+    state.set_config(FakeApiConfig {
+        latency: std::time::Duration::from_millis(args.latency_ms),
+        error_rate: args.error_rate,
+        fail_users,
+        revision: 0,
+    });
+    println!(
+        "fake asset API on http://{}/v1/users/{{userId}}/assets (latency {} ms, error rate {}); Ctrl-C stops it",
+        listener.local_addr()?,
+        args.latency_ms,
+        args.error_rate
+    );
+    tokio::select! {
+        r = serve(listener, state) => r.context("serving")?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(ExitCode::Completed)
 }
 
 /// Cancelled on the first SIGINT/SIGTERM: the running job stops after its current chunk and ends

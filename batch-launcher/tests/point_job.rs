@@ -47,11 +47,17 @@ fn unreachable_redis_exits_1_saying_where_it_looked() {
     let o = launcher(
         dir.path(),
         &["run", "pointBalanceSyncJob", "--result-file", "r.json"],
-        &[("BATCH__REDIS__URL", "redis://:hunter2@127.0.0.1:1"), ("BATCH__REDIS__CONNECT_TIMEOUT", "300ms")],
+        &[
+            ("BATCH__REDIS__URL", "redis://:hunter2@127.0.0.1:1"),
+            ("BATCH__REDIS__CONNECT_TIMEOUT", "300ms"),
+        ],
     );
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
-    assert!(err.contains("redis://:***@127.0.0.1:1") && err.contains("BATCH__REDIS__URL"), "{err}");
+    assert!(
+        err.contains("redis://:***@127.0.0.1:1") && err.contains("BATCH__REDIS__URL"),
+        "{err}"
+    );
     assert!(!err.contains("hunter2"), "{err}");
 }
 
@@ -59,7 +65,10 @@ async fn cache(redis: &TestRedis, users: i64) -> HashMap<i64, (String, String)> 
     let mut conn = redis.conn().await;
     let mut pipe = redis::pipe();
     for u in 1..=users {
-        pipe.cmd("HMGET").arg(redis.key(&format!("point:balance:{u}"))).arg("balance").arg("version");
+        pipe.cmd("HMGET")
+            .arg(redis.key(&format!("point:balance:{u}")))
+            .arg("balance")
+            .arg("version");
     }
     let values: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await.unwrap();
     values

@@ -141,6 +141,9 @@ db_test!(async fn users_insert_active_paging_find_count(db) {
     let u = User::find(&mut conn, 3).await?.expect("user 3");
     assert_eq!((u.name.as_str(), u.is_active(), u.current_asset_history_id), ("user-3", false, None));
     assert!(User::find(&mut conn, 31).await?.is_none());
+    let many = User::find_many(&mut conn, &[9, 2, 31, 3]).await?;
+    assert_eq!(many.iter().map(|u| u.id).collect::<Vec<_>>(), vec![2, 3, 9]);
+    assert!(User::find_many(&mut conn, &[]).await?.is_empty());
     Ok(())
 });
 

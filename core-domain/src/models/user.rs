@@ -94,6 +94,22 @@ impl User {
             .await)
     }
 
+    /// The users with these ids (any status), ordered by id.
+    pub async fn find_many(conn: &mut DbConnection, ids: &[i64]) -> QueryResult<Vec<User>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(crate::models::MAX_BIND_PARAMS) {
+            let mut part: Vec<User> = dispatch!(&mut *conn, c => users::table
+                .filter(users::id.eq_any(chunk))
+                .order(users::id.asc())
+                .select(User::as_select())
+                .load(c)
+                .await)?;
+            out.append(&mut part);
+        }
+        out.sort_unstable_by_key(|u| u.id);
+        Ok(out)
+    }
+
     /// One user by id.
     pub async fn find(conn: &mut DbConnection, id: i64) -> QueryResult<Option<User>> {
         dispatch!(conn, c => users::table

@@ -1,0 +1,406 @@
+//! pointBalanceSyncJob benchmark on PostgreSQL (issue 4). Run with
+//!
+//! ```sh
+//! cargo build --release -p batch-launcher && cargo bench -p batch-point --bench point_bench
+//! ```
+//!
+//! In one run it seeds 1,000,000 balances and 5,000,000 transactions for one day (plus 500,000 on
+//! each neighbouring day) into a fresh database `batch_bench`, starts a private Redis on port 6390,
+//! and measures, with the release `batch-launcher` binary:
+//! - the mass-insertion limit: `redis-cli --pipe` of the same 1,000,000 `HSET` + `PEXPIRE`;
+//! - the sync step with a cold cache (all keys missing) and a warm one (1% stale), as ratios of it;
+//! - the report step against one hand-written `INSERT … SELECT … GROUP BY` for the same day;
+//! - the launcher's peak RSS at 1,000,000 and 2,000,000 balances.
+//!
+//! `cargo test --all-targets` builds this target and runs it without `--bench`: it then exits at once.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use core_domain::{DatabaseUrl, DbConnection};
+
+const USERS: i64 = 1_000_000;
+const DAY_TX: i64 = 5_000_000;
+const NEIGHBOUR_TX: i64 = 500_000;
+const DATE: &str = "2026-11-20";
+const REDIS_PORT: u16 = 6390;
+const PREFIX: &str = "point:balance:";
+const TTL_MS: u64 = 48 * 3600 * 1000;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("point_bench: run it with `cargo bench -p batch-point --bench point_bench`");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Err(e) = rt.block_on(run()) {
+        eprintln!("point_bench failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn launcher_bin() -> PathBuf {
+    std::env::var_os("BATCH_LAUNCHER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/batch-launcher")
+        })
+}
+
+fn admin_url() -> String {
+    std::env::var("BATCH_BENCH_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn exec(conn: &mut DbConnection, sql: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    conn.batch_execute(sql)
+        .await
+        .map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
+    Ok(t.elapsed())
+}
+
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_cli(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &REDIS_PORT.to_string()])
+        .args(args)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Result of one launcher run: the step durations (ms) from the result file and the peak RSS.
+struct Run {
+    sync_ms: u64,
+    report_ms: Option<u64>,
+    total_ms: u64,
+    peak_rss_kb: u64,
+    counters: serde_json::Value,
+}
+
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn run_launcher(db_url: &str, args: &[&str]) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    let result = dir.path().join("result.json");
+    let mut cmd = Command::new(launcher_bin());
+    cmd.args(["-q", "run", "pointBalanceSyncJob"])
+        .args(args)
+        .arg("--result-file")
+        .arg(&result);
+    cmd.env("BATCH__DATABASE__URL", db_url)
+        .env(
+            "BATCH__REDIS__URL",
+            format!("redis://127.0.0.1:{REDIS_PORT}"),
+        )
+        .env("BATCH__POINT__CACHE_KEY_PREFIX", PREFIX)
+        .stdout(Stdio::null());
+    let t = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("{}: {e} (build it first)", launcher_bin().display()))?;
+    let pid = child.id();
+    let mut peak = 0;
+    loop {
+        if let Some(kb) = peak_rss_kb(pid) {
+            peak = peak.max(kb);
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::ensure!(status.success(), "launcher exited with {status}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let total_ms = t.elapsed().as_millis() as u64;
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&result)?)?;
+    let step = |name: &str| {
+        json["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == name))
+            .cloned()
+    };
+    let sync =
+        step("syncPointBalanceStep").ok_or_else(|| anyhow::anyhow!("no sync step in {json}"))?;
+    Ok(Run {
+        sync_ms: sync["duration_ms"].as_u64().unwrap_or(0),
+        report_ms: step("generateDailyReportStep").and_then(|s| s["duration_ms"].as_u64()),
+        total_ms,
+        peak_rss_kb: peak,
+        counters: sync["counters"].clone(),
+    })
+}
+
+/// Writes the RESP protocol of HSET + PEXPIRE for every balance, as `redis-cli --pipe` reads it.
+async fn write_pipe_file(conn: &mut DbConnection, path: &std::path::Path) -> anyhow::Result<()> {
+    use core_domain::models::PointBalance;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    fn resp(out: &mut impl std::io::Write, parts: &[&str]) -> std::io::Result<()> {
+        write!(out, "*{}\r\n", parts.len())?;
+        for p in parts {
+            write!(out, "${}\r\n{p}\r\n", p.len())?;
+        }
+        Ok(())
+    }
+    let mut after = 0;
+    loop {
+        let page = PointBalance::page_after(conn, after, 10_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for b in &page {
+            let key = format!("{PREFIX}{}", b.user_id);
+            let updated = b
+                .updated_at
+                .and_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            resp(
+                &mut out,
+                &[
+                    "HSET",
+                    &key,
+                    "balance",
+                    &b.balance.to_string(),
+                    "version",
+                    &b.version.to_string(),
+                    "updatedAt",
+                    &updated,
+                ],
+            )?;
+            resp(&mut out, &["PEXPIRE", &key, &TTL_MS.to_string()])?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    a as f64 / b.max(1) as f64
+}
+
+async fn run() -> anyhow::Result<()> {
+    anyhow::ensure!(
+        launcher_bin().exists(),
+        "{} not found: run `cargo build --release -p batch-launcher` first",
+        launcher_bin().display()
+    );
+    // A fresh database.
+    let admin = DatabaseUrl::parse(&admin_url())?;
+    let mut admin_conn = DbConnection::establish(&admin).await?;
+    exec(
+        &mut admin_conn,
+        "DROP DATABASE IF EXISTS batch_bench WITH (FORCE)",
+    )
+    .await?;
+    exec(&mut admin_conn, "CREATE DATABASE batch_bench").await?;
+    let db_url_str = admin_url()
+        .rsplit_once('/')
+        .map(|(base, _)| format!("{base}/batch_bench"))
+        .unwrap();
+    let db_url = DatabaseUrl::parse(&db_url_str)?;
+    core_domain::migrate::run_pending(&db_url).await?;
+    let mut conn = DbConnection::establish(&db_url).await?;
+
+    println!(
+        "seeding {USERS} balances, {DAY_TX} transactions on {DATE} (KST) and {NEIGHBOUR_TX} on each neighbouring day ..."
+    );
+    let t = Instant::now();
+    exec(&mut conn, &format!(
+        "INSERT INTO point_balance (user_id, balance, version, updated_at) \
+         SELECT g, (g * 7919) % 100000, 1 + g % 20, TIMESTAMP '2026-11-20 10:00:00' + (g % 3600) * INTERVAL '1 second' \
+         FROM generate_series(1::bigint, {USERS}) g")).await?;
+    // The KST day 2026-11-20 is [2026-11-19 15:00, 2026-11-20 15:00) UTC.
+    let seed_points = |count: i64, start: &str| {
+        format!(
+            "INSERT INTO point (user_id, amount, type, description, balance_snapshot, point_balance_id, created_at) \
+         SELECT 1 + (g * 48271) % {USERS}, 100 + g % 900, (ARRAY['EARN','EARN','USE','CANCEL'])[1 + g % 4], NULL, \
+         g % 100000, 1 + (g * 48271) % {USERS}, TIMESTAMP '{start}' + ((g * 7) % 86400000) * INTERVAL '1 millisecond' \
+         FROM generate_series(1::bigint, {count}) g"
+        )
+    };
+    exec(&mut conn, &seed_points(DAY_TX, "2026-11-19 15:00:00")).await?;
+    exec(&mut conn, &seed_points(NEIGHBOUR_TX, "2026-11-18 15:00:00")).await?;
+    exec(&mut conn, &seed_points(NEIGHBOUR_TX, "2026-11-20 15:00:00")).await?;
+    exec(
+        &mut conn,
+        "VACUUM ANALYZE point_balance; VACUUM ANALYZE point",
+    )
+    .await?;
+    println!("  seeded in {:.1} s", t.elapsed().as_secs_f64());
+
+    // A private Redis, so FLUSHALL touches nothing else.
+    let redis_dir = tempfile::tempdir()?;
+    let _redis = Redis(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &REDIS_PORT.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(redis_dir.path())
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let start = Instant::now();
+    while redis_cli(&["ping"])? != "PONG" {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis-server on {REDIS_PORT} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The mass-insertion limit.
+    let pipe_file = redis_dir.path().join("mass.resp");
+    write_pipe_file(&mut conn, &pipe_file).await?;
+    redis_cli(&["flushall"])?;
+    let t = Instant::now();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "redis-cli -p {REDIS_PORT} --pipe < {}",
+            pipe_file.display()
+        ))
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "redis-cli --pipe failed");
+    let pipe_ms = t.elapsed().as_millis() as u64;
+    anyhow::ensure!(
+        redis_cli(&["dbsize"])? == USERS.to_string(),
+        "mass insertion wrote {} keys",
+        redis_cli(&["dbsize"])?
+    );
+    redis_cli(&["flushall"])?;
+
+    // Cold cache: every key missing. Also the report step on an empty report table.
+    let cold = run_launcher(&db_url_str, &[&format!("date={DATE}")])?;
+    anyhow::ensure!(
+        cold.counters["created"] == USERS,
+        "cold counters {}",
+        cold.counters
+    );
+    // Warm cache: 1% of balances changed since.
+    exec(
+        &mut conn,
+        "UPDATE point_balance SET balance = balance + 1, version = version + 1 WHERE id % 100 = 0",
+    )
+    .await?;
+    exec(&mut conn, "VACUUM ANALYZE point_balance").await?;
+    let warm = run_launcher(&db_url_str, &[&format!("date={DATE}"), "--rerun"])?;
+    anyhow::ensure!(
+        warm.counters["corrected"] == USERS / 100,
+        "warm counters {}",
+        warm.counters
+    );
+
+    // The hand-written baseline for the report: one INSERT … SELECT … GROUP BY for the same day.
+    exec(
+        &mut conn,
+        &format!("DELETE FROM daily_point_report WHERE report_date = DATE '{DATE}'"),
+    )
+    .await?;
+    exec(&mut conn, "VACUUM ANALYZE daily_point_report").await?;
+    let baseline = exec(&mut conn, &format!(
+        "INSERT INTO daily_point_report (user_id, report_date, earn_amount, use_amount, cancel_amount, balance_snapshot, \
+         earn_count, use_count, cancel_count, first_transaction_at, last_transaction_at, created_at, updated_at) \
+         SELECT user_id, DATE '{DATE}', \
+           SUM(amount) FILTER (WHERE type = 'EARN'), SUM(amount) FILTER (WHERE type = 'USE'), SUM(amount) FILTER (WHERE type = 'CANCEL'), \
+           (ARRAY_AGG(balance_snapshot ORDER BY created_at DESC, id DESC))[1], \
+           COUNT(*) FILTER (WHERE type = 'EARN'), COUNT(*) FILTER (WHERE type = 'USE'), COUNT(*) FILTER (WHERE type = 'CANCEL'), \
+           MIN(created_at), MAX(created_at), now(), now() \
+         FROM point WHERE created_at >= TIMESTAMP '2026-11-19 15:00:00' AND created_at < TIMESTAMP '2026-11-20 15:00:00' \
+         GROUP BY user_id")).await?;
+    let baseline_ms = baseline.as_millis() as u64;
+
+    // Peak memory at 2,000,000 balances (cold cache, another date so it is a new instance).
+    exec(&mut conn, &format!(
+        "INSERT INTO point_balance (user_id, balance, version, updated_at) \
+         SELECT g, g % 100000, 1, TIMESTAMP '2026-11-20 10:00:00' FROM generate_series({}::bigint, {}) g", USERS + 1, 2 * USERS)).await?;
+    exec(&mut conn, "VACUUM ANALYZE point_balance").await?;
+    redis_cli(&["flushall"])?;
+    let big = run_launcher(&db_url_str, &["date=2026-11-21"])?;
+    anyhow::ensure!(
+        big.counters["created"] == 2 * USERS,
+        "2M counters {}",
+        big.counters
+    );
+
+    let keys_per_s = |ms: u64, n: i64| n as f64 / (ms.max(1) as f64 / 1000.0);
+    println!(
+        "\n=== pointBalanceSyncJob on PostgreSQL, {USERS} balances, {DAY_TX} transactions ==="
+    );
+    println!(
+        "redis-cli --pipe, {USERS} HSET + PEXPIRE : {pipe_ms:>7} ms  {:>10.0} keys/s  (the limit)",
+        keys_per_s(pipe_ms, USERS)
+    );
+    println!(
+        "sync, cold cache (all missing)          : {:>7} ms  {:>10.0} keys/s  ratio {:.2}x (target <= 1.5x)",
+        cold.sync_ms,
+        keys_per_s(cold.sync_ms, USERS),
+        ratio(cold.sync_ms, pipe_ms)
+    );
+    println!(
+        "sync, warm cache (1% stale)             : {:>7} ms  {:>10.0} keys/s  ratio {:.2}x (target <= 1.0x)",
+        warm.sync_ms,
+        keys_per_s(warm.sync_ms, USERS),
+        ratio(warm.sync_ms, pipe_ms)
+    );
+    let report_ms = cold.report_ms.unwrap_or(0);
+    println!(
+        "hand-written INSERT ... SELECT GROUP BY : {baseline_ms:>7} ms  {:>10.0} rows/s",
+        keys_per_s(baseline_ms, DAY_TX)
+    );
+    println!(
+        "report step (cold table)                : {report_ms:>7} ms  {:>10.0} rows/s  ratio {:.2}x (target <= 1.3x)",
+        keys_per_s(report_ms, DAY_TX),
+        ratio(report_ms, baseline_ms)
+    );
+    println!(
+        "report step (re-run, rows unchanged)    : {:>7} ms",
+        warm.report_ms.unwrap_or(0)
+    );
+    println!(
+        "launcher wall time: cold {} ms, warm {} ms, 2M cold {} ms (sync {} ms)",
+        cold.total_ms, warm.total_ms, big.total_ms, big.sync_ms
+    );
+    println!(
+        "launcher peak RSS: {:.1} MB at 1M (cold), {:.1} MB at 1M (warm), {:.1} MB at 2M balances (target < 150 MB)",
+        cold.peak_rss_kb as f64 / 1024.0,
+        warm.peak_rss_kb as f64 / 1024.0,
+        big.peak_rss_kb as f64 / 1024.0
+    );
+
+    drop(conn);
+    exec(
+        &mut admin_conn,
+        "DROP DATABASE IF EXISTS batch_bench WITH (FORCE)",
+    )
+    .await?;
+    Ok(())
+}
