@@ -1,5 +1,6 @@
 //! End-to-end tests of the built `batch-launcher` binary: exit codes, output, rows.
 
+mod asset_job;
 mod cli;
 mod point_job;
 mod runtime_cli;
