@@ -241,11 +241,8 @@ async fn run() -> anyhow::Result<()> {
     exec(&mut conn, &seed_points(DAY_TX, "2026-11-19 15:00:00")).await?;
     exec(&mut conn, &seed_points(NEIGHBOUR_TX, "2026-11-18 15:00:00")).await?;
     exec(&mut conn, &seed_points(NEIGHBOUR_TX, "2026-11-20 15:00:00")).await?;
-    exec(
-        &mut conn,
-        "VACUUM ANALYZE point_balance; VACUUM ANALYZE point",
-    )
-    .await?;
+    exec(&mut conn, "VACUUM ANALYZE point_balance").await?;
+    exec(&mut conn, "VACUUM ANALYZE point").await?;
     println!("  seeded in {:.1} s", t.elapsed().as_secs_f64());
 
     // A private Redis, so FLUSHALL touches nothing else.
@@ -330,7 +327,7 @@ async fn run() -> anyhow::Result<()> {
         "INSERT INTO daily_point_report (user_id, report_date, earn_amount, use_amount, cancel_amount, balance_snapshot, \
          earn_count, use_count, cancel_count, first_transaction_at, last_transaction_at, created_at, updated_at) \
          SELECT user_id, DATE '{DATE}', \
-           SUM(amount) FILTER (WHERE type = 'EARN'), SUM(amount) FILTER (WHERE type = 'USE'), SUM(amount) FILTER (WHERE type = 'CANCEL'), \
+           COALESCE(SUM(amount) FILTER (WHERE type = 'EARN'), 0), COALESCE(SUM(amount) FILTER (WHERE type = 'USE'), 0), COALESCE(SUM(amount) FILTER (WHERE type = 'CANCEL'), 0), \
            (ARRAY_AGG(balance_snapshot ORDER BY created_at DESC, id DESC))[1], \
            COUNT(*) FILTER (WHERE type = 'EARN'), COUNT(*) FILTER (WHERE type = 'USE'), COUNT(*) FILTER (WHERE type = 'CANCEL'), \
            MIN(created_at), MAX(created_at), now(), now() \

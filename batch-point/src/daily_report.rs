@@ -2,8 +2,8 @@
 //!
 //! The day is `[date 00:00, date+1 00:00)` in `[batch] timezone`, converted to UTC. The whole
 //! day is aggregated by the database in one `INSERT … SELECT … GROUP BY` (an upsert on
-//! `(user_id, report_date)`) plus a `DELETE` of rows of users who no longer have activity that
-//! day, in one transaction: a crash leaves all or nothing, and re-running the date leaves
+//! `(user_id, report_date)`) preceded by a `DELETE` of rows of users who no longer have activity
+//! that day, in one transaction: a crash leaves all or nothing, and re-running the date leaves
 //! exactly the same rows (a row whose values did not change keeps its `updated_at`).
 //! The last transaction of the day (by `created_at`, ties by id) gives `balance_snapshot`.
 
@@ -168,16 +168,18 @@ impl DailyReport {
         let conn: &mut DbConnection = &mut conn;
         conn.transaction(|c| {
             Box::pin(async move {
-                dispatch!(&mut *c, c => diesel::sql_query(insert.as_str())
+                // Stale rows first: on a first run there are none for the date, so this costs
+                // nothing, and the rows inserted next are never probed.
+                let deleted = dispatch!(&mut *c, c => diesel::sql_query(delete.as_str())
                     .bind::<Date, _>(date)
-                    .bind::<Timestamp, _>(now)
-                    .bind::<Timestamp, _>(now)
                     .bind::<Timestamp, _>(from)
                     .bind::<Timestamp, _>(to)
                     .execute(c)
                     .await)?;
-                let deleted = dispatch!(&mut *c, c => diesel::sql_query(delete.as_str())
+                dispatch!(&mut *c, c => diesel::sql_query(insert.as_str())
                     .bind::<Date, _>(date)
+                    .bind::<Timestamp, _>(now)
+                    .bind::<Timestamp, _>(now)
                     .bind::<Timestamp, _>(from)
                     .bind::<Timestamp, _>(to)
                     .execute(c)

@@ -1,14 +1,4 @@
-//! Test support (dev-dependency only).
-//!
-//! - [`TestDb`]: a fresh, migrated database for one test on SQLite (a temp file), PostgreSQL or
-//!   MySQL (a new database on the local server), dropped when the value is dropped, even if the
-//!   test panics.
-//! - [`db_test!`]: writes one test body once and runs it on all three backends.
-//! - [`TestRedis`]: an isolated Redis key space (a unique key prefix), deleted on drop.
-//!
-//! Servers come from `BATCH_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`),
-//! `BATCH_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/mysql`) and `BATCH_TEST_REDIS_URL`
-//! (default `redis://127.0.0.1:6379`).
+#![doc = include_str!("../README.md")]
 
 pub mod jobs;
 
