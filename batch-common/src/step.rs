@@ -326,7 +326,10 @@ where
                 // The chunk is already in the external store, and writers there are idempotent:
                 // losing this checkpoint in a crash only replays the chunk. So it need not wait
                 // for the WAL flush, which would otherwise bound the step at one fsync per chunk.
-                if let Err(e) = conn.batch_execute("SET LOCAL synchronous_commit = off").await {
+                if let Err(e) = conn
+                    .batch_execute("SET LOCAL synchronous_commit = off")
+                    .await
+                {
                     let _ = conn.rollback().await;
                     return Err(e.into());
                 }
