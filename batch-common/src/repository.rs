@@ -823,33 +823,25 @@ async fn mark_abandoned(
     let message = message.to_owned();
     conn.transaction(|c| {
         Box::pin(async move {
-            let changed = match stale_before {
-                Some(cutoff) => dispatch!(&mut *c, c => diesel::update(e::table
-                        .filter(e::id.eq(execution_id))
-                        .filter(e::live_instance_id.is_not_null())
-                        .filter(e::last_updated.lt(cutoff)))
-                    .set((
-                        e::status.eq(BatchStatus::Failed.as_str()),
-                        e::exit_code.eq(exit_codes::FAILED),
-                        e::exit_message.eq(&message),
-                        e::end_time.eq(now),
-                        e::live_instance_id.eq(None::<i64>),
-                    ))
-                    .execute(c)
-                    .await)?,
-                None => dispatch!(&mut *c, c => diesel::update(e::table
-                        .filter(e::id.eq(execution_id))
-                        .filter(e::live_instance_id.is_not_null()))
-                    .set((
-                        e::status.eq(BatchStatus::Failed.as_str()),
-                        e::exit_code.eq(exit_codes::FAILED),
-                        e::exit_message.eq(&message),
-                        e::end_time.eq(now),
-                        e::live_instance_id.eq(None::<i64>),
-                    ))
-                    .execute(c)
-                    .await)?,
-            };
+            // Without a staleness condition every heartbeat qualifies (a far-future bound that
+            // every backend's DATETIME can hold).
+            let far_future = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+                .and_then(|d| d.and_hms_opt(23, 59, 59))
+                .expect("a valid date");
+            let cutoff = stale_before.unwrap_or(far_future);
+            let changed = dispatch!(&mut *c, c => diesel::update(e::table
+                    .filter(e::id.eq(execution_id))
+                    .filter(e::live_instance_id.is_not_null())
+                    .filter(e::last_updated.lt(cutoff)))
+                .set((
+                    e::status.eq(BatchStatus::Failed.as_str()),
+                    e::exit_code.eq(exit_codes::FAILED),
+                    e::exit_message.eq(&message),
+                    e::end_time.eq(now),
+                    e::live_instance_id.eq(None::<i64>),
+                ))
+                .execute(c)
+                .await)?;
             if changed > 0 {
                 dispatch!(&mut *c, c => diesel::update(s::table
                         .filter(s::job_execution_id.eq(execution_id))
