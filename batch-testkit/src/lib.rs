@@ -208,7 +208,7 @@ impl Drop for TestDb {
 
 /// Runs one async test body against a fresh database on each of SQLite, PostgreSQL and MySQL.
 ///
-/// ```ignore
+/// ```text
 /// batch_testkit::db_test!(async fn counts_balances(db) {
 ///     let mut conn = db.conn().await;
 ///     assert_eq!(PointBalance::count(&mut conn).await?, 0);

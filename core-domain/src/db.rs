@@ -204,7 +204,7 @@ pub enum DbConnection {
 
 /// Expands one expression for each backend variant of a [`DbConnection`].
 ///
-/// ```ignore
+/// ```text
 /// let n: i64 = dispatch!(conn, c => point_balance::table.count().get_result(c).await)?;
 /// ```
 /// The expression is type-checked separately for PostgreSQL, MySQL and SQLite.
@@ -291,7 +291,7 @@ impl DbConnection {
     /// On SQLite the transaction starts with `BEGIN IMMEDIATE`, so concurrent writers wait on the
     /// busy timeout instead of failing when they upgrade a read lock.
     ///
-    /// ```ignore
+    /// ```text
     /// conn.transaction(|c| Box::pin(async move { insert(c).await?; save_checkpoint(c).await })).await?;
     /// ```
     pub async fn transaction<'a, R, E, F>(&'a mut self, f: F) -> Result<R, E>
