@@ -11,11 +11,11 @@
 //!
 //! `cargo test --all-targets` runs this target without `--bench`: it then exits at once.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use batch_asset::fake_server::{FakeApiConfig, spawn};
+use batch_testkit::bench::{launcher_bin, postgres_admin_url, wait_tracking_peak_rss};
 use core_domain::{DatabaseUrl, DbConnection};
 
 const USERS: i64 = 10_000;
@@ -36,30 +36,6 @@ fn main() {
     }
 }
 
-fn launcher_bin() -> PathBuf {
-    std::env::var_os("BATCH_LAUNCHER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/batch-launcher")
-        })
-}
-
-fn admin_url() -> String {
-    std::env::var("BATCH_BENCH_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn peak_rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// Runs the job; returns (step ms, peak RSS kB, snapshots written).
 async fn run_job(
     db_url: &str,
@@ -69,7 +45,7 @@ async fn run_job(
 ) -> anyhow::Result<(u64, u64, i64)> {
     let dir = tempfile::tempdir()?;
     let result = dir.path().join("result.json");
-    let mut child = Command::new(launcher_bin())
+    let child = Command::new(launcher_bin())
         .args([
             "-q",
             "run",
@@ -84,18 +60,7 @@ async fn run_job(
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| anyhow::anyhow!("{}: {e} (build it first)", launcher_bin().display()))?;
-    let pid = child.id();
-    let mut peak = 0;
-    loop {
-        if let Some(kb) = peak_rss_kb(pid) {
-            peak = peak.max(kb);
-        }
-        if let Some(status) = child.try_wait()? {
-            anyhow::ensure!(status.success(), "launcher exited with {status}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let peak = tokio::task::spawn_blocking(move || wait_tracking_peak_rss(child)).await??;
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&result)?)?;
     let step = &json["steps"][0];
     Ok((
@@ -111,7 +76,7 @@ async fn run() -> anyhow::Result<()> {
         "{} not found: run `cargo build --release -p batch-launcher` first",
         launcher_bin().display()
     );
-    let admin = DatabaseUrl::parse(&admin_url())?;
+    let admin = DatabaseUrl::parse(&postgres_admin_url())?;
     let mut admin_conn = DbConnection::establish(&admin).await?;
     admin_conn
         .batch_execute("DROP DATABASE IF EXISTS batch_asset_bench WITH (FORCE)")
@@ -119,7 +84,7 @@ async fn run() -> anyhow::Result<()> {
     admin_conn
         .batch_execute("CREATE DATABASE batch_asset_bench")
         .await?;
-    let db_url = admin_url()
+    let db_url = postgres_admin_url()
         .rsplit_once('/')
         .map(|(b, _)| format!("{b}/batch_asset_bench"))
         .unwrap();

@@ -15,10 +15,10 @@
 //! `cargo test --all-targets` builds this target and runs it without `--bench`: it then exits at once.
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use batch_testkit::bench::{launcher_bin, postgres_admin_url, wait_tracking_peak_rss};
 use core_domain::{DatabaseUrl, DbConnection};
 
 const USERS: i64 = 1_000_000;
@@ -42,19 +42,6 @@ fn main() {
         eprintln!("point_bench failed: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn launcher_bin() -> PathBuf {
-    std::env::var_os("BATCH_LAUNCHER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/batch-launcher")
-        })
-}
-
-fn admin_url() -> String {
-    std::env::var("BATCH_BENCH_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 async fn exec(conn: &mut DbConnection, sql: &str) -> anyhow::Result<Duration> {
@@ -91,17 +78,6 @@ struct Run {
     counters: serde_json::Value,
 }
 
-fn peak_rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn run_launcher(db_url: &str, args: &[&str]) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
     let result = dir.path().join("result.json");
@@ -118,21 +94,10 @@ fn run_launcher(db_url: &str, args: &[&str]) -> anyhow::Result<Run> {
         .env("BATCH__POINT__CACHE_KEY_PREFIX", PREFIX)
         .stdout(Stdio::null());
     let t = Instant::now();
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .map_err(|e| anyhow::anyhow!("{}: {e} (build it first)", launcher_bin().display()))?;
-    let pid = child.id();
-    let mut peak = 0;
-    loop {
-        if let Some(kb) = peak_rss_kb(pid) {
-            peak = peak.max(kb);
-        }
-        if let Some(status) = child.try_wait()? {
-            anyhow::ensure!(status.success(), "launcher exited with {status}");
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let peak = wait_tracking_peak_rss(child)?;
     let total_ms = t.elapsed().as_millis() as u64;
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&result)?)?;
     let step = |name: &str| {
@@ -205,7 +170,7 @@ async fn run() -> anyhow::Result<()> {
         launcher_bin().display()
     );
     // A fresh database.
-    let admin = DatabaseUrl::parse(&admin_url())?;
+    let admin = DatabaseUrl::parse(&postgres_admin_url())?;
     let mut admin_conn = DbConnection::establish(&admin).await?;
     exec(
         &mut admin_conn,
@@ -213,7 +178,7 @@ async fn run() -> anyhow::Result<()> {
     )
     .await?;
     exec(&mut admin_conn, "CREATE DATABASE batch_bench").await?;
-    let db_url_str = admin_url()
+    let db_url_str = postgres_admin_url()
         .rsplit_once('/')
         .map(|(base, _)| format!("{base}/batch_bench"))
         .unwrap();

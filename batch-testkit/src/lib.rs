@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod bench;
 pub mod jobs;
 
 use std::sync::atomic::{AtomicU64, Ordering};
