@@ -169,6 +169,16 @@ impl ItemReader for ActiveUserReader {
         }
         Ok((users, serde_json::json!({ "last_id": self.last_id })))
     }
+
+    async fn total(&mut self, scope: &ReadScope) -> anyhow::Result<Option<u64>> {
+        Ok(Some(match scope {
+            ReadScope::All => {
+                let mut conn = self.db.get().await?;
+                User::count_active(&mut conn).await?.max(0) as u64
+            }
+            ReadScope::FailedItems(keys) => keys.len() as u64,
+        }))
+    }
 }
 
 /// Calls the provider for a chunk of users (concurrently, through the use case).

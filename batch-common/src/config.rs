@@ -166,6 +166,8 @@ pub struct RuntimeSettings {
     /// A STARTED execution whose heartbeat is older than this is considered dead.
     #[serde(with = "duration")]
     pub stale_after: Duration,
+    /// Without a terminal, one progress log line per this many chunks of a step.
+    pub progress_log_chunks: NonZeroU32,
 }
 
 /// `[point]`: pointBalanceSyncJob.
@@ -177,6 +179,10 @@ pub struct PointSettings {
     pub cache_ttl: Duration,
     /// Key prefix; the key is `{prefix}{userId}`.
     pub cache_key_prefix: String,
+    /// Chunk size of the sync step (balances per Redis write and checkpoint); unset:
+    /// `batch.chunk_size`.
+    #[serde(default)]
+    pub sync_chunk_size: Option<NonZeroUsize>,
 }
 
 /// `[asset]`: assetRefreshJob.
@@ -207,13 +213,34 @@ pub struct AssetSettings {
     pub api_token: Option<Secret<String>>,
 }
 
-/// `[notify]`
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// `[notify]`: job notifications (see `crate::notify`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifySettings {
     /// Slack incoming-webhook URL (a secret). Unset: no Slack messages.
     #[serde(default)]
     pub slack_webhook_url: Option<Secret<url::Url>>,
+    /// Whole-request timeout of one message (connect included). A slow or dead webhook delays
+    /// the run by at most this much per message; it never fails the run.
+    #[serde(
+        deserialize_with = "positive_duration",
+        serialize_with = "duration::serialize"
+    )]
+    pub timeout: Duration,
+    /// Send a message when a job starts.
+    pub on_start: bool,
+    /// Send a message when a job completes without item failures. Failures, completions with
+    /// item failures, stops and exhausted step retries are always sent.
+    pub on_success: bool,
+}
+
+/// A duration greater than zero (`[notify] timeout`).
+fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let value = duration::deserialize(d)?;
+    if value.is_zero() {
+        return Err(serde::de::Error::custom("must be greater than 0"));
+    }
+    Ok(value)
 }
 
 /// `[server]`
@@ -222,9 +249,13 @@ pub struct NotifySettings {
 pub struct ServerSettings {
     /// Listen address of `serve`.
     pub bind: SocketAddr,
-    /// Bearer token required by every route but health (a secret).
+    /// Bearer token required by every route but health (a secret). `serve` refuses to start
+    /// without one.
     #[serde(default)]
     pub token: Option<Secret<String>>,
+    /// At start-up, a scheduled tick that fell while `serve` was down: `run_once` or `skip`.
+    #[serde(default)]
+    pub missed_ticks: crate::schedule::MissedTicks,
 }
 
 impl BatchProperties {
@@ -325,12 +356,15 @@ impl BatchProperties {
             ));
         }
         self.schedule = normalize_schedule(&self.schedule);
+        // `off` (or an empty value) unschedules a job, e.g. BATCH__SCHEDULE__ASSETREFRESHJOB=off.
+        self.schedule
+            .retain(|_, cron| !(cron.trim().is_empty() || cron.trim().eq_ignore_ascii_case("off")));
         for (job, cron) in &self.schedule {
-            if cron.split_whitespace().count() < 5 {
+            if let Err(reason) = crate::schedule::CronSchedule::parse(cron) {
                 return Err(ConfigError::invalid(
                     &format!("schedule.{job}"),
                     format!(
-                        "`{cron}` is not a cron expression (expected 6 fields: sec min hour day month weekday)"
+                        "`{cron}` is not a cron expression: {reason} (expected `sec min hour day-of-month month day-of-week`, or `off`)"
                     ),
                 ));
             }
@@ -520,6 +554,8 @@ mod tests {
                     "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
                 ),
                 ("BATCH__SCHEDULE__POINTBALANCESYNCJOB", "0 0 3 * * *"),
+                ("BATCH__SCHEDULE__ASSETREFRESHJOB", "off"),
+                ("BATCH__SERVER__MISSED_TICKS", "skip"),
                 ("BATCH__ASSET__RATE_LIMIT_PER_SECOND", "50"),
                 ("BATCH__SERVER__TOKEN", "12345"),
                 ("UNRELATED", "ignored"),
@@ -531,7 +567,9 @@ mod tests {
         assert_eq!(p.database.url.backend(), core_domain::Backend::Postgres);
         assert_eq!(p.redis.cluster_nodes.len(), 2);
         assert_eq!(p.schedule_for("pointBalanceSyncJob"), Some("0 0 3 * * *"));
-        assert_eq!(p.schedule.len(), 2, "{:?}", p.schedule);
+        assert_eq!(p.schedule_for("assetRefreshJob"), None, "`off` unschedules");
+        assert_eq!(p.schedule.len(), 1, "{:?}", p.schedule);
+        assert_eq!(p.server.missed_ticks, crate::schedule::MissedTicks::Skip);
         assert_eq!(p.asset.rate_limit_per_second.map(|n| n.get()), Some(50));
         assert_eq!(p.server.token.as_ref().unwrap().expose(), "12345");
     }
@@ -602,6 +640,21 @@ mod tests {
                 vec![("BATCH__SCHEDULE__ASSETREFRESHJOB", "daily")],
                 "schedule.assetRefreshJob",
                 "daily",
+            ),
+            (
+                vec![("BATCH__SCHEDULE__ASSETREFRESHJOB", "0 0 25 * * *")],
+                "schedule.assetRefreshJob",
+                "0 0 25 * * *",
+            ),
+            (
+                vec![("BATCH__SERVER__MISSED_TICKS", "sometimes")],
+                "server.missed_ticks",
+                "sometimes",
+            ),
+            (
+                vec![("BATCH__BATCH__PROGRESS_LOG_CHUNKS", "0")],
+                "batch.progress_log_chunks",
+                "0",
             ),
         ] {
             let e = err(None, &vars);

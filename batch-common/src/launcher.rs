@@ -64,6 +64,69 @@ pub struct LaunchOptions {
     pub cancel: CancellationToken,
 }
 
+/// What [`JobLauncher::prepare`] decided.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Nothing runs: the instance already completed (NOOP) or is running elsewhere
+    /// (ALREADY_RUNNING, exit 4). The result says which.
+    Done(BatchResult),
+    /// An execution was created and claimed the instance; run it with [`PendingRun::run`].
+    Ready(Box<PendingRun>),
+}
+
+/// A claimed execution, ready to run. Run it promptly: until it runs, its heartbeat does not
+/// beat, and after `[batch] stale_after` another launcher may take the instance over.
+pub struct PendingRun {
+    launcher: JobLauncher,
+    run: JobRunInfo,
+    steps: Vec<Arc<dyn crate::step::Step>>,
+    restart_after: i64,
+    options: LaunchOptions,
+    result: BatchResult,
+    started: Instant,
+    now: chrono::NaiveDateTime,
+    span: tracing::Span,
+}
+
+impl std::fmt::Debug for PendingRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingRun")
+            .field("run", &self.run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingRun {
+    /// The execution's id.
+    pub fn execution_id(&self) -> i64 {
+        self.run.execution_id
+    }
+
+    /// The job instance's id.
+    pub fn job_instance_id(&self) -> i64 {
+        self.run.job_instance_id
+    }
+
+    /// Runs the execution to its end.
+    pub async fn run(self: Box<Self>) -> Result<BatchResult, LaunchError> {
+        let PendingRun {
+            launcher,
+            run,
+            steps,
+            restart_after,
+            options,
+            result,
+            started,
+            now,
+            span,
+        } = *self;
+        launcher
+            .run_execution(run, steps, restart_after, &options, result, started, now)
+            .instrument(span)
+            .await
+    }
+}
+
 /// Launches jobs against one job repository.
 #[derive(Clone)]
 pub struct JobLauncher {
@@ -130,13 +193,28 @@ impl JobLauncher {
         &self.repo
     }
 
-    /// Launches `job` with the given `key=value` parameters.
+    /// Launches `job` with the given `key=value` parameters and runs it to its end.
     pub async fn launch(
         &self,
         job: &dyn Job,
         given: BTreeMap<String, String>,
         options: &LaunchOptions,
     ) -> Result<BatchResult, LaunchError> {
+        match self.prepare(job, given, options).await? {
+            Prepared::Done(result) => Ok(result),
+            Prepared::Ready(run) => run.run().await,
+        }
+    }
+
+    /// The first half of [`launch`](Self::launch): resolves the parameters, claims the instance's
+    /// live slot and decides what to do, without running anything. An API that answers "started,
+    /// execution N" before the run ends calls this, answers, then runs the [`PendingRun`].
+    pub async fn prepare(
+        &self,
+        job: &dyn Job,
+        given: BTreeMap<String, String>,
+        options: &LaunchOptions,
+    ) -> Result<Prepared, LaunchError> {
         let descriptor = job.descriptor();
         let params = job.resolve_parameters(given)?;
         let steps = job.steps(&params).map_err(LaunchError::Setup)?;
@@ -197,7 +275,7 @@ impl JobLauncher {
                     live.execution = live.execution_id,
                     "refused: the instance is already running"
                 );
-                return Ok(result);
+                return Ok(Prepared::Done(result));
             }
             CreateExecution::Created {
                 execution,
@@ -248,7 +326,7 @@ impl JobLauncher {
                 execution.id = last.id,
                 "instance already completed; nothing to do"
             );
-            return Ok(result);
+            return Ok(Prepared::Done(result));
         }
         let restart_after = if options.rerun {
             last.map_or(0, |l| l.id)
@@ -268,9 +346,17 @@ impl JobLauncher {
             execution.id = execution.id,
             job.instance = instance.id
         );
-        self.run_execution(run, steps, restart_after, options, result, started, now)
-            .instrument(span)
-            .await
+        Ok(Prepared::Ready(Box::new(PendingRun {
+            launcher: self.clone(),
+            run,
+            steps,
+            restart_after,
+            options: options.clone(),
+            result,
+            started,
+            now,
+            span,
+        })))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -291,13 +377,13 @@ impl JobLauncher {
         result.execution_id = Some(execution_id);
         result.started_at = Some(to_utc(now));
         tracing::info!(parameters = ?run.parameters, "job started");
+        // The heartbeat, from the start (a slow listener must not make a live run look dead);
+        // losing it (someone marked us abandoned) stops the run after the chunk.
+        let run_cancel = options.cancel.child_token();
+        let heartbeat = self.spawn_heartbeat(execution_id, run_cancel.clone());
         for l in self.listeners.iter() {
             l.before_job(&run).await;
         }
-
-        // The heartbeat; losing it (someone marked us abandoned) stops the run after the chunk.
-        let run_cancel = options.cancel.child_token();
-        let heartbeat = self.spawn_heartbeat(execution_id, run_cancel.clone());
 
         let (status, message) = self
             .run_steps(&run, &steps, restart_after, &run_cancel, &mut result)

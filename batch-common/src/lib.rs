@@ -6,8 +6,11 @@ pub mod error;
 pub mod job;
 pub mod launcher;
 pub mod listener;
+pub mod metrics;
+pub mod notify;
 pub mod params;
 pub mod result;
+pub mod schedule;
 pub mod secret;
 pub mod step;
 
@@ -19,6 +22,9 @@ pub use error::{Transient, is_transient};
 pub use job::{Job, JobBuilder, JobDescriptor, JobEnv, ParamKind, ParameterSpec};
 pub use launcher::{JobLauncher, LaunchError, LaunchOptions};
 pub use listener::{JobListener, JobRunInfo};
+#[cfg(any(test, feature = "mock"))]
+pub use notify::MockNotifier;
+pub use notify::{Notification, Notifier, NotifyListener, SlackNotifier};
 pub use params::{JobParameters, ParameterError};
 pub use result::{BatchResult, ExitCode, StepResult};
 pub use secret::{RedactedUrl, Secret};

@@ -33,8 +33,15 @@ pub trait JobListener: Send + Sync {
     async fn before_step(&self, _job: &JobRunInfo, _step: &str) {}
     /// A step ended.
     async fn after_step(&self, _job: &JobRunInfo, _step: &StepResult) {}
-    /// A chunk was committed; `total` is the step's item count when known.
-    async fn on_chunk(&self, _job: &JobRunInfo, _step: &str, _progress: &StepProgress) {}
+    /// A chunk was committed; `total` is the step's item count when the reader knows it.
+    async fn on_chunk(
+        &self,
+        _job: &JobRunInfo,
+        _step: &str,
+        _progress: &StepProgress,
+        _total: Option<u64>,
+    ) {
+    }
     /// A failed step will be retried after the configured interval (`attempt` starts at 1).
     async fn on_step_retry(&self, _job: &JobRunInfo, _step: &str, _attempt: u32, _error: &str) {}
     /// A step failed and has no retries left.

@@ -539,6 +539,22 @@ impl JobRepository {
         }?)
     }
 
+    /// Per job, the end time of its last COMPLETED execution (for the metrics).
+    pub async fn last_success_per_job(&self) -> Result<Vec<(String, NaiveDateTime)>, DbError> {
+        let mut conn = self.db.get().await?;
+        let rows: Vec<(String, Option<NaiveDateTime>)> = dispatch!(&mut *conn, c => e::table
+            .inner_join(i::table)
+            .filter(e::status.eq(BatchStatus::Completed.as_str()))
+            .group_by(i::job_name)
+            .select((i::job_name, diesel::dsl::max(e::end_time)))
+            .load(c)
+            .await)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(job, end)| end.map(|t| (job, t)))
+            .collect())
+    }
+
     /// The step executions of one job execution, in the order they started.
     pub async fn step_executions(
         &self,

@@ -2,9 +2,11 @@
 //! tasklet-style step for work that is one statement or one call.
 //!
 //! The checkpoint (the reader's position after a chunk) is saved only after that chunk's write
-//! succeeded: in the same transaction when the writer is the database, right after the write
-//! otherwise (writers to other stores must be idempotent, so a chunk replayed after a crash
-//! between the two does no harm). While chunk *n* is being written, chunk *n+1* is read.
+//! succeeded: in the same transaction when the writer is the database (while chunk *n* is being
+//! written, chunk *n+1* is read), after the write otherwise. Writers to other stores must be
+//! idempotent, so a chunk replayed after a crash between the two does no harm; their step keeps
+//! up to `WRITE_WINDOW` (2) chunks' writes in flight and commits the checkpoints strictly in
+//! order, each after its own write (see the crate README for crash, retry and stop semantics).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -138,6 +140,12 @@ pub trait ItemReader: Send {
         &mut self,
         max: usize,
     ) -> anyhow::Result<(Vec<Self::Item>, serde_json::Value)>;
+
+    /// How many items the whole step reads in `scope` (counting those before the checkpoint), if
+    /// that is cheap to know; progress bars show it. Called once, after [`open`](Self::open).
+    async fn total(&mut self, _scope: &ReadScope) -> anyhow::Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// The result of processing a chunk.
@@ -205,6 +213,7 @@ pub trait ItemWriter<O>: Send + Sync {
 /// A chunk-oriented step: `R` reads, `P` turns `R::Item`s into `O`s, `W` writes the `O`s.
 pub struct ChunkStep<R, P, W, O> {
     name: String,
+    chunk_size: Option<usize>,
     reader: Mutex<R>,
     processor: P,
     writer: W,
@@ -222,11 +231,19 @@ where
     pub fn new(name: impl Into<String>, reader: R, processor: P, writer: W) -> Self {
         ChunkStep {
             name: name.into(),
+            chunk_size: None,
             reader: Mutex::new(reader),
             processor,
             writer,
             _out: std::marker::PhantomData,
         }
+    }
+
+    /// This step's own chunk size instead of `[batch] chunk_size` (`None`: the global one), as
+    /// Spring Batch steps declare theirs.
+    pub fn with_chunk_size(mut self, chunk_size: Option<std::num::NonZeroUsize>) -> Self {
+        self.chunk_size = chunk_size.map(std::num::NonZeroUsize::get);
+        self
     }
 }
 
@@ -254,73 +271,155 @@ async fn read_with_retry<R: ItemReader>(
     }
 }
 
-impl<R, P, W, O> ChunkStep<R, P, W, O>
+/// A chunk an external (non-database) writer has written whose checkpoint is not committed yet.
+struct Written {
+    /// Items read.
+    read: usize,
+    /// Items the processor filtered out.
+    filtered: usize,
+    /// Item failures of the processor and the writer.
+    failures: Vec<ItemFailureRecord>,
+    /// What the writer reported.
+    outcome: WriteOutcome,
+    /// The reader's position after the chunk.
+    checkpoint: serde_json::Value,
+}
+
+/// A result with the retries and rollbacks it took (added to the step's progress by the caller).
+struct Attempted<T> {
+    result: anyhow::Result<T>,
+    retries: i64,
+    rollbacks: i64,
+}
+
+/// What retrying needs, owned, so work in flight does not borrow the step's context.
+struct RetryEnv {
+    settings: ChunkSettings,
+    clock: Arc<dyn Clock>,
+    step_name: String,
+}
+
+impl RetryEnv {
+    fn of(ctx: &StepContext) -> Self {
+        RetryEnv {
+            settings: ctx.settings.clone(),
+            clock: ctx.clock.clone(),
+            step_name: ctx.step_name.clone(),
+        }
+    }
+}
+
+/// Runs `op` until it succeeds, fails for good, or `retry_attempts` are used up; transient
+/// errors are retried after the settings' backoff.
+async fn with_retry<T, F, Fut>(ctx: &RetryEnv, what: &str, mut op: F) -> Attempted<T>
 where
-    R: ItemReader,
-    P: ItemProcessor<R::Item, O>,
-    W: ItemWriter<O>,
-    O: Send + Sync + 'static,
+    F: FnMut(i64, i64) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
 {
-    /// Writes a processed chunk and commits its progress, retrying transient errors.
-    async fn write_chunk(
-        &self,
-        ctx: &mut StepContext,
-        processed: &Processed<O>,
-        read: usize,
-        checkpoint: &serde_json::Value,
-    ) -> anyhow::Result<()> {
-        let attempts = ctx.settings.retry_attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            let mut next = ctx.progress.clone();
-            next.read_count += read as i64;
-            next.filter_count += processed.filtered as i64;
-            next.commit_count += 1;
-            next.context = checkpoint.clone();
-            match self.try_write(ctx, processed, &mut next).await {
-                Ok(()) => {
-                    ctx.progress = next;
-                    return Ok(());
+    let attempts = ctx.settings.retry_attempts.max(1);
+    let (mut retries, mut rollbacks) = (0, 0);
+    let mut attempt = 1;
+    loop {
+        match op(retries, rollbacks).await {
+            Ok(v) => {
+                return Attempted {
+                    result: Ok(v),
+                    retries,
+                    rollbacks,
+                };
+            }
+            Err(e) => {
+                rollbacks += 1;
+                if is_transient(&e) && attempt < attempts {
+                    let delay = ctx.settings.backoff(attempt);
+                    tracing::warn!(
+                        step = %ctx.step_name, attempt, delay_ms = delay.as_millis() as u64,
+                        error = %format!("{e:#}"), "transient error {what}; retrying"
+                    );
+                    retries += 1;
+                    ctx.clock.sleep(delay).await;
+                    attempt += 1;
+                    continue;
                 }
-                Err(e) => {
-                    ctx.progress.rollback_count += 1;
-                    if is_transient(&e) && attempt < attempts {
-                        let delay = ctx.settings.backoff(attempt);
-                        tracing::warn!(
-                            step = %ctx.step_name, attempt, delay_ms = delay.as_millis() as u64,
-                            error = %format!("{e:#}"), "transient error writing a chunk; retrying"
-                        );
-                        ctx.progress.retry_count += 1;
-                        ctx.clock.sleep(delay).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    return Err(e);
-                }
+                return Attempted {
+                    result: Err(e),
+                    retries,
+                    rollbacks,
+                };
             }
         }
     }
+}
 
-    async fn try_write(
-        &self,
-        ctx: &StepContext,
-        processed: &Processed<O>,
-        next: &mut StepProgress,
-    ) -> anyhow::Result<()> {
-        let writer = &self.writer;
-        let mut conn = ctx.repo.database().get().await?;
-        let conn: &mut DbConnection = &mut conn;
-        let outcome = if writer.writes_to_database() {
-            conn.begin().await?;
-            match writer.write(&processed.items, Some(&mut *conn)).await {
-                Ok(o) => o,
-                Err(e) => {
-                    let _ = conn.rollback().await;
-                    return Err(e);
-                }
-            }
-        } else {
-            let o = writer.write(&processed.items, None).await?;
+/// In an open transaction on `conn`: records the chunk's item failures and resolved keys, saves
+/// `next` (counters and checkpoint) and commits; rolls back on error.
+async fn finish_chunk(
+    ctx: &StepContext,
+    conn: &mut DbConnection,
+    failures: &[ItemFailureRecord],
+    outcome: &WriteOutcome,
+    next: &mut StepProgress,
+) -> anyhow::Result<()> {
+    let result = async {
+        next.write_count += outcome.written as i64;
+        next.skip_count += failures.len() as i64;
+        for (k, v) in &outcome.counters {
+            next.add_counter(k, *v);
+        }
+        let now = ctx.now();
+        if !failures.is_empty() {
+            JobRepository::record_item_failures(
+                conn,
+                ctx.run.execution_id,
+                ctx.run.job_instance_id,
+                &ctx.step_name,
+                failures,
+                now,
+            )
+            .await?;
+        }
+        if !outcome.resolved_keys.is_empty() {
+            JobRepository::resolve_failures(
+                conn,
+                ctx.run.job_instance_id,
+                &ctx.step_name,
+                &outcome.resolved_keys,
+                now,
+            )
+            .await?;
+        }
+        JobRepository::save_progress(conn, ctx.step_execution_id, next, now).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            conn.commit().await?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Commits the checkpoint of a chunk already in the external store, retrying transient errors.
+/// Returns the new progress (which counts the retries and rollbacks this took).
+async fn commit_written(ctx: &StepContext, chunk: &Written) -> Attempted<StepProgress> {
+    with_retry(
+        &RetryEnv::of(ctx),
+        "committing a chunk",
+        async |retries, rollbacks| {
+            let mut next = ctx.progress.clone();
+            next.retry_count += retries;
+            next.rollback_count += rollbacks;
+            next.read_count += chunk.read as i64;
+            next.filter_count += chunk.filtered as i64;
+            next.commit_count += 1;
+            next.context = chunk.checkpoint.clone();
+            let mut conn = ctx.repo.database().get().await?;
+            let conn: &mut DbConnection = &mut conn;
             conn.begin().await?;
             if conn.backend() == core_domain::Backend::Postgres {
                 // The chunk is already in the external store, and writers there are idempotent:
@@ -334,52 +433,334 @@ where
                     return Err(e.into());
                 }
             }
-            o
-        };
-        let result = async {
-            let mut failures = processed.failures.clone();
-            failures.extend(outcome.failures.iter().cloned());
-            next.write_count += outcome.written as i64;
-            next.skip_count += failures.len() as i64;
-            for (k, v) in &outcome.counters {
-                next.add_counter(k, *v);
-            }
-            let now = ctx.now();
-            if !failures.is_empty() {
-                JobRepository::record_item_failures(
-                    conn,
-                    ctx.run.execution_id,
-                    ctx.run.job_instance_id,
-                    &ctx.step_name,
-                    &failures,
-                    now,
-                )
-                .await?;
-            }
-            if !outcome.resolved_keys.is_empty() {
-                JobRepository::resolve_failures(
-                    conn,
-                    ctx.run.job_instance_id,
-                    &ctx.step_name,
-                    &outcome.resolved_keys,
-                    now,
-                )
-                .await?;
-            }
-            JobRepository::save_progress(conn, ctx.step_execution_id, next, now).await?;
-            anyhow::Ok(())
-        }
+            finish_chunk(ctx, conn, &chunk.failures, &chunk.outcome, &mut next).await?;
+            Ok(next)
+        },
+    )
+    .await
+}
+
+impl<R, P, W, O> ChunkStep<R, P, W, O>
+where
+    R: ItemReader,
+    P: ItemProcessor<R::Item, O>,
+    W: ItemWriter<O>,
+    O: Send + Sync + 'static,
+{
+    /// Database writer: writes a processed chunk and commits its progress in one transaction,
+    /// retrying transient errors.
+    async fn write_chunk_in_db(
+        &self,
+        ctx: &mut StepContext,
+        processed: &Processed<O>,
+        read: usize,
+        checkpoint: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let shared: &StepContext = ctx;
+        let done = with_retry(
+            &RetryEnv::of(shared),
+            "writing a chunk",
+            async |retries, rollbacks| {
+                let mut next = shared.progress.clone();
+                next.retry_count += retries;
+                next.rollback_count += rollbacks;
+                next.read_count += read as i64;
+                next.filter_count += processed.filtered as i64;
+                next.commit_count += 1;
+                next.context = checkpoint.clone();
+                let mut conn = shared.repo.database().get().await?;
+                let conn: &mut DbConnection = &mut conn;
+                conn.begin().await?;
+                let outcome = match self.writer.write(&processed.items, Some(&mut *conn)).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let _ = conn.rollback().await;
+                        return Err(e);
+                    }
+                };
+                let mut failures = processed.failures.clone();
+                failures.extend(outcome.failures.iter().cloned());
+                finish_chunk(shared, conn, &failures, &outcome, &mut next).await?;
+                Ok(next)
+            },
+        )
         .await;
-        match result {
-            Ok(()) => {
-                conn.commit().await?;
+        match done.result {
+            Ok(next) => {
+                ctx.progress = next;
                 Ok(())
             }
             Err(e) => {
-                let _ = conn.rollback().await;
+                ctx.progress.retry_count += done.retries;
+                ctx.progress.rollback_count += done.rollbacks;
                 Err(e)
             }
         }
+    }
+
+    /// External writer: writes a processed chunk, retrying transient errors. The checkpoint is
+    /// committed later (see [`commit_written`]); this owns what it needs so that several writes
+    /// can be in flight while the step's context commits earlier ones.
+    async fn write_external(
+        &self,
+        env: &RetryEnv,
+        processed: Processed<O>,
+        read: usize,
+        checkpoint: serde_json::Value,
+    ) -> Attempted<Written> {
+        let done = with_retry(env, "writing a chunk", async |_, _| {
+            self.writer.write(&processed.items, None).await
+        })
+        .await;
+        Attempted {
+            result: done.result.map(|outcome| {
+                let mut failures = processed.failures;
+                failures.extend(outcome.failures.iter().cloned());
+                Written {
+                    read,
+                    filtered: processed.filtered,
+                    failures,
+                    outcome,
+                    checkpoint,
+                }
+            }),
+            retries: done.retries,
+            rollbacks: done.rollbacks,
+        }
+    }
+
+    /// Takes the result of committing a chunk's checkpoint into the progress, then tells the
+    /// listeners and checks the skip limit.
+    async fn committed(
+        &self,
+        ctx: &mut StepContext,
+        done: Attempted<StepProgress>,
+        total: Option<u64>,
+    ) -> anyhow::Result<()> {
+        match done.result {
+            Ok(next) => ctx.progress = next,
+            Err(e) => {
+                ctx.progress.retry_count += done.retries;
+                ctx.progress.rollback_count += done.rollbacks;
+                return Err(e);
+            }
+        }
+        self.chunk_done(ctx, total).await
+    }
+
+    /// After a chunk's checkpoint is committed: listeners, then the skip limit.
+    async fn chunk_done(&self, ctx: &StepContext, total: Option<u64>) -> anyhow::Result<()> {
+        for listener in ctx.listeners.iter() {
+            listener
+                .on_chunk(&ctx.run, &ctx.step_name, &ctx.progress, total)
+                .await;
+        }
+        if ctx.progress.skip_count as u64 > ctx.settings.skip_limit {
+            anyhow::bail!(
+                "skip limit exceeded: {} item failures (batch.skip_limit = {})",
+                ctx.progress.skip_count,
+                ctx.settings.skip_limit
+            );
+        }
+        Ok(())
+    }
+
+    /// The loop for a database writer: write chunk *n* (with its checkpoint, one transaction)
+    /// while reading chunk *n+1*.
+    async fn run_in_db(
+        &self,
+        ctx: &mut StepContext,
+        reader: &mut R,
+        mut items: Vec<R::Item>,
+        mut checkpoint: serde_json::Value,
+        total: Option<u64>,
+    ) -> anyhow::Result<StepOutcome> {
+        let settings = ctx.settings.clone();
+        let clock = ctx.clock.clone();
+        while !items.is_empty() {
+            if ctx.cancel.is_cancelled() {
+                return Ok(StepOutcome::Stopped);
+            }
+            let read = items.len();
+            let processed = self.processor.process(items).await?;
+            let (written, next) = tokio::join!(
+                self.write_chunk_in_db(ctx, &processed, read, &checkpoint),
+                read_with_retry(reader, &settings, clock.as_ref(), &self.name)
+            );
+            written?;
+            self.chunk_done(ctx, total).await?;
+            let ((next_items, next_checkpoint), retries) = next?;
+            ctx.progress.retry_count += retries;
+            items = next_items;
+            checkpoint = next_checkpoint;
+        }
+        Ok(StepOutcome::Completed)
+    }
+
+    /// The loop for an external writer: up to [`WRITE_WINDOW`] chunks are written at once
+    /// (so the store never waits for the step between two chunks) while the next chunk is read;
+    /// each chunk's checkpoint commits as soon as its own write succeeded and every earlier
+    /// checkpoint is committed, strictly in order.
+    async fn run_external(
+        &self,
+        ctx: &mut StepContext,
+        reader: &mut R,
+        items: Vec<R::Item>,
+        checkpoint: serde_json::Value,
+        total: Option<u64>,
+    ) -> anyhow::Result<StepOutcome> {
+        let env = RetryEnv::of(ctx);
+        let mut writes = Window::new();
+        let mut reader = Some(reader);
+        let mut reading = None;
+        // A chunk read and not yet handed to a write; `None` with `end` once the reader is done.
+        let mut ready = (!items.is_empty()).then_some((items, checkpoint));
+        let mut end = ready.is_none();
+        loop {
+            if ctx.cancel.is_cancelled() {
+                // Stop after the chunks in flight: commit them, start nothing new.
+                drop(reading.take());
+                self.drain(ctx, &mut writes, total).await?;
+                return Ok(if end && ready.is_none() {
+                    StepOutcome::Completed
+                } else {
+                    StepOutcome::Stopped
+                });
+            }
+            if writes.len() < WRITE_WINDOW
+                && let Some((items, checkpoint)) = ready.take()
+            {
+                let read = items.len();
+                let processed = match self.processor.process(items).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Keep what is written before failing.
+                        self.drain(ctx, &mut writes, total).await?;
+                        return Err(e);
+                    }
+                };
+                writes.push(self.write_external(&env, processed, read, checkpoint));
+            }
+            if !end && ready.is_none() && reading.is_none() {
+                let r = reader
+                    .take()
+                    .expect("the reader is back when no read is in flight");
+                let (settings, clock, name) = (&env.settings, env.clock.as_ref(), &self.name);
+                reading = Some(Box::pin(async move {
+                    let chunk = read_with_retry(&mut *r, settings, clock, name).await;
+                    (r, chunk)
+                }));
+            }
+            if writes.len() == 0 && reading.is_none() {
+                // Nothing in flight and nothing left to read.
+                return Ok(StepOutcome::Completed);
+            }
+            tokio::select! {
+                written = writes.next_in_order(), if writes.len() > 0 => {
+                    let written = written.expect("a write is in flight");
+                    self.commit_in_order(ctx, written, total).await?;
+                }
+                (r, chunk) = async { reading.as_mut().expect("a read is in flight").await }, if reading.is_some() => {
+                    reading = None;
+                    reader = Some(r);
+                    match chunk {
+                        Ok(((items, checkpoint), retries)) => {
+                            ctx.progress.retry_count += retries;
+                            if items.is_empty() {
+                                end = true;
+                            } else {
+                                ready = Some((items, checkpoint));
+                            }
+                        }
+                        Err(e) => {
+                            self.drain(ctx, &mut writes, total).await?;
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits a finished write's checkpoint (the writes before it are committed already).
+    async fn commit_in_order(
+        &self,
+        ctx: &mut StepContext,
+        written: Attempted<Written>,
+        total: Option<u64>,
+    ) -> anyhow::Result<()> {
+        ctx.progress.retry_count += written.retries;
+        ctx.progress.rollback_count += written.rollbacks;
+        let chunk = written.result?;
+        let done = commit_written(ctx, &chunk).await;
+        self.committed(ctx, done, total).await
+    }
+
+    /// Waits for the writes in flight and commits their checkpoints in order, up to the first
+    /// that failed (whose error is returned).
+    async fn drain<F>(
+        &self,
+        ctx: &mut StepContext,
+        writes: &mut Window<F>,
+        total: Option<u64>,
+    ) -> anyhow::Result<()>
+    where
+        F: Future<Output = Attempted<Written>>,
+    {
+        while let Some(written) = writes.next_in_order().await {
+            self.commit_in_order(ctx, written, total).await?;
+        }
+        Ok(())
+    }
+}
+
+/// How many chunks an external writer may have in flight at once.
+const WRITE_WINDOW: usize = 2;
+
+/// Futures run concurrently and taken out in the order they were pushed (a tiny
+/// `FuturesOrdered`).
+struct Window<F: Future> {
+    queue: std::collections::VecDeque<InFlight<F>>,
+}
+
+/// A future in a [`Window`] and its output once it is done.
+type InFlight<F> = (std::pin::Pin<Box<F>>, Option<<F as Future>::Output>);
+
+impl<F: Future> Window<F> {
+    fn new() -> Self {
+        Window {
+            queue: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn push(&mut self, f: F) {
+        self.queue.push_back((Box::pin(f), None));
+    }
+
+    /// Polls every future in flight; returns the oldest one's output once it is done (`None`
+    /// if there is none).
+    async fn next_in_order(&mut self) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            for (f, out) in self.queue.iter_mut() {
+                if out.is_none()
+                    && let std::task::Poll::Ready(v) = f.as_mut().poll(cx)
+                {
+                    *out = Some(v);
+                }
+            }
+            match self.queue.front() {
+                None => std::task::Poll::Ready(None),
+                Some((_, Some(_))) => {
+                    std::task::Poll::Ready(self.queue.pop_front().and_then(|(_, out)| out))
+                }
+                Some((_, None)) => std::task::Poll::Pending,
+            }
+        })
+        .await
     }
 }
 
@@ -396,43 +777,35 @@ where
     }
 
     async fn execute(&self, ctx: &mut StepContext) -> anyhow::Result<StepOutcome> {
+        if let Some(n) = self.chunk_size {
+            ctx.settings.chunk_size = n;
+        }
         let mut reader = self.reader.lock().await;
         reader.open(&ctx.progress.context, &ctx.scope).await?;
+        let total = if ctx.listeners.is_empty() {
+            None
+        } else {
+            match reader.total(&ctx.scope).await {
+                Ok(total) => total,
+                Err(e) => {
+                    // Only progress display needs it; the step goes on without.
+                    tracing::debug!(step = %self.name, error = %format!("{e:#}"), "counting the step's items failed");
+                    None
+                }
+            }
+        };
         let settings = ctx.settings.clone();
         let clock = ctx.clock.clone();
-        let ((mut items, mut checkpoint), retries) =
+        let ((items, checkpoint), retries) =
             read_with_retry(&mut *reader, &settings, clock.as_ref(), &self.name).await?;
         ctx.progress.retry_count += retries;
-        while !items.is_empty() {
-            if ctx.cancel.is_cancelled() {
-                return Ok(StepOutcome::Stopped);
-            }
-            let read = items.len();
-            let processed = self.processor.process(items).await?;
-            // Write chunk n while reading chunk n+1.
-            let (written, next) = tokio::join!(
-                self.write_chunk(ctx, &processed, read, &checkpoint),
-                read_with_retry(&mut *reader, &settings, clock.as_ref(), &self.name)
-            );
-            written?;
-            for listener in ctx.listeners.iter() {
-                listener
-                    .on_chunk(&ctx.run, &ctx.step_name, &ctx.progress)
-                    .await;
-            }
-            if ctx.progress.skip_count as u64 > settings.skip_limit {
-                anyhow::bail!(
-                    "skip limit exceeded: {} item failures (batch.skip_limit = {})",
-                    ctx.progress.skip_count,
-                    settings.skip_limit
-                );
-            }
-            let ((next_items, next_checkpoint), retries) = next?;
-            ctx.progress.retry_count += retries;
-            items = next_items;
-            checkpoint = next_checkpoint;
+        if self.writer.writes_to_database() {
+            self.run_in_db(ctx, &mut reader, items, checkpoint, total)
+                .await
+        } else {
+            self.run_external(ctx, &mut reader, items, checkpoint, total)
+                .await
         }
-        Ok(StepOutcome::Completed)
     }
 }
 

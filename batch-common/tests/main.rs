@@ -1,5 +1,7 @@
 //! Runtime tests: the launch rules, restart, retries, item failures and the repository, each on
 //! SQLite, PostgreSQL and MySQL. Process-level tests (SIGKILL, racing launchers) are in
-//! `batch-testkit/tests/process.rs`.
+//! `batch-testkit/tests/process.rs`. Notifications against a local Slack webhook are in
+//! `notify.rs`.
 
+mod notify;
 mod runtime;

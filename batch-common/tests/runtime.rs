@@ -13,9 +13,6 @@ use batch_common::{BatchProperties, BatchResult, Clock, ExitCode, FixedClock, St
 use batch_testkit::jobs::{CountingJob, FailPlan};
 use batch_testkit::{TestDb, db_test};
 use chrono::{TimeZone, Utc};
-use core_domain::dispatch;
-use core_domain::schema::point;
-use diesel::QueryDsl as _;
 
 fn settings(chunk: usize) -> RuntimeSettings {
     let mut s = BatchProperties::load_from(None, Vec::new()).unwrap().batch;
@@ -51,11 +48,12 @@ impl JobListener for Recorder {
             .unwrap()
             .push(format!("after_step {} {}", step.name, step.status));
     }
-    async fn on_chunk(&self, _job: &JobRunInfo, step: &str, p: &StepProgress) {
+    async fn on_chunk(&self, _job: &JobRunInfo, step: &str, p: &StepProgress, total: Option<u64>) {
+        let total = total.map_or_else(|| "?".to_owned(), |t| t.to_string());
         self.0
             .lock()
             .unwrap()
-            .push(format!("chunk {step} {}", p.write_count));
+            .push(format!("chunk {step} {}/{total}", p.write_count));
     }
     async fn on_step_retry(&self, _job: &JobRunInfo, step: &str, attempt: u32, _e: &str) {
         self.0
@@ -115,12 +113,7 @@ fn params(args: &[&str]) -> BTreeMap<String, String> {
 }
 
 async fn written(db: &TestDb) -> Vec<i64> {
-    use diesel_async::RunQueryDsl;
-    let mut conn = db.conn().await;
-    let mut ids: Vec<i64> =
-        dispatch!(&mut *conn, c => point::table.select(point::user_id).load(c).await).unwrap();
-    ids.sort_unstable();
-    ids
+    batch_testkit::jobs::written_items(db).await
 }
 
 fn step<'a>(r: &'a BatchResult, name: &str) -> &'a StepResult {
@@ -206,7 +199,7 @@ db_test!(async fn exhausted_step_retries_fail_the_job_and_notify(db) {
     assert_eq!(
         events,
         vec![
-            "before_job countingJob", "before_step countStep", "chunk countStep 3", "after_step countStep COMPLETED",
+            "before_job countingJob", "before_step countStep", "chunk countStep 3/3", "after_step countStep COMPLETED",
             "before_step flakyStep", "retry flakyStep 1", "retry flakyStep 2", "exhausted flakyStep",
             "after_step flakyStep FAILED", "after_job FAILED",
         ]

@@ -58,6 +58,8 @@ pub enum Command {
     Recover(RecoverArgs),
     /// Delete the metadata of executions that ended before a cutoff.
     Purge(PurgeArgs),
+    /// Run the scheduler of `[schedule]` and the HTTP API (kick, status, history, health, metrics) until SIGTERM.
+    Serve,
     /// Serve a fake of the external asset API over HTTP, for local runs and benchmarks.
     FakeAssetApi(FakeAssetApiArgs),
 }

@@ -4,4 +4,6 @@ pub mod cli;
 pub mod demo;
 pub mod jobs;
 pub mod logging;
+pub mod progress;
 pub mod run;
+pub mod serve;

@@ -1,4 +1,5 @@
-//! One `init()` for tracing: human lines by default, JSON by a switch, always on stderr.
+//! One `init()` for tracing: human lines by default, JSON by a switch, always on stderr (with the
+//! progress bars, if any, suspended while a line is written).
 
 use tracing_subscriber::EnvFilter;
 
@@ -15,7 +16,9 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| crate::progress::LogWriter)
+        // Colours only on a terminal: Jenkins consoles and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Human => builder.with_target(false).try_init(),
         LogFormat::Json => builder

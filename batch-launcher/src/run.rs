@@ -15,7 +15,10 @@ use batch_common::{
 use core_domain::{Database, DbError, migrate};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, HistoryArgs, PurgeArgs, RecoverArgs, RunArgs, SeedDemoArgs};
+use crate::cli::{
+    Cli, Command, HistoryArgs, LogFormat, PurgeArgs, RecoverArgs, RunArgs, SeedDemoArgs,
+};
+use crate::progress::{Progress, ProgressMode};
 use crate::{demo, jobs};
 
 /// A usage error found by the launcher itself (clap reports its own): exit code 2.
@@ -52,7 +55,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::Completed)
         }
         Command::SeedDemo(args) => seed_demo_cmd(&props, args).await,
-        Command::Run(args) => run_cmd(props, args).await,
+        Command::Run(args) => run_cmd(props, args, cli.log_format == LogFormat::Human).await,
+        Command::Serve => {
+            crate::serve::serve_cmd(props, Arc::new(SystemClock), shutdown_token()).await
+        }
         Command::History(args) => history_cmd(&props, args).await,
         Command::Recover(args) => recover_cmd(&props, args).await,
         Command::Purge(args) => purge_cmd(&props, args).await,
@@ -150,7 +156,11 @@ fn refused_result(
     }
 }
 
-async fn run_cmd(props: BatchProperties, args: RunArgs) -> anyhow::Result<ExitCode> {
+async fn run_cmd(
+    props: BatchProperties,
+    args: RunArgs,
+    human_logs: bool,
+) -> anyhow::Result<ExitCode> {
     let (job_name, raw) = args.job_and_params().map_err(UsageError)?;
     let Some(registration) = jobs::find(&job_name) else {
         return Err(UsageError(format!(
@@ -183,7 +193,8 @@ async fn run_cmd(props: BatchProperties, args: RunArgs) -> anyhow::Result<ExitCo
     let job = build(&env)
         .await
         .with_context(|| format!("setting up {job_name}"))?;
-    let launcher = JobLauncher::new(JobRepository::new(db), clock, props.batch.clone());
+    let progress = ProgressMode::detect(human_logs, props.batch.progress_log_chunks);
+    let launcher = build_launcher(&props, JobRepository::new(db), clock, progress);
     let options = LaunchOptions {
         rerun: args.rerun,
         cancel: shutdown_token(),
@@ -212,9 +223,59 @@ async fn run_cmd(props: BatchProperties, args: RunArgs) -> anyhow::Result<ExitCo
     Ok(result.exit_code)
 }
 
+/// The launcher every command that runs jobs uses (`run`, `serve`): the runtime settings of
+/// `[batch]` and the listeners the configuration asks for (progress, notifications).
+pub fn build_launcher(
+    props: &BatchProperties,
+    repo: JobRepository,
+    clock: Arc<dyn Clock>,
+    progress: ProgressMode,
+) -> JobLauncher {
+    let launcher = JobLauncher::new(repo, clock, props.batch.clone())
+        .with_listener(Arc::new(Progress::new(progress)));
+    // Slack (`[notify]`). A notifier never fails a run, and neither does one that cannot be built.
+    match batch_common::notify::listener_from_settings(&props.notify) {
+        Ok(Some(notify)) => launcher.with_listener(notify),
+        Ok(None) => launcher,
+        Err(e) => {
+            tracing::error!(error = %e, "Slack notifications are off: {e}");
+            launcher
+        }
+    }
+}
+
 async fn connect_repo(props: &BatchProperties) -> anyhow::Result<JobRepository> {
     let db = Database::connect(&props.database.url, &props.database.pool_options()).await?;
     Ok(JobRepository::new(db))
+}
+
+/// One execution with its steps as JSON: `history --json` and the HTTP API show the same view.
+pub async fn execution_view(
+    repo: &JobRepository,
+    e: &core_domain::models::JobExecution,
+    i: &core_domain::models::JobInstance,
+) -> Result<serde_json::Value, DbError> {
+    let steps = repo.step_executions(e.id).await?;
+    Ok(serde_json::json!({
+        "execution_id": e.id,
+        "job_name": i.job_name,
+        "job_instance_id": i.id,
+        "status": e.status,
+        "exit_code": e.exit_code,
+        "exit_message": e.exit_message,
+        "parameters": serde_json::from_str::<serde_json::Value>(&e.parameters).unwrap_or_default(),
+        "owner": e.owner,
+        "created_at": e.created_at,
+        "start_time": e.start_time,
+        "end_time": e.end_time,
+        "last_updated": e.last_updated,
+        "steps": steps.iter().map(|s| serde_json::json!({
+            "name": s.step_name, "status": s.status, "read": s.read_count, "written": s.write_count,
+            "filtered": s.filter_count, "skipped": s.skip_count, "commits": s.commit_count,
+            "rollbacks": s.rollback_count, "retries": s.retry_count,
+            "counters": serde_json::from_str::<serde_json::Value>(&s.counters).unwrap_or_default(),
+        })).collect::<Vec<_>>(),
+    }))
 }
 
 fn fmt_time(t: Option<chrono::NaiveDateTime>) -> String {
@@ -230,26 +291,7 @@ async fn history_cmd(props: &BatchProperties, args: HistoryArgs) -> anyhow::Resu
     if args.json {
         let mut out = Vec::new();
         for (e, i) in &rows {
-            let steps = repo.step_executions(e.id).await?;
-            out.push(serde_json::json!({
-                "execution_id": e.id,
-                "job_name": i.job_name,
-                "job_instance_id": i.id,
-                "status": e.status,
-                "exit_code": e.exit_code,
-                "exit_message": e.exit_message,
-                "parameters": serde_json::from_str::<serde_json::Value>(&e.parameters).unwrap_or_default(),
-                "owner": e.owner,
-                "start_time": e.start_time,
-                "end_time": e.end_time,
-                "last_updated": e.last_updated,
-                "steps": steps.iter().map(|s| serde_json::json!({
-                    "name": s.step_name, "status": s.status, "read": s.read_count, "written": s.write_count,
-                    "filtered": s.filter_count, "skipped": s.skip_count, "commits": s.commit_count,
-                    "rollbacks": s.rollback_count, "retries": s.retry_count,
-                    "counters": serde_json::from_str::<serde_json::Value>(&s.counters).unwrap_or_default(),
-                })).collect::<Vec<_>>(),
-            }));
+            out.push(execution_view(&repo, e, i).await?);
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::Completed);

@@ -2,8 +2,11 @@
 
 mod asset_job;
 mod cli;
+mod notify_cli;
+mod pipelines;
 mod point_job;
 mod runtime_cli;
+mod serve;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -8,9 +8,14 @@
 //! each neighbouring day) into a fresh database `batch_bench`, starts a private Redis on port 6390,
 //! and measures, with the release `batch-launcher` binary:
 //! - the mass-insertion limit: `redis-cli --pipe` of the same 1,000,000 `HSET` + `PEXPIRE`;
-//! - the sync step with a cold cache (all keys missing) and a warm one (1% stale), as ratios of it;
+//! - the sync step with a cold cache (all keys missing) and a warm one (1% stale), as ratios of it,
+//!   with the configured chunk size and again with `point.sync_chunk_size = 5000`;
 //! - the report step against one hand-written `INSERT … SELECT … GROUP BY` for the same day;
 //! - the launcher's peak RSS at 1,000,000 and 2,000,000 balances.
+//!
+//! It also prints what bounds the sync: Redis's busy time (main-thread CPU from `INFO cpu`, and
+//! the commands' own time from `INFO commandstats`) for the mass insertion and for each sync, and
+//! the launcher's CPU time.
 //!
 //! `cargo test --all-targets` builds this target and runs it without `--bench`: it then exits at once.
 
@@ -18,7 +23,7 @@ use std::io::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use batch_testkit::bench::{launcher_bin, postgres_admin_url, wait_tracking_peak_rss};
+use batch_testkit::bench::{launcher_bin, postgres_admin_url, wait_tracking};
 use core_domain::{DatabaseUrl, DbConnection};
 
 const USERS: i64 = 1_000_000;
@@ -28,6 +33,9 @@ const DATE: &str = "2026-11-20";
 const REDIS_PORT: u16 = 6390;
 const PREFIX: &str = "point:balance:";
 const TTL_MS: u64 = 48 * 3600 * 1000;
+/// The sync step is also measured with this `point.sync_chunk_size` (the main figures use the
+/// configured default).
+const ALT_SYNC_CHUNK: &str = "5000";
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -61,6 +69,65 @@ impl Drop for Redis {
     }
 }
 
+/// Redis's main-thread CPU time so far (user + system, ms): its busy time, parsing included.
+fn redis_cpu_ms() -> anyhow::Result<u64> {
+    let info = redis_cli(&["info", "cpu"])?;
+    let mut secs = 0.0;
+    for line in info.lines() {
+        if let Some((k, v)) = line.trim().split_once(':')
+            && (k == "used_cpu_user_main_thread" || k == "used_cpu_sys_main_thread")
+        {
+            secs += v.parse::<f64>()?;
+        }
+    }
+    Ok((secs * 1000.0).round() as u64)
+}
+
+/// Sum of `usec` (ms) of the given commands in `INFO commandstats` since the last `CONFIG RESETSTAT`.
+fn redis_command_ms(commands: &[&str]) -> anyhow::Result<u64> {
+    let info = redis_cli(&["info", "commandstats"])?;
+    let mut usec = 0u64;
+    for line in info.lines() {
+        let Some((name, stats)) = line.trim().split_once(':') else {
+            continue;
+        };
+        if !commands
+            .iter()
+            .any(|c| name.strip_prefix("cmdstat_") == Some(*c))
+        {
+            continue;
+        }
+        for kv in stats.split(',') {
+            if let Some(v) = kv.strip_prefix("usec=") {
+                usec += v.parse::<u64>()?;
+            }
+        }
+    }
+    Ok(usec / 1000)
+}
+
+/// Redis's busy time during some work: main-thread CPU and the commands' own time (ms).
+#[derive(Clone, Copy)]
+struct RedisBusy {
+    cpu_ms: u64,
+    command_ms: u64,
+}
+
+/// Runs `work` between a `CONFIG RESETSTAT` and a look at what Redis spent on `commands`.
+fn measure_redis<T>(
+    commands: &[&str],
+    work: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, RedisBusy)> {
+    redis_cli(&["config", "resetstat"])?;
+    let cpu = redis_cpu_ms()?;
+    let out = work()?;
+    let busy = RedisBusy {
+        cpu_ms: redis_cpu_ms()?.saturating_sub(cpu),
+        command_ms: redis_command_ms(commands)?,
+    };
+    Ok((out, busy))
+}
+
 fn redis_cli(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("redis-cli")
         .args(["-p", &REDIS_PORT.to_string()])
@@ -75,10 +142,16 @@ struct Run {
     report_ms: Option<u64>,
     total_ms: u64,
     peak_rss_kb: u64,
+    cpu_ms: u64,
     counters: serde_json::Value,
 }
 
 fn run_launcher(db_url: &str, args: &[&str]) -> anyhow::Result<Run> {
+    run_launcher_with(db_url, args, &[])
+}
+
+/// [`run_launcher`] with extra environment variables (settings).
+fn run_launcher_with(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
     let result = dir.path().join("result.json");
     let mut cmd = Command::new(launcher_bin());
@@ -92,12 +165,13 @@ fn run_launcher(db_url: &str, args: &[&str]) -> anyhow::Result<Run> {
             format!("redis://127.0.0.1:{REDIS_PORT}"),
         )
         .env("BATCH__POINT__CACHE_KEY_PREFIX", PREFIX)
+        .envs(env.iter().copied())
         .stdout(Stdio::null());
     let t = Instant::now();
     let child = cmd
         .spawn()
         .map_err(|e| anyhow::anyhow!("{}: {e} (build it first)", launcher_bin().display()))?;
-    let peak = wait_tracking_peak_rss(child)?;
+    let stats = wait_tracking(child)?;
     let total_ms = t.elapsed().as_millis() as u64;
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&result)?)?;
     let step = |name: &str| {
@@ -112,7 +186,8 @@ fn run_launcher(db_url: &str, args: &[&str]) -> anyhow::Result<Run> {
         sync_ms: sync["duration_ms"].as_u64().unwrap_or(0),
         report_ms: step("generateDailyReportStep").and_then(|s| s["duration_ms"].as_u64()),
         total_ms,
-        peak_rss_kb: peak,
+        peak_rss_kb: stats.peak_rss_kb,
+        cpu_ms: stats.cpu_ms,
         counters: sync["counters"].clone(),
     })
 }
@@ -242,17 +317,19 @@ async fn run() -> anyhow::Result<()> {
     let pipe_file = redis_dir.path().join("mass.resp");
     write_pipe_file(&mut conn, &pipe_file).await?;
     redis_cli(&["flushall"])?;
-    let t = Instant::now();
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "redis-cli -p {REDIS_PORT} --pipe < {}",
-            pipe_file.display()
-        ))
-        .stdout(Stdio::null())
-        .status()?;
-    anyhow::ensure!(status.success(), "redis-cli --pipe failed");
-    let pipe_ms = t.elapsed().as_millis() as u64;
+    let (pipe_ms, pipe_busy) = measure_redis(&["hset", "pexpire"], || {
+        let t = Instant::now();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "redis-cli -p {REDIS_PORT} --pipe < {}",
+                pipe_file.display()
+            ))
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "redis-cli --pipe failed");
+        Ok(t.elapsed().as_millis() as u64)
+    })?;
     anyhow::ensure!(
         redis_cli(&["dbsize"])? == USERS.to_string(),
         "mass insertion wrote {} keys",
@@ -261,7 +338,9 @@ async fn run() -> anyhow::Result<()> {
     redis_cli(&["flushall"])?;
 
     // Cold cache: every key missing. Also the report step on an empty report table.
-    let cold = run_launcher(&db_url_str, &[&format!("date={DATE}")])?;
+    let (cold, cold_busy) = measure_redis(&["evalsha", "eval"], || {
+        run_launcher(&db_url_str, &[&format!("date={DATE}")])
+    })?;
     anyhow::ensure!(
         cold.counters["created"] == USERS,
         "cold counters {}",
@@ -274,11 +353,40 @@ async fn run() -> anyhow::Result<()> {
     )
     .await?;
     exec(&mut conn, "VACUUM ANALYZE point_balance").await?;
-    let warm = run_launcher(&db_url_str, &[&format!("date={DATE}"), "--rerun"])?;
+    let (warm, warm_busy) = measure_redis(&["evalsha", "eval"], || {
+        run_launcher(&db_url_str, &[&format!("date={DATE}"), "--rerun"])
+    })?;
     anyhow::ensure!(
         warm.counters["corrected"] == USERS / 100,
         "warm counters {}",
         warm.counters
+    );
+
+    // The other chunk size of the sync step, cold then warm (on the day before: a new instance
+    // whose report step is small).
+    let alt_env = [("BATCH__POINT__SYNC_CHUNK_SIZE", ALT_SYNC_CHUNK)];
+    redis_cli(&["flushall"])?;
+    let (alt_cold, alt_cold_busy) = measure_redis(&["evalsha", "eval"], || {
+        run_launcher_with(&db_url_str, &["date=2026-11-19"], &alt_env)
+    })?;
+    anyhow::ensure!(
+        alt_cold.counters["created"] == USERS,
+        "{}",
+        alt_cold.counters
+    );
+    exec(
+        &mut conn,
+        "UPDATE point_balance SET balance = balance + 1, version = version + 1 WHERE id % 100 = 1",
+    )
+    .await?;
+    exec(&mut conn, "VACUUM ANALYZE point_balance").await?;
+    let (alt_warm, alt_warm_busy) = measure_redis(&["evalsha", "eval"], || {
+        run_launcher_with(&db_url_str, &["date=2026-11-19", "--rerun"], &alt_env)
+    })?;
+    anyhow::ensure!(
+        alt_warm.counters["corrected"] == USERS / 100,
+        "{}",
+        alt_warm.counters
     );
 
     // The hand-written baseline for the report: one INSERT … SELECT … GROUP BY for the same day.
@@ -333,6 +441,14 @@ async fn run() -> anyhow::Result<()> {
         keys_per_s(warm.sync_ms, USERS),
         ratio(warm.sync_ms, pipe_ms)
     );
+    for (what, run) in [("cold", &alt_cold), ("warm", &alt_warm)] {
+        println!(
+            "sync, {what}, point.sync_chunk_size={ALT_SYNC_CHUNK:<5}: {:>7} ms  {:>10.0} keys/s  ratio {:.2}x",
+            run.sync_ms,
+            keys_per_s(run.sync_ms, USERS),
+            ratio(run.sync_ms, pipe_ms)
+        );
+    }
     let report_ms = cold.report_ms.unwrap_or(0);
     println!(
         "hand-written INSERT ... SELECT GROUP BY : {baseline_ms:>7} ms  {:>10.0} rows/s",
@@ -351,6 +467,30 @@ async fn run() -> anyhow::Result<()> {
         "launcher wall time: cold {} ms, warm {} ms, 2M cold {} ms (sync {} ms)",
         cold.total_ms, warm.total_ms, big.total_ms, big.sync_ms
     );
+    println!(
+        "launcher CPU (user+sys, whole run incl. report): cold {} ms, warm {} ms, 2M cold {} ms",
+        cold.cpu_ms, warm.cpu_ms, big.cpu_ms
+    );
+    // What bounds the sync: Redis is single-threaded, so its busy time is a floor for the sync.
+    println!("Redis busy time (main-thread CPU; own time of the commands from INFO commandstats):");
+    println!(
+        "  --pipe        : CPU {:>6} ms, HSET+PEXPIRE {:>6} ms",
+        pipe_busy.cpu_ms, pipe_busy.command_ms
+    );
+    for (name, busy, sync_ms) in [
+        ("sync, cold", cold_busy, cold.sync_ms),
+        ("sync, warm", warm_busy, warm.sync_ms),
+        ("cold, alt  ", alt_cold_busy, alt_cold.sync_ms),
+        ("warm, alt  ", alt_warm_busy, alt_warm.sync_ms),
+    ] {
+        println!(
+            "  {name}    : CPU {:>6} ms ({:.2}x the pipe's), EVALSHA {:>6} ms; Redis busy {:.0}% of the sync step",
+            busy.cpu_ms,
+            ratio(busy.cpu_ms, pipe_busy.cpu_ms),
+            busy.command_ms,
+            100.0 * ratio(busy.cpu_ms, sync_ms)
+        );
+    }
     println!(
         "launcher peak RSS: {:.1} MB at 1M (cold), {:.1} MB at 1M (warm), {:.1} MB at 2M balances (target < 150 MB)",
         cold.peak_rss_kb as f64 / 1024.0,

@@ -107,17 +107,20 @@ impl Job for PointBalanceSyncJob {
         let date = parse_date("date", params.get("date").unwrap_or_default())?;
         let verify = parse_bool("verify", params.get("verify").unwrap_or("false"))?;
         let point = &self.props.point;
-        let sync: Arc<dyn Step> = Arc::new(ChunkStep::new(
-            sync_balance::STEP_NAME,
-            BalanceReader::new(self.db.clone()),
-            PassThrough,
-            CacheWriter::new(
-                self.redis.clone(),
-                &point.cache_key_prefix,
-                point.cache_ttl,
-                verify,
-            ),
-        ));
+        let sync: Arc<dyn Step> = Arc::new(
+            ChunkStep::new(
+                sync_balance::STEP_NAME,
+                BalanceReader::new(self.db.clone()),
+                PassThrough,
+                CacheWriter::new(
+                    self.redis.clone(),
+                    &point.cache_key_prefix,
+                    point.cache_ttl,
+                    verify,
+                ),
+            )
+            .with_chunk_size(point.sync_chunk_size),
+        );
         if verify {
             // Verify mode writes nothing: no report either.
             return Ok(vec![sync]);

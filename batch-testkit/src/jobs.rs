@@ -182,6 +182,13 @@ impl ItemReader for NumberReader {
         }
         Ok((chunk, serde_json::json!({ "next": self.next })))
     }
+
+    async fn total(&mut self, scope: &ReadScope) -> anyhow::Result<Option<u64>> {
+        Ok(Some(match scope {
+            ReadScope::All => self.items.max(0) as u64,
+            ReadScope::FailedItems(keys) => keys.len() as u64,
+        }))
+    }
 }
 
 /// Inserts one `point` row per number in the chunk's transaction.
@@ -287,4 +294,19 @@ impl Step for StopImmediately {
     async fn execute(&self, _ctx: &mut StepContext) -> anyhow::Result<StepOutcome> {
         Ok(StepOutcome::Stopped)
     }
+}
+
+/// The numbers the counting job wrote (one `point` row each), sorted: "every item exactly once"
+/// is `written_items(db) == (1..=n).collect()`.
+pub async fn written_items(db: &crate::TestDb) -> Vec<i64> {
+    use core_domain::dispatch;
+    use core_domain::schema::point;
+    use diesel::QueryDsl as _;
+    use diesel_async::RunQueryDsl as _;
+    let mut conn = db.conn().await;
+    let mut ids: Vec<i64> =
+        dispatch!(&mut *conn, c => point::table.select(point::user_id).load(c).await)
+            .expect("reading the written items");
+    ids.sort_unstable();
+    ids
 }

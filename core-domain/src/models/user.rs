@@ -150,4 +150,13 @@ impl User {
     pub async fn count(conn: &mut DbConnection) -> QueryResult<i64> {
         dispatch!(conn, c => users::table.count().get_result(c).await)
     }
+
+    /// Number of active users.
+    pub async fn count_active(conn: &mut DbConnection) -> QueryResult<i64> {
+        dispatch!(conn, c => users::table
+            .filter(users::status.eq(UserStatus::Active.as_str()))
+            .count()
+            .get_result(c)
+            .await)
+    }
 }

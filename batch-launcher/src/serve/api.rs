@@ -1,0 +1,355 @@
+//! The HTTP API of `serve` (axum). Every route but `/health` needs `Authorization: Bearer <token>`
+//! with `[server] token`. Errors are JSON: `{"error": "<code>", "message": "<what and why>"}`.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /jobs/{name}/executions` body `{"parameters": {"date": "2026-11-20"}, "rerun": false}` (body optional) | 202 `{execution_id, job_instance_id, status: "STARTED"}` and `Location`; 200 with the result if the instance already completed (NOOP); 409 if it is running; 400 bad parameters; 404 unknown job |
+//! | `GET /executions/{id}` | 200 the execution with its steps; 404 |
+//! | `GET /jobs/{name}/executions?limit=N` | 200 newest first (default 20, at most 1000) |
+//! | `GET /health` (no token needed; the reasons of a failure only with it) | 200 / 503 `{status, database, redis}` |
+//! | `GET /metrics` | Prometheus text format 0.0.4 |
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use batch_common::ExitCode;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use super::{KickError, KickOutcome, Service};
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<KickError> for ApiError {
+    fn from(e: KickError) -> Self {
+        let (status, code) = match &e {
+            KickError::UnknownJob { .. } => (StatusCode::NOT_FOUND, "unknown_job"),
+            KickError::Parameters(_) => (StatusCode::BAD_REQUEST, "bad_parameters"),
+            KickError::Setup { .. } => (StatusCode::SERVICE_UNAVAILABLE, "setup_failed"),
+            KickError::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "database"),
+            KickError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+fn db_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database",
+        format!("the batch database failed: {e}"),
+    )
+}
+
+/// Proof that the request carried the right bearer token.
+#[derive(Debug)]
+pub struct Authorized;
+
+impl FromRequestParts<Arc<Service>> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Self::Rejection> {
+        check_token(&parts.headers, service)
+            .map(|()| Authorized)
+            .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why))
+    }
+}
+
+/// `Ok` if the headers carry `Authorization: Bearer <server.token>`, else why not.
+fn check_token(headers: &HeaderMap, service: &Service) -> Result<(), &'static str> {
+    let Some(expected) = service.props().server.token.as_ref() else {
+        return Err("no token is configured (server.token)");
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or("missing `Authorization: Bearer <token>` header")?;
+    // Compare digests: equal length, and no early exit that times the prefix.
+    if Sha256::digest(given.as_bytes()) == Sha256::digest(expected.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err("wrong bearer token")
+    }
+}
+
+/// The routes.
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/jobs/{name}/executions", post(kick).get(job_executions))
+        .route("/executions/{id}", get(execution))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(service)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see GET /health, /metrics, /executions/{id}, /jobs/{name}/executions",
+    )
+}
+
+/// The body of a kick.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KickRequest {
+    /// Job parameters, `name: value` (strings, numbers or booleans).
+    #[serde(default)]
+    parameters: BTreeMap<String, serde_json::Value>,
+    /// Run a COMPLETED instance again.
+    #[serde(default)]
+    rerun: bool,
+}
+
+fn parse_kick(body: &[u8]) -> Result<KickRequest, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(KickRequest::default());
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at `{path}`")
+        };
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!(
+                "request body{at}: {} (expected {{\"parameters\": {{\"name\": \"value\"}}, \"rerun\": false}})",
+                e.inner()
+            ),
+        )
+    })
+}
+
+fn parameter_strings(
+    raw: BTreeMap<String, serde_json::Value>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    raw.into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_parameters",
+                        format!(
+                            "parameter `{k}`: expected a string, number or boolean, got {other}"
+                        ),
+                    ));
+                }
+            };
+            Ok((k, text))
+        })
+        .collect()
+}
+
+async fn kick(
+    _auth: Authorized,
+    State(service): State<Arc<Service>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request = parse_kick(&body)?;
+    let given = parameter_strings(request.parameters)?;
+    match service.kick(&name, given, request.rerun).await? {
+        KickOutcome::Started {
+            execution_id,
+            job_instance_id,
+        } => {
+            let location = format!("/executions/{execution_id}");
+            let body = serde_json::json!({
+                "execution_id": execution_id,
+                "job_instance_id": job_instance_id,
+                "job_name": name,
+                "status": "STARTED",
+                "links": { "self": location },
+            });
+            let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(response)
+        }
+        KickOutcome::NotStarted(result) if result.exit_code == ExitCode::AlreadyRunning => {
+            let body = serde_json::json!({
+                "error": "already_running",
+                "message": result.message,
+                "execution_id": result.execution_id,
+                "job_instance_id": result.job_instance_id,
+            });
+            Ok((StatusCode::CONFLICT, axum::Json(body)).into_response())
+        }
+        KickOutcome::NotStarted(result) => Ok((StatusCode::OK, axum::Json(result)).into_response()),
+    }
+}
+
+async fn execution(
+    _auth: Authorized,
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_id",
+            format!("execution id `{id}` is not a number"),
+        )
+    })?;
+    let repo = service.repository();
+    let Some(e) = repo.execution(id).await.map_err(db_error)? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_execution",
+            format!("execution {id} does not exist"),
+        ));
+    };
+    let Some(i) = repo.instance(e.job_instance_id).await.map_err(db_error)? else {
+        return Err(db_error(format!(
+            "execution {id} has no instance {}",
+            e.job_instance_id
+        )));
+    };
+    let view = crate::run::execution_view(repo, &e, &i)
+        .await
+        .map_err(db_error)?;
+    Ok(axum::Json(view).into_response())
+}
+
+/// Default and maximum of `?limit=`.
+const DEFAULT_LIMIT: i64 = 20;
+const MAX_LIMIT: i64 = 1000;
+
+async fn job_executions(
+    _auth: Authorized,
+    State(service): State<Arc<Service>>,
+    Path(name): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if service.job(&name).is_none() {
+        return Err(ApiError::from(KickError::UnknownJob {
+            name,
+            known: service.job_names(),
+        }));
+    }
+    if let Some(unknown) = query.keys().find(|k| k.as_str() != "limit") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("unknown query parameter `{unknown}` (only `limit`)"),
+        ));
+    }
+    let limit = match query.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    format!("limit `{v}`: expected a number from 1 to {MAX_LIMIT}"),
+                ));
+            }
+        },
+    };
+    let repo = service.repository();
+    let rows = repo.history(Some(&name), limit).await.map_err(db_error)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (e, i) in &rows {
+        out.push(
+            crate::run::execution_view(repo, e, i)
+                .await
+                .map_err(db_error)?,
+        );
+    }
+    Ok(axum::Json(serde_json::json!({ "job_name": name, "executions": out })).into_response())
+}
+
+async fn health(State(service): State<Arc<Service>>, headers: HeaderMap) -> Response {
+    let (db, redis) = tokio::join!(service.check_database(), service.check_redis());
+    let ok = db.is_ok() && redis.is_ok();
+    // Anyone may ask whether it is up; only a caller with the token learns why not.
+    let detailed = check_token(&headers, &service).is_ok();
+    let show = |what: &str, r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => {
+            tracing::warn!(check = what, error = %e, "health check failed");
+            if detailed {
+                e.clone()
+            } else {
+                "unavailable".to_owned()
+            }
+        }
+    };
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "unavailable" },
+        "database": show("database", &db),
+        "redis": show("redis", &redis),
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(_auth: Authorized, State(service): State<Arc<Service>>) -> Response {
+    let text = service.render_metrics().await;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    (StatusCode::OK, headers, text).into_response()
+}

@@ -1,0 +1,564 @@
+//! `serve`: the HTTP API (auth, kick, 409, status, history, metrics), the scheduler (a due tick
+//! fires once, missed ticks), graceful shutdown, and the binary end to end.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use batch_common::job::{BuildFuture, Job};
+use batch_common::{BatchProperties, JobEnv, SystemClock};
+use batch_launcher::jobs::Registration;
+use batch_launcher::serve::{Server, Service};
+use batch_testkit::jobs::{COUNTING, CountingJob};
+use batch_testkit::{TestDb, TestRedis, db_test};
+use chrono::Timelike as _;
+use core_domain::Backend;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-token-0123456789";
+
+fn build_counting(_env: &JobEnv) -> BuildFuture<'_> {
+    Box::pin(async {
+        Ok(Arc::new(CountingJob {
+            plan: Arc::default(),
+        }) as Arc<dyn Job>)
+    })
+}
+
+fn counting() -> Registration {
+    Registration {
+        descriptor: &COUNTING,
+        build: Some(build_counting),
+    }
+}
+
+/// Settings for an in-process server on a free port with countingJob only; `extra` overrides.
+fn props(db: &TestDb, extra: &[(&str, &str)]) -> BatchProperties {
+    let mut env: Vec<(String, String)> = [
+        ("BATCH__DATABASE__URL", db.url().expose_secret()),
+        ("BATCH__SERVER__TOKEN", TOKEN),
+        ("BATCH__SERVER__BIND", "127.0.0.1:0"),
+        ("BATCH__SCHEDULE__POINTBALANCESYNCJOB", "off"),
+        ("BATCH__SCHEDULE__ASSETREFRESHJOB", "off"),
+        ("BATCH__BATCH__CHUNK_SIZE", "10"),
+        ("BATCH__BATCH__STEP_RETRY_ATTEMPTS", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    BatchProperties::load_from(None, env).expect("test settings")
+}
+
+async fn start(db: &TestDb, extra: &[(&str, &str)]) -> Server {
+    let service = Service::new(
+        Arc::new(props(db, extra)),
+        db.db.clone(),
+        Arc::new(SystemClock),
+        vec![counting()],
+    );
+    Server::start(service).await.expect("serve starts")
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(addr: std::net::SocketAddr) -> Api {
+        Api {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, String) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("GET");
+        (resp.status(), resp.text().await.unwrap())
+    }
+
+    async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let (status, body) = self.get(path, Some(TOKEN)).await;
+        let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        (status, json)
+    }
+
+    async fn kick(
+        &self,
+        job: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/jobs/{job}/executions", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("POST");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("kick: {e}: {text}"));
+        (status, json)
+    }
+
+    /// Polls the execution until it leaves STARTING/STARTED.
+    async fn wait_for_end(&self, id: i64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, json) = self.get_json(&format!("/executions/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "{json}");
+            let s = json["status"].as_str().unwrap_or_default().to_owned();
+            if s != "STARTING" && s != "STARTED" {
+                return json;
+            }
+            assert!(Instant::now() < deadline, "execution {id} still {s}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (status, text) = self.get("/metrics", Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("the metrics parse as Prometheus text");
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name}: unexpected {other:?}"),
+            })
+    }
+}
+
+db_test!(async fn kick_status_conflict_auth_and_metrics(db) {
+    let server = start(db, &[]).await;
+    let api = Api::new(server.addr);
+
+    // Health needs no token; everything else does.
+    let (status, body) = api.get("/health", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("\"database\":\"ok\""), "{body}");
+    let params = json!({ "parameters": { "run": "r1", "items": 60, "delay_ms": "120" } });
+    let (status, body) = api.kick("countingJob", Some(params.clone()), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "unauthorized");
+    let (status, _) = api.kick("countingJob", Some(params.clone()), Some("wrong")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for path in ["/metrics", "/executions/1", "/jobs/countingJob/executions"] {
+        assert_eq!(api.get(path, None).await.0, StatusCode::UNAUTHORIZED, "{path}");
+    }
+
+    let runs = [("job", "countingJob"), ("status", "COMPLETED")];
+    assert_eq!(api.metric("batch_job_runs_total", &runs).await, None);
+    assert_eq!(api.metric("batch_job_running", &[("job", "countingJob")]).await, Some(0.0));
+
+    // A kick starts a run and answers at once.
+    let (status, started) = api.kick("countingJob", Some(params.clone()), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    assert_eq!(started["status"], "STARTED");
+    let id = started["execution_id"].as_i64().expect("an execution id");
+
+    // The same instance again while it runs: 409, naming the live execution.
+    let (status, conflict) = api.kick("countingJob", Some(params.clone()), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(conflict["error"], "already_running");
+    assert_eq!(conflict["execution_id"], id);
+
+    // Bad requests name the problem.
+    let (status, bad) = api.kick("countingJob", Some(json!({ "parameters": { "nope": "1" } })), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    assert!(bad["message"].as_str().unwrap().contains("nope"), "{bad}");
+    let (status, bad) = api.kick("countingJob", Some(json!({ "parameters": { "items": "many" } })), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    assert!(bad["message"].as_str().unwrap().contains("items"), "{bad}");
+    let (status, bad) = api.kick("countingJob", Some(json!({ "parameters": 5 })), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    assert!(bad["message"].as_str().unwrap().contains("parameters"), "{bad}");
+    let (status, bad) = api.kick("countingJob", Some(json!({ "params": {} })), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    assert!(bad["message"].as_str().unwrap().contains("params"), "{bad}");
+    let (status, bad) = api.kick("noSuchJob", None, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{bad}");
+    assert!(bad["message"].as_str().unwrap().contains("noSuchJob"), "{bad}");
+    let (status, bad) = api.get_json("/executions/abc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    let (status, _) = api.get_json("/executions/999999").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, bad) = api.get_json("/jobs/countingJob/executions?limit=abc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    assert!(bad["message"].as_str().unwrap().contains("abc"), "{bad}");
+
+    // Its status can be read back until it ends.
+    let done = api.wait_for_end(id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["job_name"], "countingJob");
+    assert_eq!(done["steps"][0]["read"], 60, "{done}");
+    let (status, list) = api.get_json("/jobs/countingJob/executions?limit=5").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["executions"][0]["execution_id"], id, "{list}");
+
+    // Metrics changed after the run.
+    assert_eq!(api.metric("batch_job_runs_total", &runs).await, Some(1.0));
+    assert_eq!(api.metric("batch_job_running", &[("job", "countingJob")]).await, Some(0.0));
+    assert_eq!(
+        api.metric("batch_step_items_total", &[("job", "countingJob"), ("step", "countStep"), ("kind", "written")]).await,
+        Some(60.0)
+    );
+    assert!(api.metric("batch_job_last_success_timestamp_seconds", &[("job", "countingJob")]).await.unwrap() > 1.7e9);
+
+    // A completed instance: 200, nothing to do; with rerun: a new execution.
+    let (status, noop) = api.kick("countingJob", Some(params), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{noop}");
+    assert_eq!(noop["status"], "NOOP");
+    let (status, again) = api.kick("countingJob", Some(json!({ "parameters": { "run": "r1" }, "rerun": true })), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    let second = again["execution_id"].as_i64().unwrap();
+    assert_ne!(second, id);
+    assert_eq!(api.wait_for_end(second).await["status"], "COMPLETED");
+    server.shutdown().await?;
+    Ok(())
+});
+
+/// A server whose only schedule is countingJob, daily at two seconds from now (UTC); returns
+/// the tick's time.
+async fn start_with_a_tick_in_two_seconds(db: &TestDb) -> (Server, chrono::DateTime<chrono::Utc>) {
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let cron = at.format("%S %M %H * * *").to_string();
+    let server = start(
+        db,
+        &[
+            ("BATCH__BATCH__TIMEZONE", "UTC"),
+            ("BATCH__SCHEDULE__COUNTINGJOB", &cron),
+            // Yesterday's tick has no run either: not these tests' business.
+            ("BATCH__SERVER__MISSED_TICKS", "skip"),
+        ],
+    )
+    .await;
+    (server, at)
+}
+
+/// A daily schedule whose time is two seconds from now fires exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_schedule_fires_once() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (server, at) = start_with_a_tick_in_two_seconds(&db).await;
+    let repo = server.service.repository().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let runs = repo.history(Some("countingJob"), 10).await.unwrap();
+        if let Some((e, _)) = runs.first() {
+            assert_eq!(runs.len(), 1);
+            let tick = at.naive_utc().with_nanosecond(0).unwrap();
+            assert!(
+                e.created_at >= tick,
+                "created {} before the tick {tick}",
+                e.created_at
+            );
+            break e.id;
+        }
+        assert!(Instant::now() < deadline, "the tick at {at} did not fire");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let api = Api::new(server.addr);
+    assert_eq!(api.wait_for_end(id).await["status"], "COMPLETED");
+    // A while past the tick: still exactly one run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        repo.history(Some("countingJob"), 10).await.unwrap().len(),
+        1
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// A tick that fell while serve was down runs once at start-up, or is skipped, per
+/// `server.missed_ticks`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_ticks_run_once_or_are_skipped() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let midnight = [("BATCH__SCHEDULE__COUNTINGJOB", "0 0 0 * * *")];
+
+    let skip = start(&db, &[midnight[0], ("BATCH__SERVER__MISSED_TICKS", "skip")]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let repo = skip.service.repository().clone();
+    assert!(
+        repo.history(Some("countingJob"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    skip.shutdown().await.unwrap();
+
+    let once = start(
+        &db,
+        &[midnight[0], ("BATCH__SERVER__MISSED_TICKS", "run_once")],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while repo
+        .history(Some("countingJob"), 10)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the missed tick did not run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = repo.history(Some("countingJob"), 10).await.unwrap()[0].0.id;
+    assert_eq!(
+        Api::new(once.addr).wait_for_end(id).await["status"],
+        "COMPLETED"
+    );
+    once.shutdown().await.unwrap();
+
+    // Started again after that run: the last tick is covered, nothing runs.
+    let again = start(
+        &db,
+        &[midnight[0], ("BATCH__SERVER__MISSED_TICKS", "run_once")],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        repo.history(Some("countingJob"), 10).await.unwrap().len(),
+        1
+    );
+    again.shutdown().await.unwrap();
+}
+
+/// Shutdown lets the running chunk commit and leaves the execution STOPPED; the next launch
+/// resumes it and every item is written exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_running_executions_cleanly() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = start(&db, &[]).await;
+    let api = Api::new(server.addr);
+    let params = json!({ "parameters": { "run": "stop-me", "items": 100, "delay_ms": 100 } });
+    let (status, started) = api
+        .kick("countingJob", Some(params.clone()), Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["execution_id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, e) = api.get_json(&format!("/executions/{id}")).await;
+        if e["steps"][0]["commits"].as_i64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no chunk committed: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown().await.unwrap();
+    let repo = batch_common::JobRepository::new(db.db.clone());
+    let e = repo.execution(id).await.unwrap().unwrap();
+    assert_eq!(e.status, "STOPPED");
+
+    let server = start(&db, &[]).await;
+    let api = Api::new(server.addr);
+    let (status, resumed) = api.kick("countingJob", Some(params), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resumed}");
+    let done = api
+        .wait_for_end(resumed["execution_id"].as_i64().unwrap())
+        .await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    server.shutdown().await.unwrap();
+    assert_eq!(
+        batch_testkit::jobs::written_items(&db).await,
+        (1..=100).collect::<Vec<_>>(),
+        "every item exactly once"
+    );
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_token_or_with_an_unknown_scheduled_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = crate::launcher(
+        dir.path(),
+        &["serve"],
+        &[("BATCH__SERVER__BIND", "127.0.0.1:0")],
+    );
+    let (out, err) = crate::text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(
+        err.contains("server.token") && err.contains("BATCH__SERVER__TOKEN"),
+        "{err}"
+    );
+
+    let o = crate::launcher(
+        dir.path(),
+        &["serve"],
+        &[
+            ("BATCH__SERVER__BIND", "127.0.0.1:0"),
+            ("BATCH__SERVER__TOKEN", TOKEN),
+            ("BATCH__SCHEDULE__NOSUCHJOB", "0 0 1 * * *"),
+        ],
+    );
+    let (out, err) = crate::text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(err.contains("schedule.nosuchjob: unknown job"), "{err}");
+}
+
+/// The binary: serve, kick pointBalanceSyncJob over HTTP, read its status and the metrics, then
+/// SIGTERM → exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_kicks_and_stops_on_sigterm() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let redis = TestRedis::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = redis.key("point:balance:");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_batch-launcher"));
+    cmd.current_dir(dir.path()).arg("serve");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BATCH_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .envs([
+            ("BATCH__DATABASE__URL", db.url().expose_secret()),
+            ("BATCH__SERVER__TOKEN", TOKEN),
+            ("BATCH__SERVER__BIND", "127.0.0.1:0"),
+            ("BATCH__SCHEDULE__POINTBALANCESYNCJOB", "off"),
+            ("BATCH__SCHEDULE__ASSETREFRESHJOB", "off"),
+            ("BATCH__POINT__CACHE_KEY_PREFIX", prefix.as_str()),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .strip_prefix("serving on http://")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .parse()
+        .unwrap();
+    let api = Api::new(addr);
+    let (status, body) = api.get("/health", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, started) = api
+        .kick(
+            "pointBalanceSyncJob",
+            Some(json!({ "parameters": { "date": "2026-11-20" } })),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["execution_id"].as_i64().unwrap();
+    let done = api.wait_for_end(id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["parameters"]["date"], "2026-11-20");
+    assert_eq!(
+        api.metric(
+            "batch_job_runs_total",
+            &[("job", "pointBalanceSyncJob"), ("status", "COMPLETED")]
+        )
+        .await,
+        Some(1.0)
+    );
+
+    let pid = child.id().to_string();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("shutting down"), "{err}");
+    assert!(!err.contains(TOKEN), "the token leaked into the log: {err}");
+}
+
+/// Health: 503 when Redis is down; the reason only for a caller with the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_an_unreachable_redis() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = start(
+        &db,
+        &[
+            ("BATCH__REDIS__URL", "redis://127.0.0.1:1"),
+            ("BATCH__REDIS__CONNECT_TIMEOUT", "300ms"),
+        ],
+    )
+    .await;
+    let api = Api::new(server.addr);
+    let (status, body) = api.get("/health", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let json: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["database"], "ok");
+    assert_eq!(json["redis"], "unavailable", "no details without the token");
+    let (status, json) = api.get_json("/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        json["redis"].as_str().unwrap().contains("127.0.0.1:1"),
+        "{json}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// A tick that falls while its instance is running (here: kicked over HTTP) is skipped: no second
+/// execution, and the running one completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_during_a_running_instance_is_skipped() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (server, at) = start_with_a_tick_in_two_seconds(&db).await;
+    let api = Api::new(server.addr);
+    // The scheduled run uses the default parameters (run=default): the same instance.
+    let (status, started) = api
+        .kick(
+            "countingJob",
+            Some(json!({ "parameters": { "items": 400, "delay_ms": 100 } })),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["execution_id"].as_i64().unwrap();
+    tokio::time::sleep_until(
+        (Instant::now() + (at - chrono::Utc::now()).to_std().unwrap() + Duration::from_millis(700))
+            .into(),
+    )
+    .await;
+    let (_, running) = api.get_json(&format!("/executions/{id}")).await;
+    assert_eq!(
+        running["status"], "STARTED",
+        "the kicked run must still be running at the tick: {running}"
+    );
+    let repo = server.service.repository().clone();
+    assert_eq!(
+        repo.history(Some("countingJob"), 10).await.unwrap().len(),
+        1,
+        "the tick was skipped"
+    );
+    assert_eq!(api.wait_for_end(id).await["status"], "COMPLETED");
+    assert_eq!(
+        repo.history(Some("countingJob"), 10).await.unwrap().len(),
+        1
+    );
+    server.shutdown().await.unwrap();
+}
