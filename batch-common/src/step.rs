@@ -293,6 +293,7 @@ struct Attempted<T> {
 }
 
 /// What retrying needs, owned, so work in flight does not borrow the step's context.
+#[derive(Clone)]
 struct RetryEnv {
     settings: ChunkSettings,
     clock: Arc<dyn Clock>,
@@ -351,10 +352,34 @@ where
     }
 }
 
+/// Where a chunk's checkpoint goes, owned, so a commit can run while the step goes on.
+#[derive(Clone)]
+struct CommitTarget {
+    repo: JobRepository,
+    execution_id: i64,
+    job_instance_id: i64,
+    step_execution_id: i64,
+    step_name: String,
+    retry: RetryEnv,
+}
+
+impl CommitTarget {
+    fn of(ctx: &StepContext) -> Self {
+        CommitTarget {
+            repo: ctx.repo.clone(),
+            execution_id: ctx.run.execution_id,
+            job_instance_id: ctx.run.job_instance_id,
+            step_execution_id: ctx.step_execution_id,
+            step_name: ctx.step_name.clone(),
+            retry: RetryEnv::of(ctx),
+        }
+    }
+}
+
 /// In an open transaction on `conn`: records the chunk's item failures and resolved keys, saves
 /// `next` (counters and checkpoint) and commits; rolls back on error.
 async fn finish_chunk(
-    ctx: &StepContext,
+    ctx: &CommitTarget,
     conn: &mut DbConnection,
     failures: &[ItemFailureRecord],
     outcome: &WriteOutcome,
@@ -366,12 +391,12 @@ async fn finish_chunk(
         for (k, v) in &outcome.counters {
             next.add_counter(k, *v);
         }
-        let now = ctx.now();
+        let now = ctx.retry.clock.now_naive_utc();
         if !failures.is_empty() {
             JobRepository::record_item_failures(
                 conn,
-                ctx.run.execution_id,
-                ctx.run.job_instance_id,
+                ctx.execution_id,
+                ctx.job_instance_id,
                 &ctx.step_name,
                 failures,
                 now,
@@ -381,7 +406,7 @@ async fn finish_chunk(
         if !outcome.resolved_keys.is_empty() {
             JobRepository::resolve_failures(
                 conn,
-                ctx.run.job_instance_id,
+                ctx.job_instance_id,
                 &ctx.step_name,
                 &outcome.resolved_keys,
                 now,
@@ -404,14 +429,20 @@ async fn finish_chunk(
     }
 }
 
-/// Commits the checkpoint of a chunk already in the external store, retrying transient errors.
-/// Returns the new progress (which counts the retries and rollbacks this took).
-async fn commit_written(ctx: &StepContext, chunk: &Written) -> Attempted<StepProgress> {
+/// Commits the checkpoint of a chunk already in the external store on top of `base` (the
+/// progress after the previous chunk), retrying transient errors. Returns the new progress (which
+/// counts the retries and rollbacks this took). Owns its inputs, so it runs beside the step.
+async fn commit_written(
+    ctx: CommitTarget,
+    base: StepProgress,
+    chunk: Written,
+) -> Attempted<StepProgress> {
+    let (ctx, base, chunk) = (&ctx, &base, &chunk);
     with_retry(
-        &RetryEnv::of(ctx),
+        &ctx.retry,
         "committing a chunk",
         async |retries, rollbacks| {
-            let mut next = ctx.progress.clone();
+            let mut next = base.clone();
             next.retry_count += retries;
             next.rollback_count += rollbacks;
             next.read_count += chunk.read as i64;
@@ -457,6 +488,7 @@ where
         checkpoint: &serde_json::Value,
     ) -> anyhow::Result<()> {
         let shared: &StepContext = ctx;
+        let target = CommitTarget::of(shared);
         let done = with_retry(
             &RetryEnv::of(shared),
             "writing a chunk",
@@ -480,7 +512,7 @@ where
                 };
                 let mut failures = processed.failures.clone();
                 failures.extend(outcome.failures.iter().cloned());
-                finish_chunk(shared, conn, &failures, &outcome, &mut next).await?;
+                finish_chunk(&target, conn, &failures, &outcome, &mut next).await?;
                 Ok(next)
             },
         )
@@ -600,7 +632,8 @@ where
     /// The loop for an external writer: up to [`WRITE_WINDOW`] chunks are written at once
     /// (so the store never waits for the step between two chunks) while the next chunk is read;
     /// each chunk's checkpoint commits as soon as its own write succeeded and every earlier
-    /// checkpoint is committed, strictly in order.
+    /// checkpoint is committed, strictly in order, one commit at a time. Writes and reads go on
+    /// while a checkpoint commits.
     async fn run_external(
         &self,
         ctx: &mut StepContext,
@@ -610,7 +643,9 @@ where
         total: Option<u64>,
     ) -> anyhow::Result<StepOutcome> {
         let env = RetryEnv::of(ctx);
+        let target = CommitTarget::of(ctx);
         let mut writes = Window::new();
+        let mut commit = Commit::default();
         let mut reader = Some(reader);
         let mut reading = None;
         // A chunk read and not yet handed to a write; `None` with `end` once the reader is done.
@@ -620,7 +655,7 @@ where
             if ctx.cancel.is_cancelled() {
                 // Stop after the chunks in flight: commit them, start nothing new.
                 drop(reading.take());
-                self.drain(ctx, &mut writes, total).await?;
+                self.drain(ctx, &mut commit, &mut writes, total).await?;
                 return Ok(if end && ready.is_none() {
                     StepOutcome::Completed
                 } else {
@@ -635,7 +670,7 @@ where
                     Ok(p) => p,
                     Err(e) => {
                         // Keep what is written before failing.
-                        self.drain(ctx, &mut writes, total).await?;
+                        self.drain(ctx, &mut commit, &mut writes, total).await?;
                         return Err(e);
                     }
                 };
@@ -651,21 +686,40 @@ where
                     (r, chunk)
                 }));
             }
-            if writes.len() == 0 && reading.is_none() {
+            if writes.len() == 0 && reading.is_none() && commit.running.is_none() {
                 // Nothing in flight and nothing left to read.
                 return Ok(StepOutcome::Completed);
             }
+            let may_commit = commit.running.is_none();
             tokio::select! {
-                written = writes.next_in_order(), if writes.len() > 0 => {
+                done = async { commit.running.as_mut().expect("a commit is running").await }, if commit.running.is_some() => {
+                    commit.running = None;
+                    self.committed(ctx, done, total).await?;
+                    ctx.progress.retry_count += std::mem::take(&mut commit.deferred_retries);
+                }
+                // Polls every write in flight; takes the oldest out only when no commit runs.
+                written = writes.next_in_order(may_commit), if writes.len() > 0 => {
                     let written = written.expect("a write is in flight");
-                    self.commit_in_order(ctx, written, total).await?;
+                    ctx.progress.retry_count += written.retries;
+                    ctx.progress.rollback_count += written.rollbacks;
+                    let chunk = written.result?;
+                    commit.running = Some(Box::pin(commit_written(
+                        target.clone(),
+                        ctx.progress.clone(),
+                        chunk,
+                    )));
                 }
                 (r, chunk) = async { reading.as_mut().expect("a read is in flight").await }, if reading.is_some() => {
                     reading = None;
                     reader = Some(r);
                     match chunk {
                         Ok(((items, checkpoint), retries)) => {
-                            ctx.progress.retry_count += retries;
+                            // A running commit replaces the progress: add these after it.
+                            if commit.running.is_some() {
+                                commit.deferred_retries += retries;
+                            } else {
+                                ctx.progress.retry_count += retries;
+                            }
                             if items.is_empty() {
                                 end = true;
                             } else {
@@ -673,7 +727,7 @@ where
                             }
                         }
                         Err(e) => {
-                            self.drain(ctx, &mut writes, total).await?;
+                            self.drain(ctx, &mut commit, &mut writes, total).await?;
                             return Err(e);
                         }
                     }
@@ -682,36 +736,41 @@ where
         }
     }
 
-    /// Commits a finished write's checkpoint (the writes before it are committed already).
-    async fn commit_in_order(
-        &self,
-        ctx: &mut StepContext,
-        written: Attempted<Written>,
-        total: Option<u64>,
-    ) -> anyhow::Result<()> {
-        ctx.progress.retry_count += written.retries;
-        ctx.progress.rollback_count += written.rollbacks;
-        let chunk = written.result?;
-        let done = commit_written(ctx, &chunk).await;
-        self.committed(ctx, done, total).await
-    }
-
-    /// Waits for the writes in flight and commits their checkpoints in order, up to the first
-    /// that failed (whose error is returned).
+    /// Finishes the running commit, then waits for the writes in flight and commits their
+    /// checkpoints in order, up to the first that failed (whose error is returned).
     async fn drain<F>(
         &self,
         ctx: &mut StepContext,
+        commit: &mut Commit,
         writes: &mut Window<F>,
         total: Option<u64>,
     ) -> anyhow::Result<()>
     where
         F: Future<Output = Attempted<Written>>,
     {
-        while let Some(written) = writes.next_in_order().await {
-            self.commit_in_order(ctx, written, total).await?;
+        if let Some(running) = commit.running.take() {
+            let done = running.await;
+            self.committed(ctx, done, total).await?;
+            ctx.progress.retry_count += std::mem::take(&mut commit.deferred_retries);
+        }
+        let target = CommitTarget::of(ctx);
+        while let Some(written) = writes.next_in_order(true).await {
+            ctx.progress.retry_count += written.retries;
+            ctx.progress.rollback_count += written.rollbacks;
+            let chunk = written.result?;
+            let done = commit_written(target.clone(), ctx.progress.clone(), chunk).await;
+            self.committed(ctx, done, total).await?;
         }
         Ok(())
     }
+}
+
+/// The checkpoint commit in flight of an external writer's step, and the read retries counted
+/// while it ran (its result replaces the progress; they are added after).
+#[derive(Default)]
+struct Commit {
+    running: Option<std::pin::Pin<Box<dyn Future<Output = Attempted<StepProgress>> + Send>>>,
+    deferred_retries: i64,
 }
 
 /// How many chunks an external writer may have in flight at once.
@@ -741,9 +800,9 @@ impl<F: Future> Window<F> {
         self.queue.push_back((Box::pin(f), None));
     }
 
-    /// Polls every future in flight; returns the oldest one's output once it is done (`None`
-    /// if there is none).
-    async fn next_in_order(&mut self) -> Option<F::Output> {
+    /// Polls every future in flight; returns the oldest one's output once it is done and `take`
+    /// is true (`None` if there is none). With `take` false it only drives them, forever.
+    async fn next_in_order(&mut self, take: bool) -> Option<F::Output> {
         std::future::poll_fn(|cx| {
             for (f, out) in self.queue.iter_mut() {
                 if out.is_none()
@@ -751,6 +810,9 @@ impl<F: Future> Window<F> {
                 {
                     *out = Some(v);
                 }
+            }
+            if !take {
+                return std::task::Poll::Pending;
             }
             match self.queue.front() {
                 None => std::task::Poll::Ready(None),
