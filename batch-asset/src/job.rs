@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use batch_common::concurrent_step::{
+    ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page,
+};
 use batch_common::job::{Job, JobDescriptor, ParamKind, ParameterSpec};
 use batch_common::params::{JobParameters, ParameterError, parse_date};
-use batch_common::step::{
-    ChunkStep, ItemProcessor, ItemReader, ItemWriter, Processed, ReadScope, Step, WriteOutcome,
-};
+use batch_common::step::{ItemWriter, ReadScope, Step, WriteOutcome};
 use batch_common::{Clock, ClockExt};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
@@ -84,15 +85,14 @@ impl Job for AssetRefreshJob {
 
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {
         let day = parse_date("date", params.get("date").unwrap_or_default())?;
-        Ok(vec![Arc::new(ChunkStep::new(
+        Ok(vec![Arc::new(ConcurrentStep::new(
             STEP_NAME,
             ActiveUserReader {
                 db: self.db.clone(),
-                last_id: 0,
                 only: None,
             },
             RefreshProcessor {
-                usecase: AssetRefreshUseCase::new(self.provider.clone(), self.concurrency),
+                usecase: AssetRefreshUseCase::new(self.provider.clone()),
                 day,
                 clock: self.clock.clone(),
             },
@@ -100,30 +100,26 @@ impl Job for AssetRefreshJob {
                 day,
                 clock: self.clock.clone(),
             },
+            self.concurrency,
         ))])
     }
 }
 
-/// Active users by id (keyset); in a failed-items run, only those users. Checkpoint `{"last_id"}`.
+/// Active users by id (keyset pages); in a failed-items run, only those users.
 pub struct ActiveUserReader {
     db: Database,
-    last_id: i64,
     only: Option<Vec<i64>>,
 }
 
 #[async_trait]
-impl ItemReader for ActiveUserReader {
+impl KeyedReader for ActiveUserReader {
     type Item = User;
 
-    async fn open(
-        &mut self,
-        checkpoint: &serde_json::Value,
-        scope: &ReadScope,
-    ) -> anyhow::Result<()> {
-        self.last_id = checkpoint
-            .get("last_id")
-            .and_then(serde_json::Value::as_i64)
-            .unwrap_or(0);
+    fn key(user: &User) -> i64 {
+        user.id
+    }
+
+    async fn open(&mut self, scope: &ReadScope) -> anyhow::Result<()> {
         self.only = match scope {
             ReadScope::All => None,
             ReadScope::FailedItems(keys) => {
@@ -142,32 +138,31 @@ impl ItemReader for ActiveUserReader {
         Ok(())
     }
 
-    async fn read_chunk(&mut self, max: usize) -> anyhow::Result<(Vec<User>, serde_json::Value)> {
+    async fn read_page(&mut self, after: i64, max: usize) -> anyhow::Result<Page<User>> {
         let mut conn = self.db.get().await?;
         let conn: &mut DbConnection = &mut conn;
-        let users = match &self.only {
-            None => User::active_page_after(conn, self.last_id, max as i64).await?,
+        match &self.only {
+            None => {
+                let users = User::active_page_after(conn, after, max as i64).await?;
+                // A short page is the last one.
+                let next = (users.len() >= max)
+                    .then(|| users.last().map(|u| u.id))
+                    .flatten();
+                Ok(Page { items: users, next })
+            }
             Some(ids) => {
-                let next: Vec<i64> = ids
-                    .iter()
-                    .copied()
-                    .filter(|id| *id > self.last_id)
-                    .take(max)
-                    .collect();
-                let mut users = User::find_many(conn, &next).await?;
+                let start = ids.partition_point(|id| *id <= after);
+                let next_ids = &ids[start..(start + max).min(ids.len())];
+                let mut users = User::find_many(conn, next_ids).await?;
                 // A user deactivated since the failure is not called any more.
                 users.retain(User::is_active);
-                if let Some(last) = next.last() {
-                    // Advance past ids that vanished or went inactive, too.
-                    self.last_id = *last;
-                }
-                users
+                let more = start + next_ids.len() < ids.len();
+                Ok(Page {
+                    items: users,
+                    next: next_ids.last().copied().filter(|_| more),
+                })
             }
-        };
-        if let Some(last) = users.last() {
-            self.last_id = self.last_id.max(last.id);
         }
-        Ok((users, serde_json::json!({ "last_id": self.last_id })))
     }
 
     async fn total(&mut self, scope: &ReadScope) -> anyhow::Result<Option<u64>> {
@@ -181,7 +176,7 @@ impl ItemReader for ActiveUserReader {
     }
 }
 
-/// Calls the provider for a chunk of users (concurrently, through the use case).
+/// Calls the provider for one user (the step runs `asset.concurrency` of these at once).
 pub struct RefreshProcessor {
     usecase: AssetRefreshUseCase,
     day: NaiveDate,
@@ -189,18 +184,21 @@ pub struct RefreshProcessor {
 }
 
 #[async_trait]
-impl ItemProcessor<User, NewAssetHistory> for RefreshProcessor {
-    async fn process(&self, users: Vec<User>) -> anyhow::Result<Processed<NewAssetHistory>> {
-        let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
-        let refreshed = self
-            .usecase
-            .refresh(&ids, self.day, self.clock.now_naive_utc())
-            .await;
-        Ok(Processed {
-            items: refreshed.rows,
-            filtered: 0,
-            failures: refreshed.failures,
-        })
+impl ConcurrentProcessor<User, NewAssetHistory> for RefreshProcessor {
+    async fn process(&self, user: User) -> anyhow::Result<ItemOutcome<NewAssetHistory>> {
+        Ok(
+            match self
+                .usecase
+                .refresh(user.id, self.day, self.clock.now_naive_utc())
+                .await
+            {
+                Ok(row) => ItemOutcome::Write(row),
+                Err(e) => ItemOutcome::Fail {
+                    error: e.to_string(),
+                    attempts: e.attempts as i32,
+                },
+            },
+        )
     }
 }
 

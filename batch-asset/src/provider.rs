@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use batch_common::Clock;
 use batch_common::config::AssetSettings;
+use batch_common::{Clock, RetryPolicy};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
@@ -37,7 +37,8 @@ pub enum FetchErrorKind {
     NotFound,
     /// Another 4xx. Not retried.
     Rejected,
-    /// A 2xx whose body breaks the contract. Not retried.
+    /// A 2xx that is not JSON (by its `Content-Type`) or whose body breaks the contract. Not
+    /// retried.
     Malformed,
     /// 5xx, 429, time-outs and connection errors, after every attempt.
     Unavailable,
@@ -101,15 +102,14 @@ impl RateLimiter {
     }
 }
 
-/// The real provider: reqwest, with timeouts, retries (exponential backoff with jitter on 5xx,
-/// 429 — honouring `Retry-After` — time-outs and connection errors), and an optional rate limit.
+/// The real provider: reqwest, with timeouts, retries (the runtime's [`RetryPolicy`]: exponential
+/// backoff with jitter, on 5xx, 429 — honouring `Retry-After` — time-outs and connection errors),
+/// and an optional rate limit.
 pub struct HttpAssetProvider {
     client: reqwest::Client,
     base_url: url::Url,
     token: Option<batch_common::Secret<String>>,
-    max_attempts: u32,
-    backoff: Duration,
-    max_backoff: Duration,
+    retry: RetryPolicy,
     limiter: Option<RateLimiter>,
     clock: Arc<dyn Clock>,
 }
@@ -118,13 +118,16 @@ impl fmt::Debug for HttpAssetProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpAssetProvider")
             .field("base_url", &core_domain::db::redact(self.base_url.as_str()))
-            .field("max_attempts", &self.max_attempts)
+            .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
 }
 
 /// The longest `Retry-After` honoured; a provider asking for more gets this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The longest backoff between two attempts (without `Retry-After`).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl HttpAssetProvider {
     /// A provider configured by `[asset]`; waits between attempts go through `clock`.
@@ -143,30 +146,18 @@ impl HttpAssetProvider {
             client,
             base_url,
             token: settings.api_token.clone(),
-            max_attempts: settings.max_attempts.get(),
-            backoff: settings.retry_backoff,
-            max_backoff: Duration::from_secs(30),
+            retry: RetryPolicy {
+                max_attempts: settings.max_attempts.get(),
+                initial_backoff: settings.retry_backoff,
+                max_backoff: MAX_BACKOFF,
+                max_elapsed: None,
+                jitter: true,
+            },
             limiter: settings
                 .rate_limit_per_second
                 .map(|r| RateLimiter::new(r.get())),
             clock,
         })
-    }
-
-    /// The delay before retry `attempt` (1-based): backoff × 2^(attempt−1) × jitter in [0.5, 1.5).
-    fn delay(&self, user_id: i64, attempt: u32) -> Duration {
-        let base = self
-            .backoff
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)));
-        // Cheap deterministic-enough jitter: hash of the user, attempt and the current nanos.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let mut z = (user_id as u64) ^ (u64::from(attempt) << 32) ^ u64::from(nanos);
-        z = (z ^ (z >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
-        z ^= z >> 33;
-        let jitter = 0.5 + (z % 1000) as f64 / 1000.0;
-        base.mul_f64(jitter).min(self.max_backoff)
     }
 
     async fn attempt(
@@ -211,7 +202,11 @@ impl HttpAssetProvider {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .and_then(|v| parse_retry_after(v, self.clock.now()));
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let body = response.bytes().await.map_err(|e| {
             (
                 FetchErrorKind::Unavailable,
@@ -222,6 +217,18 @@ impl HttpAssetProvider {
         })?;
         match status {
             s if s.is_success() => {
+                if !content_type.as_deref().is_some_and(is_json) {
+                    let what = content_type.map_or_else(
+                        || "no Content-Type".to_owned(),
+                        |t| format!("Content-Type `{t}`"),
+                    );
+                    return Err((
+                        FetchErrorKind::Malformed,
+                        format!("{s} with {what}, not application/json: {}", excerpt(&body)),
+                        None,
+                        false,
+                    ));
+                }
                 let parsed: AssetResponse = serde_json::from_slice(&body).map_err(|e| {
                     (
                         FetchErrorKind::Malformed,
@@ -275,6 +282,20 @@ impl HttpAssetProvider {
     }
 }
 
+/// True for `application/json` and `application/<anything>+json`, parameters (charset) aside.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
+}
+
 /// At most 120 characters of a body, on one line.
 fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
@@ -293,14 +314,14 @@ fn excerpt(body: &[u8]) -> String {
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
-fn parse_retry_after(value: &str) -> Option<Duration> {
+/// `Retry-After` as seconds or an HTTP date (from `now`), capped at [`MAX_RETRY_AFTER`].
+fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     let d = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
             let at = DateTime::parse_from_rfc2822(value).ok()?;
-            (at.with_timezone(&Utc) - Utc::now())
+            (at.with_timezone(&Utc) - now)
                 .to_std()
                 .unwrap_or(Duration::ZERO)
         }
@@ -311,27 +332,30 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 #[async_trait]
 impl AssetProvider for HttpAssetProvider {
     async fn fetch(&self, user_id: i64) -> Result<AssetSnapshot, FetchError> {
-        let mut attempt = 1;
+        let mut schedule = self.retry.schedule();
         loop {
             if let Some(limiter) = &self.limiter {
                 limiter.acquire().await;
             }
-            match self.attempt(user_id).await {
+            let (kind, message, retry_after, retry) = match self.attempt(user_id).await {
                 Ok(snapshot) => return Ok(snapshot),
-                Err((kind, message, retry_after, retry)) => {
-                    if !retry || attempt >= self.max_attempts {
-                        return Err(FetchError {
-                            kind,
-                            attempts: attempt,
-                            message,
-                        });
-                    }
-                    let wait = retry_after.unwrap_or_else(|| self.delay(user_id, attempt));
-                    tracing::debug!(user_id, attempt, wait_ms = wait.as_millis() as u64, error = %message, "asset fetch failed; retrying");
-                    self.clock.sleep(wait).await;
-                    attempt += 1;
-                }
-            }
+                Err(e) => e,
+            };
+            let attempts = schedule.attempts();
+            // The schedule counts the attempt even when `Retry-After` sets the wait.
+            let wait = retry
+                .then(|| schedule.next_delay(self.clock.now()))
+                .flatten()
+                .map(|backoff| retry_after.unwrap_or(backoff));
+            let Some(wait) = wait else {
+                return Err(FetchError {
+                    kind,
+                    attempts,
+                    message,
+                });
+            };
+            tracing::debug!(user_id, attempt = attempts, wait_ms = wait.as_millis() as u64, error = %message, "asset fetch failed; retrying");
+            self.clock.sleep(wait).await;
         }
     }
 }
@@ -342,13 +366,40 @@ mod tests {
 
     #[test]
     fn retry_after_and_excerpts() {
-        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("100000"), Some(MAX_RETRY_AFTER));
-        assert_eq!(parse_retry_after("soon"), None);
-        assert!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT").is_some());
+        let now = DateTime::parse_from_rfc2822("Wed, 21 Oct 2015 07:28:00 GMT")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("100000", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(excerpt(b""), "(empty body)");
         let long = "x".repeat(500);
         assert_eq!(excerpt(long.as_bytes()).chars().count(), 121);
         assert_eq!(excerpt(b"a\nb"), "a b");
+    }
+
+    #[test]
+    fn json_content_types() {
+        for t in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/vnd.assets.v1+json",
+        ] {
+            assert!(is_json(t), "{t}");
+        }
+        for t in [
+            "text/html",
+            "text/plain; charset=utf-8",
+            "application/xml",
+            "",
+            "json",
+        ] {
+            assert!(!is_json(t), "{t}");
+        }
     }
 }

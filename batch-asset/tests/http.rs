@@ -19,6 +19,8 @@ enum Answer {
     RetryAfter(&'static str),
     Slow(Duration),
     Body(&'static str),
+    /// A 200 with this `Content-Type` (`None`: no header) and body.
+    Typed(Option<&'static str>, String),
 }
 
 #[derive(Default)]
@@ -62,6 +64,14 @@ async fn handler(
         }
         Answer::Body(body) => {
             (StatusCode::OK, [("content-type", "application/json")], body).into_response()
+        }
+        Answer::Typed(content_type, body) => {
+            let mut r = (StatusCode::OK, body).into_response();
+            r.headers_mut().remove("content-type");
+            if let Some(t) = content_type {
+                r.headers_mut().insert("content-type", t.parse().unwrap());
+            }
+            r
         }
     }
 }
@@ -127,11 +137,11 @@ async fn answers_are_classified_and_retried_as_specified() {
     // 404: no retry
     let e = p.fetch(2).await.unwrap_err();
     assert_eq!((e.kind, e.attempts), (FetchErrorKind::NotFound, 1));
-    // 500 then 200: retried once, with a backoff on the injected clock (100 ms ± 50% jitter)
+    // 500 then 200: retried once, with a backoff on the injected clock (100 ms, up to +100% jitter)
     let before = clock.now();
     assert_eq!(p.fetch(3).await.unwrap().user_id, 3);
     let waited = (clock.now() - before).num_milliseconds();
-    assert!((50..150).contains(&waited), "waited {waited} ms");
+    assert!((100..=200).contains(&waited), "waited {waited} ms");
     // malformed JSON: an item failure with an excerpt, not retried
     let e = p.fetch(6).await.unwrap_err();
     assert_eq!((e.kind, e.attempts), (FetchErrorKind::Malformed, 1));
@@ -234,4 +244,50 @@ async fn bearer_token_and_rate_limit() {
             .iter()
             .all(|t| t.as_deref() == Some("Bearer t0ken"))
     );
+}
+
+/// A valid asset body for `user`, as text.
+fn valid_body(user: i64) -> String {
+    serde_json::to_string(&batch_asset::fake_server::figures(user, 0)).unwrap()
+}
+
+#[tokio::test]
+async fn a_200_that_is_not_json_is_malformed_and_not_retried() {
+    let script = Arc::new(Script::default());
+    {
+        let mut a = script.answers.lock().unwrap();
+        // A well-formed asset body, but served as HTML (e.g. a proxy's page): never parsed.
+        a.insert(
+            1,
+            vec![Answer::Typed(
+                Some("text/html; charset=utf-8"),
+                valid_body(1),
+            )],
+        );
+        a.insert(2, vec![Answer::Typed(None, valid_body(2))]);
+        a.insert(
+            3,
+            vec![Answer::Typed(
+                Some("application/vnd.assets.v1+json; charset=utf-8"),
+                valid_body(3),
+            )],
+        );
+    }
+    let base = server(script.clone()).await;
+    let p = provider(&base, clock(), |_| {});
+    let e = p.fetch(1).await.unwrap_err();
+    assert_eq!((e.kind, e.attempts), (FetchErrorKind::Malformed, 1));
+    assert!(
+        e.message
+            .contains("Content-Type `text/html; charset=utf-8`"),
+        "{}",
+        e.message
+    );
+    let e = p.fetch(2).await.unwrap_err();
+    assert_eq!((e.kind, e.attempts), (FetchErrorKind::Malformed, 1));
+    assert!(e.message.contains("no Content-Type"), "{}", e.message);
+    // `+json` types are JSON.
+    assert_eq!(p.fetch(3).await.unwrap().user_id, 3);
+    let calls = script.calls.lock().unwrap().clone();
+    assert_eq!((calls[&1], calls[&2], calls[&3]), (1, 1, 1));
 }

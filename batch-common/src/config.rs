@@ -3,7 +3,9 @@
 //! Layers, later wins: the built-in defaults (`config/defaults.toml`, compiled in) → an optional
 //! TOML file (`--config PATH` or `BATCH_CONFIG`) → environment variables `BATCH__SECTION__KEY`
 //! (e.g. `BATCH__DATABASE__URL`; note the double underscores). Unknown sections and keys, and
-//! invalid values, are errors that name the key; nothing is half-applied.
+//! invalid or out-of-range values, are errors that name the key and where it was set (the file,
+//! or the environment variable); nothing is half-applied. Every number and duration has an
+//! allowed range, named in the error.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,7 +38,17 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A key is unknown or its value is invalid.
+    /// A key set in the config file is unknown, or its value is invalid.
+    #[error("config file {}: {message}", path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key, e.g. `batch.chunk_size`.
+        key: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A key is unknown or its value is invalid (set in the environment, or the default).
     #[error("invalid configuration: `{key}` (env {env}): {message}")]
     Invalid {
         /// Dotted key, e.g. `batch.chunk_size`.
@@ -49,20 +61,102 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: &str, message: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.to_owned(),
-            env: env_name(key),
-            message: message.into(),
-        }
-    }
-
     /// The dotted key at fault, if the error is about one key.
     pub fn key(&self) -> Option<&str> {
         match self {
-            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Invalid { key, .. } | ConfigError::InFile { key, .. } => Some(key),
             ConfigError::File { .. } => None,
         }
+    }
+}
+
+/// Where the layers above the defaults set their keys, to name the right one in an error: the
+/// environment variable if one sets the key, else the config file if it does.
+struct Origins<'a> {
+    file: Option<(&'a Path, Config)>,
+    env_vars: Vec<String>,
+}
+
+impl Origins<'_> {
+    /// An error about `key`; `message` does not repeat the key.
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let message = message.into();
+        // `redis.cluster_nodes[1]` is set by `redis.cluster_nodes`.
+        let base = key.split('[').next().unwrap_or(key);
+        let env = env_name(base);
+        let from_env = self.env_vars.iter().any(|v| v.eq_ignore_ascii_case(&env));
+        match &self.file {
+            Some((path, layer)) if !from_env && layer.get::<config::Value>(base).is_ok() => {
+                let message = match message.strip_prefix("unknown field `") {
+                    // "unknown field `x`, expected one of ..." -> "unknown key `section.x`; ..."
+                    Some(rest) => {
+                        let expected = rest.split_once('`').map_or("", |(_, r)| r);
+                        let expected = expected.trim_start_matches(',').trim();
+                        if expected.is_empty() {
+                            format!("unknown key `{key}`")
+                        } else {
+                            format!("unknown key `{key}`; {expected}")
+                        }
+                    }
+                    None => format!("`{key}`: {message}"),
+                };
+                ConfigError::InFile {
+                    path: path.to_path_buf(),
+                    key: key.to_owned(),
+                    message,
+                }
+            }
+            _ => ConfigError::Invalid {
+                key: key.to_owned(),
+                env,
+                message,
+            },
+        }
+    }
+
+    /// Checks that `value` of `key` is within `range`, naming both otherwise.
+    fn in_range<T>(
+        &self,
+        key: &str,
+        value: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<(), ConfigError>
+    where
+        T: PartialOrd + std::fmt::Display + Copy,
+    {
+        if range.contains(&value) {
+            return Ok(());
+        }
+        Err(self.invalid(
+            key,
+            format!(
+                "{value} is out of range {}..={}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+
+    /// [`in_range`](Self::in_range) for durations (written like `30s..=1h`).
+    fn duration_in_range(
+        &self,
+        key: &str,
+        value: Duration,
+        range: std::ops::RangeInclusive<Duration>,
+    ) -> Result<(), ConfigError> {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if range.contains(&value) {
+            return Ok(());
+        }
+        Err(self.invalid(
+            key,
+            format!(
+                "{} is out of range {}..={}",
+                show(value),
+                show(*range.start()),
+                show(*range.end())
+            ),
+        ))
     }
 }
 
@@ -145,7 +239,8 @@ pub struct RuntimeSettings {
     pub timezone: Tz,
     /// Items per chunk (one commit per chunk).
     pub chunk_size: NonZeroUsize,
-    /// Attempts of a chunk that failed with a transient error (1 = no retry).
+    /// Attempts of a chunk that failed with a transient error (1 = no retry); an upper bound; the
+    /// `chunk_retry_max_elapsed` budget usually ends the retries first.
     pub chunk_retry_attempts: NonZeroU32,
     /// First chunk-retry delay; doubles per attempt.
     #[serde(with = "duration")]
@@ -153,6 +248,10 @@ pub struct RuntimeSettings {
     /// Upper bound of the chunk-retry delay.
     #[serde(with = "duration")]
     pub chunk_retry_max_backoff: Duration,
+    /// Total time a chunk may spend retrying transient errors (outage budget) before the step
+    /// fails.
+    #[serde(with = "duration")]
+    pub chunk_retry_max_elapsed: Duration,
     /// Retries of a failed step within one launch (0 = none).
     pub step_retry_attempts: u32,
     /// Wait between step retries.
@@ -275,22 +374,29 @@ impl BatchProperties {
     ) -> Result<Self, ConfigError> {
         let mut builder =
             Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
+        let mut file_layer = None;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
                 path: path.to_owned(),
                 message: e.to_string(),
             })?;
-            // Parse once here so a syntax error names the file and line.
-            toml_check(&text).map_err(|message| ConfigError::File {
+            // Parse the file alone first: a syntax error names the file and line, and an error
+            // about a key the file sets can name the file.
+            let layer = parse_toml(&text).map_err(|message| ConfigError::File {
                 path: path.to_owned(),
                 message,
             })?;
+            file_layer = Some((path, layer));
             builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
         }
         let env: config::Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("BATCH__"))
             .collect();
+        let origins = Origins {
+            file: file_layer,
+            env_vars: env.keys().cloned().collect(),
+        };
         builder = builder.add_source(
             Environment::with_prefix("BATCH")
                 .prefix_separator("__")
@@ -307,16 +413,88 @@ impl BatchProperties {
         let props: BatchProperties = serde_path_to_error::deserialize(merged).map_err(|e| {
             let key = e.path().to_string();
             let message = e.into_inner().to_string();
-            ConfigError::invalid(&key, clean_message(&message))
+            origins.invalid(&key, clean_message(&message))
         })?;
-        props.validate()
+        props.validate(&origins)
     }
 
-    /// Cross-field checks that types alone cannot express.
-    fn validate(mut self) -> Result<Self, ConfigError> {
+    /// The allowed range of every number and duration (sane bounds: a chunk of 10^12 rows would
+    /// be one enormous read into memory), then cross-field checks that types cannot express.
+    fn validate(mut self, o: &Origins<'_>) -> Result<Self, ConfigError> {
+        const MS: Duration = Duration::from_millis(1);
+        const SEC: Duration = Duration::from_secs(1);
+        const MIN: Duration = Duration::from_secs(60);
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let d = &self.database;
+        o.in_range(
+            "database.max_connections",
+            d.max_connections.get(),
+            1..=1000,
+        )?;
+        o.duration_in_range("database.acquire_timeout", d.acquire_timeout, MS..=HOUR)?;
+        let r = &self.redis;
+        o.duration_in_range("redis.connect_timeout", r.connect_timeout, MS..=HOUR)?;
+        o.duration_in_range("redis.response_timeout", r.response_timeout, MS..=HOUR)?;
+        let b = &self.batch;
+        o.in_range("batch.chunk_size", b.chunk_size.get(), 1..=100_000)?;
+        o.in_range(
+            "batch.chunk_retry_attempts",
+            b.chunk_retry_attempts.get(),
+            1..=1000,
+        )?;
+        o.duration_in_range(
+            "batch.chunk_retry_backoff",
+            b.chunk_retry_backoff,
+            Duration::ZERO..=MIN,
+        )?;
+        o.duration_in_range(
+            "batch.chunk_retry_max_backoff",
+            b.chunk_retry_max_backoff,
+            Duration::ZERO..=10 * MIN,
+        )?;
+        o.duration_in_range(
+            "batch.chunk_retry_max_elapsed",
+            b.chunk_retry_max_elapsed,
+            Duration::ZERO..=DAY,
+        )?;
+        o.in_range("batch.step_retry_attempts", b.step_retry_attempts, 0..=100)?;
+        o.duration_in_range(
+            "batch.step_retry_interval",
+            b.step_retry_interval,
+            Duration::ZERO..=DAY,
+        )?;
+        o.in_range("batch.skip_limit", b.skip_limit, 0..=1_000_000_000)?;
+        o.duration_in_range("batch.heartbeat_interval", b.heartbeat_interval, MS..=HOUR)?;
+        o.duration_in_range("batch.stale_after", b.stale_after, MS..=DAY)?;
+        o.in_range(
+            "batch.progress_log_chunks",
+            b.progress_log_chunks.get(),
+            1..=1_000_000,
+        )?;
+        let p = &self.point;
+        o.duration_in_range("point.cache_ttl", p.cache_ttl, SEC..=30 * DAY)?;
+        if let Some(n) = p.sync_chunk_size {
+            o.in_range("point.sync_chunk_size", n.get(), 1..=100_000)?;
+        }
+        let a = &self.asset;
+        o.duration_in_range("asset.timeout", a.timeout, MS..=HOUR)?;
+        o.duration_in_range("asset.connect_timeout", a.connect_timeout, MS..=HOUR)?;
+        o.in_range("asset.concurrency", a.concurrency.get(), 1..=1024)?;
+        if let Some(n) = a.rate_limit_per_second {
+            o.in_range("asset.rate_limit_per_second", n.get(), 1..=100_000)?;
+        }
+        o.in_range("asset.max_attempts", a.max_attempts.get(), 1..=100)?;
+        o.duration_in_range(
+            "asset.retry_backoff",
+            a.retry_backoff,
+            Duration::ZERO..=10 * MIN,
+        )?;
+        o.duration_in_range("notify.timeout", self.notify.timeout, MS..=10 * MIN)?;
+
         let b = &self.batch;
         if b.stale_after <= b.heartbeat_interval * 2 {
-            return Err(ConfigError::invalid(
+            return Err(o.invalid(
                 "batch.stale_after",
                 format!(
                     "{} must be more than twice batch.heartbeat_interval ({}), or live runs would look dead",
@@ -325,35 +503,14 @@ impl BatchProperties {
                 ),
             ));
         }
-        if b.heartbeat_interval.is_zero() {
-            return Err(ConfigError::invalid(
-                "batch.heartbeat_interval",
-                "must be greater than 0",
-            ));
-        }
         if b.chunk_retry_max_backoff < b.chunk_retry_backoff {
-            return Err(ConfigError::invalid(
+            return Err(o.invalid(
                 "batch.chunk_retry_max_backoff",
                 "must not be less than batch.chunk_retry_backoff",
             ));
         }
-        if self.point.cache_ttl < Duration::from_secs(1) {
-            return Err(ConfigError::invalid(
-                "point.cache_ttl",
-                "must be at least 1s",
-            ));
-        }
         if self.point.cache_key_prefix.is_empty() {
-            return Err(ConfigError::invalid(
-                "point.cache_key_prefix",
-                "must not be empty",
-            ));
-        }
-        if self.asset.timeout.is_zero() || self.asset.connect_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "asset.timeout",
-                "asset.timeout and asset.connect_timeout must be greater than 0",
-            ));
+            return Err(o.invalid("point.cache_key_prefix", "must not be empty"));
         }
         self.schedule = normalize_schedule(&self.schedule);
         // `off` (or an empty value) unschedules a job, e.g. BATCH__SCHEDULE__ASSETREFRESHJOB=off.
@@ -361,7 +518,7 @@ impl BatchProperties {
             .retain(|_, cron| !(cron.trim().is_empty() || cron.trim().eq_ignore_ascii_case("off")));
         for (job, cron) in &self.schedule {
             if let Err(reason) = crate::schedule::CronSchedule::parse(cron) {
-                return Err(ConfigError::invalid(
+                return Err(o.invalid(
                     &format!("schedule.{job}"),
                     format!(
                         "`{cron}` is not a cron expression: {reason} (expected `sec min hour day-of-month month day-of-week`, or `off`)"
@@ -428,12 +585,12 @@ fn normalize_schedule(raw: &BTreeMap<String, String>) -> BTreeMap<String, String
     out
 }
 
-fn toml_check(text: &str) -> Result<(), String> {
-    // The config crate reports TOML errors without the file name; run it alone to get the line.
+/// One TOML layer alone. The config crate reports TOML errors without the file name, so this
+/// runs it alone (the caller names the file) and keeps the layer to tell which keys it sets.
+fn parse_toml(text: &str) -> Result<Config, String> {
     Config::builder()
         .add_source(File::from_str(text, FileFormat::Toml))
         .build()
-        .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
@@ -661,6 +818,189 @@ mod tests {
             assert_eq!(e.key(), Some(key), "{vars:?}: {e}");
             assert!(e.to_string().contains(needle), "{vars:?}: {e}");
         }
+    }
+
+    #[test]
+    fn numbers_and_durations_have_sane_bounds() {
+        let e = err(None, &[("BATCH__BATCH__CHUNK_SIZE", "1000000000000")]);
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration: `batch.chunk_size` (env BATCH__BATCH__CHUNK_SIZE): \
+             1000000000000 is out of range 1..=100000"
+        );
+        for (var, value, key, range) in [
+            (
+                "BATCH__DATABASE__MAX_CONNECTIONS",
+                "5000",
+                "database.max_connections",
+                "1..=1000",
+            ),
+            (
+                "BATCH__DATABASE__ACQUIRE_TIMEOUT",
+                "2h",
+                "database.acquire_timeout",
+                "1ms..=1h",
+            ),
+            (
+                "BATCH__DATABASE__ACQUIRE_TIMEOUT",
+                "0s",
+                "database.acquire_timeout",
+                "1ms..=1h",
+            ),
+            (
+                "BATCH__REDIS__RESPONSE_TIMEOUT",
+                "1day",
+                "redis.response_timeout",
+                "1ms..=1h",
+            ),
+            (
+                "BATCH__BATCH__CHUNK_RETRY_ATTEMPTS",
+                "5000",
+                "batch.chunk_retry_attempts",
+                "1..=1000",
+            ),
+            (
+                "BATCH__BATCH__CHUNK_RETRY_MAX_ELAPSED",
+                "2days",
+                "batch.chunk_retry_max_elapsed",
+                "0s..=1day",
+            ),
+            (
+                "BATCH__BATCH__STEP_RETRY_ATTEMPTS",
+                "101",
+                "batch.step_retry_attempts",
+                "0..=100",
+            ),
+            (
+                "BATCH__BATCH__SKIP_LIMIT",
+                "99999999999",
+                "batch.skip_limit",
+                "0..=1000000000",
+            ),
+            (
+                "BATCH__BATCH__PROGRESS_LOG_CHUNKS",
+                "2000000",
+                "batch.progress_log_chunks",
+                "1..=1000000",
+            ),
+            (
+                "BATCH__POINT__SYNC_CHUNK_SIZE",
+                "100001",
+                "point.sync_chunk_size",
+                "1..=100000",
+            ),
+            (
+                "BATCH__POINT__CACHE_TTL",
+                "500ms",
+                "point.cache_ttl",
+                "1s..=30days",
+            ),
+            (
+                "BATCH__ASSET__CONCURRENCY",
+                "5000",
+                "asset.concurrency",
+                "1..=1024",
+            ),
+            (
+                "BATCH__ASSET__RATE_LIMIT_PER_SECOND",
+                "1000000",
+                "asset.rate_limit_per_second",
+                "1..=100000",
+            ),
+            (
+                "BATCH__ASSET__MAX_ATTEMPTS",
+                "1000",
+                "asset.max_attempts",
+                "1..=100",
+            ),
+            ("BATCH__ASSET__TIMEOUT", "0s", "asset.timeout", "1ms..=1h"),
+            (
+                "BATCH__NOTIFY__TIMEOUT",
+                "1h",
+                "notify.timeout",
+                "1ms..=10m",
+            ),
+        ] {
+            let e = err(None, &[(var, value)]);
+            assert_eq!(e.key(), Some(key), "{var}={value}: {e}");
+            let shown = e.to_string();
+            assert!(shown.contains(var), "{shown}");
+            assert!(shown.contains(&format!("out of range {range}")), "{shown}");
+        }
+        // The bounds themselves are accepted.
+        let p = BatchProperties::load_from(
+            None,
+            env(&[
+                ("BATCH__BATCH__CHUNK_SIZE", "100000"),
+                ("BATCH__ASSET__CONCURRENCY", "1024"),
+                ("BATCH__DATABASE__MAX_CONNECTIONS", "1000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p.batch.chunk_size.get(), 100_000);
+    }
+
+    #[test]
+    fn chunk_retry_defaults_are_an_outage_budget() {
+        let p = BatchProperties::load_from(None, env(&[])).unwrap();
+        assert_eq!(p.batch.chunk_retry_attempts.get(), 20);
+        assert_eq!(p.batch.chunk_retry_max_backoff, Duration::from_secs(5));
+        assert_eq!(p.batch.chunk_retry_max_elapsed, Duration::from_secs(60));
+        let p = BatchProperties::load_from(
+            None,
+            env(&[("BATCH__BATCH__CHUNK_RETRY_MAX_ELAPSED", "90s")]),
+        )
+        .unwrap();
+        assert_eq!(p.batch.chunk_retry_max_elapsed, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn errors_about_file_keys_name_the_file_not_an_env_var() {
+        let f = file("[batch]\nchunk_sise = 5\n");
+        let e = BatchProperties::load_from(Some(f.path()), env(&[])).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!(
+                "config file {}: unknown key `batch.chunk_sise`",
+                f.path().display()
+            )),
+            "{shown}"
+        );
+        assert!(!shown.contains("BATCH__"), "{shown}");
+        assert_eq!(e.key(), Some("batch.chunk_sise"));
+
+        let f = file("[batch]\nchunk_size = 1000000000000\n");
+        let e = BatchProperties::load_from(Some(f.path()), env(&[])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "config file {}: `batch.chunk_size`: 1000000000000 is out of range 1..=100000",
+                f.path().display()
+            )
+        );
+
+        // A value the environment overrides is the environment's: a bad one names the variable,
+        // a good one makes the file's bad value irrelevant.
+        let f = file("[batch]\nchunk_size = 0\n");
+        let e = BatchProperties::load_from(
+            Some(f.path()),
+            env(&[("BATCH__BATCH__CHUNK_SIZE", "200000")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("(env BATCH__BATCH__CHUNK_SIZE)"),
+            "{e}"
+        );
+        BatchProperties::load_from(Some(f.path()), env(&[("BATCH__BATCH__CHUNK_SIZE", "20")]))
+            .unwrap();
+
+        // Unknown keys from the environment keep naming the variable, even with a file.
+        let f = file("[batch]\nchunk_size = 10\n");
+        let e =
+            BatchProperties::load_from(Some(f.path()), env(&[("BATCH__BATCH__CHUNK_SISE", "1")]))
+                .unwrap_err();
+        assert!(e.to_string().contains("BATCH__BATCH__CHUNK_SISE"), "{e}");
+        assert!(!e.to_string().contains("config file"), "{e}");
     }
 
     #[test]

@@ -456,9 +456,7 @@ impl JobLauncher {
     fn chunk_settings(&self) -> ChunkSettings {
         ChunkSettings {
             chunk_size: self.settings.chunk_size.get(),
-            retry_attempts: self.settings.chunk_retry_attempts.get(),
-            retry_backoff: self.settings.chunk_retry_backoff,
-            retry_max_backoff: self.settings.chunk_retry_max_backoff,
+            retry: self.settings.chunk_retry_policy(),
             skip_limit: self.settings.skip_limit,
         }
     }

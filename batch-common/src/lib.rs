@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod clock;
+pub mod concurrent_step;
 pub mod config;
 pub mod error;
 pub mod job;
@@ -10,6 +11,7 @@ pub mod metrics;
 pub mod notify;
 pub mod params;
 pub mod result;
+pub mod retry;
 pub mod schedule;
 pub mod secret;
 pub mod step;
@@ -17,6 +19,7 @@ pub mod step;
 #[cfg(any(test, feature = "mock"))]
 pub use clock::MockClock;
 pub use clock::{Clock, ClockExt, FixedClock, SystemClock, day_window_utc};
+pub use concurrent_step::{ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page};
 pub use config::{BatchProperties, ConfigError};
 pub use error::{Transient, is_transient};
 pub use job::{Job, JobBuilder, JobDescriptor, JobEnv, ParamKind, ParameterSpec};
@@ -27,6 +30,7 @@ pub use notify::MockNotifier;
 pub use notify::{Notification, Notifier, NotifyListener, SlackNotifier};
 pub use params::{JobParameters, ParameterError};
 pub use result::{BatchResult, ExitCode, StepResult};
+pub use retry::{RetryPolicy, RetrySchedule};
 pub use secret::{RedactedUrl, Secret};
 pub mod redis;
 pub mod repository;

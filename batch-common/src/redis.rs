@@ -66,14 +66,49 @@ impl ConnectionLike for RedisConn {
 
 /// Redis could not be reached; the message says where the launcher looked and how to change it.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot reach Redis at {target} ({source}). Start it, or point the launcher elsewhere with [redis] url / BATCH__REDIS__URL (or [redis] cluster_nodes / BATCH__REDIS__CLUSTER_NODES for a cluster)"
-)]
+#[error("{}", unreachable_message(target, cause))]
 pub struct RedisUnreachable {
     /// Where the launcher looked (passwords redacted).
     pub target: String,
-    /// The client's error (in the message, not chained, so it is printed once).
-    pub source: RedisError,
+    /// The client's error (in the message, not chained, so it is printed once; a field named
+    /// `source` would be chained by thiserror).
+    pub cause: RedisError,
+}
+
+fn unreachable_message(target: &str, cause: &RedisError) -> String {
+    if cause.kind() == ErrorKind::AuthenticationFailed {
+        format!(
+            "Redis at {target} refused the login ({cause}). Set the right user and password in [redis] url / BATCH__REDIS__URL (redis://USER:PASSWORD@host:port)"
+        )
+    } else {
+        format!(
+            "cannot reach Redis at {target} ({cause}). Start it, or point the launcher elsewhere with [redis] url / BATCH__REDIS__URL (or [redis] cluster_nodes / BATCH__REDIS__CLUSTER_NODES for a cluster)"
+        )
+    }
+}
+
+/// A Redis error in an `anyhow` chain, printed once. The redis crate's `Display` of an I/O,
+/// parse or server error already shows the inner error, which it also returns as `source()`, so
+/// `{:#}` printed it twice ("Connection refused (os error 111): Connection refused (os error
+/// 111)"); this drops a source whose text the message already holds.
+#[derive(Debug)]
+pub struct RedisCommandError(pub RedisError);
+
+impl std::fmt::Display for RedisCommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for RedisCommandError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let inner = std::error::Error::source(&self.0)?;
+        if self.0.to_string().contains(&inner.to_string()) {
+            inner.source()
+        } else {
+            Some(inner)
+        }
+    }
 }
 
 /// Connects as configured: the cluster client if `cluster_nodes` is set, else the single node.
@@ -81,9 +116,9 @@ pub struct RedisUnreachable {
 pub async fn connect(settings: &RedisSettings) -> Result<RedisConn, RedisUnreachable> {
     if settings.cluster_nodes.is_empty() {
         let target = settings.url.to_string();
-        let unreachable = |source| RedisUnreachable {
+        let unreachable = |cause| RedisUnreachable {
             target: target.clone(),
-            source,
+            cause,
         };
         let client = redis::Client::open(settings.url.expose().as_str()).map_err(unreachable)?;
         let config = ConnectionManagerConfig::new()
@@ -106,9 +141,9 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisConn, RedisUnreach
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let unreachable = |source| RedisUnreachable {
+        let unreachable = |cause| RedisUnreachable {
             target: format!("cluster {target}"),
-            source,
+            cause,
         };
         let nodes: Vec<String> = settings
             .cluster_nodes
@@ -130,8 +165,61 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisConn, RedisUnreach
     }
 }
 
-/// True for Redis errors a retry may cure: I/O errors (reset, refused, timeout, dropped — the
-/// first command after a reconnect included), `LOADING`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`.
+/// The key of the one node in the identity of a single-node connection.
+pub const SINGLE_NODE: &str = "node";
+
+/// The identity of the server(s) behind `conn`: every master's address and its `run_id` (from
+/// `INFO server`; the address is [`SINGLE_NODE`] on a single-node connection). A `run_id` is
+/// random per server process, so it changes when a server restarts (an empty dataset when it
+/// has no persistence) and differs on another server (a promoted replica, a failover behind one
+/// address). A server that reports no `run_id` (some Redis-compatible servers) maps to `""`.
+/// On a cluster the `INFO` goes to every master concurrently; a node's error fails the call.
+pub async fn server_identity(
+    conn: &mut RedisConn,
+) -> Result<std::collections::BTreeMap<String, String>, RedisError> {
+    let mut cmd = redis::cmd("INFO");
+    cmd.arg("server");
+    let mut identity = std::collections::BTreeMap::new();
+    match conn {
+        RedisConn::Single(c) => {
+            let info: String = cmd.query_async(c).await?;
+            identity.insert(SINGLE_NODE.to_owned(), run_id_of(&info).to_owned());
+        }
+        RedisConn::Cluster(c) => {
+            use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+            let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+            // Without a response policy the reply maps each master's address to its answer.
+            let reply = c.route_command(cmd, routing).await?;
+            let Value::Map(nodes) = reply else {
+                return Err((
+                    ErrorKind::UnexpectedReturnType,
+                    "INFO to all masters",
+                    format!("expected a map of node to reply, got {reply:?}"),
+                )
+                    .into());
+            };
+            for (addr, info) in nodes {
+                let addr: String = redis::from_redis_value(addr.extract_error()?)?;
+                let info: String = redis::from_redis_value(info.extract_error()?)?;
+                identity.insert(addr, run_id_of(&info).to_owned());
+            }
+        }
+    }
+    Ok(identity)
+}
+
+/// The `run_id` field of an `INFO server` reply (`""` if it has none).
+pub fn run_id_of(info: &str) -> &str {
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map_or("", str::trim)
+}
+
+/// True for Redis errors a retry may cure — what servers send while they restart or fail over:
+/// I/O errors (reset, refused, timeout, dropped — the first command after a reconnect included),
+/// `LOADING` (a restarted server reading its data), `READONLY` (the node written to was demoted
+/// to a replica; its address will point at a master again), `MASTERDOWN` (a replica that lost
+/// its master), `TRYAGAIN` (a slot migrating) and `CLUSTERDOWN`.
 pub fn is_transient_redis(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
@@ -144,6 +232,7 @@ pub fn is_transient_redis(e: &RedisError) -> bool {
                     | ServerErrorKind::TryAgain
                     | ServerErrorKind::ClusterDown
                     | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
             ) | ErrorKind::ClusterConnectionNotFound
         )
 }
@@ -152,9 +241,9 @@ pub fn is_transient_redis(e: &RedisError) -> bool {
 /// chunk is retried.
 pub fn classify(e: RedisError) -> anyhow::Error {
     if is_transient_redis(&e) {
-        Transient::new(e).into()
+        Transient::new(RedisCommandError(e)).into()
     } else {
-        e.into()
+        RedisCommandError(e).into()
     }
 }
 
@@ -172,6 +261,14 @@ mod tests {
         assert!(!crate::is_transient(&classify(typ)));
     }
 
+    #[test]
+    fn run_id_is_read_from_info_server() {
+        let info =
+            "# Server\r\nredis_version:7.0.15\r\nrun_id:73a3ecf8622ebc0e\r\ntcp_port:6379\r\n";
+        assert_eq!(run_id_of(info), "73a3ecf8622ebc0e");
+        assert_eq!(run_id_of("# Server\r\nredis_version:7.0.15\r\n"), "");
+    }
+
     #[tokio::test]
     async fn unreachable_redis_says_where_it_looked() {
         let mut settings = crate::BatchProperties::load_from(None, Vec::new())
@@ -183,5 +280,21 @@ mod tests {
         assert!(err.contains("redis://:***@127.0.0.1:1"), "{err}");
         assert!(err.contains("BATCH__REDIS__URL"), "{err}");
         assert!(!err.contains("pw@"), "{err}");
+        // The cause is printed once, also as a chain.
+        let err = anyhow::Error::new(connect(&settings).await.unwrap_err());
+        let shown = format!("{err:#}");
+        assert_eq!(shown.matches("refused").count(), 1, "{shown}");
+    }
+
+    #[test]
+    fn a_classified_error_prints_its_cause_once() {
+        let refused: RedisError =
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
+        let shown = format!("{:#}", classify(refused).context("writing chunk 3"));
+        assert_eq!(shown.matches("refused").count(), 1, "{shown}");
+        let server: RedisError =
+            (ErrorKind::UnexpectedReturnType, "bad", "detail".to_owned()).into();
+        let shown = format!("{:#}", classify(server));
+        assert_eq!(shown.matches("detail").count(), 1, "{shown}");
     }
 }

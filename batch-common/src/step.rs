@@ -22,30 +22,19 @@ use crate::clock::{Clock, ClockExt};
 use crate::error::is_transient;
 use crate::listener::{JobRunInfo, Listeners};
 use crate::repository::{ItemFailureRecord, JobRepository, StepProgress};
+use crate::retry::{RetryPolicy, RetrySchedule};
 
 /// Chunking and retry settings of a step execution (from `[batch]`).
 #[derive(Debug, Clone)]
 pub struct ChunkSettings {
     /// Items per chunk.
     pub chunk_size: usize,
-    /// Attempts per chunk on transient errors.
-    pub retry_attempts: u32,
-    /// First retry delay (doubles per attempt).
-    pub retry_backoff: Duration,
-    /// Upper bound of the retry delay.
-    pub retry_max_backoff: Duration,
+    /// How a chunk (its read, its write, its checkpoint commit) is retried on transient errors:
+    /// `chunk_retry_attempts`, `chunk_retry_backoff` doubling up to `chunk_retry_max_backoff`
+    /// with jitter, all within `chunk_retry_max_elapsed` of the first failure.
+    pub retry: RetryPolicy,
     /// Item failures tolerated before the step fails.
     pub skip_limit: u64,
-}
-
-impl ChunkSettings {
-    /// The delay before retry number `attempt` (1-based): backoff × 2^(attempt−1), capped.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-        self.retry_backoff
-            .saturating_mul(factor)
-            .min(self.retry_max_backoff)
-    }
 }
 
 /// Which items a step execution should read.
@@ -254,19 +243,52 @@ async fn read_with_retry<R: ItemReader>(
     clock: &dyn Clock,
     step: &str,
 ) -> anyhow::Result<((Vec<R::Item>, serde_json::Value), i64)> {
+    let mut schedule = settings.retry.schedule();
     let mut retries = 0;
-    let mut attempt = 1;
     loop {
         match reader.read_chunk(settings.chunk_size).await {
             Ok(chunk) => return Ok((chunk, retries)),
-            Err(e) if is_transient(&e) && attempt < settings.retry_attempts => {
-                let delay = settings.backoff(attempt);
-                tracing::warn!(step, attempt, delay_ms = delay.as_millis() as u64, error = %format!("{e:#}"), "transient read error; retrying");
-                clock.sleep(delay).await;
-                retries += 1;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
+            Err(e) => match retry_delay(&mut schedule, &e, clock, step, "reading a chunk") {
+                Some(delay) => {
+                    clock.sleep(delay).await;
+                    retries += 1;
+                }
+                None => return Err(e),
+            },
+        }
+    }
+}
+
+/// After a failed attempt: the delay before the next one if `e` is transient and the policy
+/// allows another attempt (logged as a warning), else `None` (logged when a transient error
+/// used the budget up, so the log says why the step gives up).
+fn retry_delay(
+    schedule: &mut RetrySchedule,
+    e: &anyhow::Error,
+    clock: &dyn Clock,
+    step: &str,
+    what: &str,
+) -> Option<Duration> {
+    if !is_transient(e) {
+        return None;
+    }
+    let now = clock.now();
+    match schedule.next_delay(now) {
+        Some(delay) => {
+            tracing::warn!(
+                step, attempt = schedule.attempts() - 1, delay_ms = delay.as_millis() as u64,
+                error = %format!("{e:#}"), "transient error {what}; retrying"
+            );
+            Some(delay)
+        }
+        None => {
+            tracing::error!(
+                step, attempts = schedule.attempts(),
+                elapsed_ms = schedule.elapsed(now).as_millis() as u64,
+                error = %format!("{e:#}"),
+                "transient error {what}; retry attempts or batch.chunk_retry_max_elapsed used up"
+            );
+            None
         }
     }
 }
@@ -310,16 +332,15 @@ impl RetryEnv {
     }
 }
 
-/// Runs `op` until it succeeds, fails for good, or `retry_attempts` are used up; transient
-/// errors are retried after the settings' backoff.
+/// Runs `op` until it succeeds, fails for good, or the retry policy is used up; transient
+/// errors are retried after the policy's backoff.
 async fn with_retry<T, F, Fut>(ctx: &RetryEnv, what: &str, mut op: F) -> Attempted<T>
 where
     F: FnMut(i64, i64) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let attempts = ctx.settings.retry_attempts.max(1);
+    let mut schedule = ctx.settings.retry.schedule();
     let (mut retries, mut rollbacks) = (0, 0);
-    let mut attempt = 1;
     loop {
         match op(retries, rollbacks).await {
             Ok(v) => {
@@ -331,22 +352,19 @@ where
             }
             Err(e) => {
                 rollbacks += 1;
-                if is_transient(&e) && attempt < attempts {
-                    let delay = ctx.settings.backoff(attempt);
-                    tracing::warn!(
-                        step = %ctx.step_name, attempt, delay_ms = delay.as_millis() as u64,
-                        error = %format!("{e:#}"), "transient error {what}; retrying"
-                    );
-                    retries += 1;
-                    ctx.clock.sleep(delay).await;
-                    attempt += 1;
-                    continue;
+                match retry_delay(&mut schedule, &e, ctx.clock.as_ref(), &ctx.step_name, what) {
+                    Some(delay) => {
+                        retries += 1;
+                        ctx.clock.sleep(delay).await;
+                    }
+                    None => {
+                        return Attempted {
+                            result: Err(e),
+                            retries,
+                            rollbacks,
+                        };
+                    }
                 }
-                return Attempted {
-                    result: Err(e),
-                    retries,
-                    rollbacks,
-                };
             }
         }
     }

@@ -3,5 +3,6 @@
 //! `batch-testkit/tests/process.rs`. Notifications against a local Slack webhook are in
 //! `notify.rs`.
 
+mod concurrent_step;
 mod notify;
 mod runtime;

@@ -158,8 +158,48 @@ db_test!(async fn transient_chunk_errors_are_retried_with_backoff(db) {
     let count = step(&r, "countStep");
     assert_eq!((count.retry_count, count.rollback_count, count.commit_count), (2, 2, 4));
     assert_eq!(written(db).await, (1..=20).collect::<Vec<_>>());
-    // Backoff 200 ms then 400 ms, waited on the injected clock.
-    assert_eq!(h.clock.now() - before, chrono::Duration::milliseconds(600));
+    // Backoff 200 ms then 400 ms, each with up to +100% jitter, waited on the injected clock.
+    let waited = h.clock.now() - before;
+    assert!(
+        waited >= chrono::Duration::milliseconds(600) && waited < chrono::Duration::milliseconds(1200),
+        "{waited:?}"
+    );
+    Ok(())
+});
+
+db_test!(async fn a_long_outage_uses_the_chunk_retry_budget_then_fails_the_step(db) {
+    // Transient failures that never end: retried within batch.chunk_retry_max_elapsed (1 min by
+    // default), measured on the injected clock, then the step fails.
+    let h = Harness::new(db, settings(5));
+    h.plan.fail_write_at_item.store(3, Ordering::SeqCst);
+    h.plan.write_failures_left.store(1000, Ordering::SeqCst);
+    h.plan.transient.store(true, Ordering::SeqCst);
+    let before = h.clock.now();
+    let r = h.launch(&["run=outage", "items=10"]).await;
+    assert_eq!(r.exit_code, ExitCode::Failed, "{r:#?}");
+    let waited = (h.clock.now() - before).to_std().unwrap();
+    assert!(waited > Duration::from_secs(45) && waited <= Duration::from_secs(60), "{waited:?}");
+    let count = step(&r, "countStep");
+    assert!((10..=20).contains(&count.retry_count), "{count:?}");
+    assert_eq!(written(db).await, Vec::<i64>::new(), "nothing of the failed chunk is written");
+    Ok(())
+});
+
+db_test!(async fn a_short_outage_is_ridden_out_by_chunk_retries(db) {
+    // Eight failures in a row (about 10–20 s of backoff): the chunk succeeds without a step retry.
+    let mut s = settings(5);
+    s.step_retry_attempts = 3;
+    let h = Harness::new(db, s);
+    h.plan.fail_write_at_item.store(7, Ordering::SeqCst);
+    h.plan.write_failures_left.store(8, Ordering::SeqCst);
+    h.plan.transient.store(true, Ordering::SeqCst);
+    let before = h.clock.now();
+    let r = h.launch(&["run=blip", "items=10"]).await;
+    assert_eq!(r.exit_code, ExitCode::Completed, "{r:#?}");
+    assert_eq!(step(&r, "countStep").retry_count, 8);
+    assert!(h.clock.now() - before < chrono::Duration::seconds(60), "no 5-minute step retry");
+    assert!(!h.recorder.0.lock().unwrap().iter().any(|e| e.starts_with("retry countStep")));
+    assert_eq!(written(db).await, (1..=10).collect::<Vec<_>>());
     Ok(())
 });
 

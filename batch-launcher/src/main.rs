@@ -22,8 +22,8 @@ fn main() -> std::process::ExitCode {
         Err(err) => {
             let code = run::exit_code_for(&err);
             tracing::debug!(error = ?err, "command failed");
-            // One line naming the problem, with its causes.
-            eprintln!("error: {err:#}");
+            // One line naming the problem, with each cause once.
+            eprintln!("error: {}", run::error_line(&err));
             code
         }
     };

@@ -26,14 +26,16 @@ use crate::{demo, jobs};
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Exit code 2 for configuration, usage and URL errors anywhere in the chain, 1 otherwise.
+/// Exit code 2 for configuration, usage and URL errors anywhere in the chain (a database that
+/// does not exist included), 1 otherwise.
 pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
         if cause.is::<ConfigError>() || cause.is::<UsageError>() || cause.is::<ParameterError>() {
             return ExitCode::Usage;
         }
-        if let Some(DbError::UnsupportedScheme { .. } | DbError::InvalidUrl { .. }) =
-            cause.downcast_ref::<DbError>()
+        if cause
+            .downcast_ref::<DbError>()
+            .is_some_and(DbError::is_configuration_error)
         {
             return ExitCode::Usage;
         }
@@ -41,10 +43,36 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     ExitCode::Failed
 }
 
+/// The error and its causes on one line (`what: why: root cause`), leaving out a cause whose
+/// text the line already holds: some libraries print their source inside their own message
+/// too, and `{:#}` would then show it twice.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line.replace('\n', " ")
+}
+
 /// Executes the command; what it prints for the user goes to stdout, logs go to stderr.
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
-    let props = BatchProperties::load(cli.config.as_deref())?;
-    match cli.command {
+    let props = BatchProperties::load(cli.config.as_deref());
+    let command = cli.command;
+    if let Command::Run(args) = command {
+        // `run` reports every outcome in its result file, a configuration error included.
+        return run_reporting(props, args, cli.log_format == LogFormat::Human).await;
+    }
+    let props = props?;
+    match command {
+        Command::Run(_) => unreachable!("handled above"),
         Command::Migrate => migrate_cmd(&props).await,
         Command::List => {
             print!("{}", jobs::render_list());
@@ -55,7 +83,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::Completed)
         }
         Command::SeedDemo(args) => seed_demo_cmd(&props, args).await,
-        Command::Run(args) => run_cmd(props, args, cli.log_format == LogFormat::Human).await,
         Command::Serve => {
             crate::serve::serve_cmd(props, Arc::new(SystemClock), shutdown_token()).await
         }
@@ -133,28 +160,66 @@ fn write_result_file(path: &Path, result: &BatchResult) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A result for a launch that was refused before it ran (bad parameters, setup errors).
-fn refused_result(
+/// The result of a run that failed before it produced one of its own: bad configuration or
+/// parameters, a database or Redis that cannot be used, a job that cannot be set up. Status
+/// FAILED, the exit code and the error line (every error redacts its secrets).
+fn failed_result(
     job: &str,
-    given: &BTreeMap<String, String>,
-    code: ExitCode,
-    message: String,
+    given: BTreeMap<String, String>,
+    err: &anyhow::Error,
+    started_at: chrono::DateTime<chrono::Utc>,
 ) -> BatchResult {
+    let ended_at = chrono::Utc::now();
     BatchResult {
         job_name: job.to_owned(),
         job_instance_id: None,
         execution_id: None,
-        parameters: given.clone(),
-        status: "REFUSED".to_owned(),
-        exit_code: code,
-        message: Some(message),
-        started_at: None,
-        ended_at: None,
-        duration_ms: 0,
+        parameters: given,
+        status: "FAILED".to_owned(),
+        exit_code: exit_code_for(err),
+        message: Some(error_line(err)),
+        started_at: Some(started_at),
+        ended_at: Some(ended_at),
+        duration_ms: (ended_at - started_at).num_milliseconds().max(0) as u64,
         steps: Vec::new(),
         item_failures: 0,
     }
 }
+
+/// `run`, writing `--result-file` whatever the outcome: the run's own result, or a FAILED one
+/// for an error before or instead of it (Jenkins archives the file in every case).
+async fn run_reporting(
+    props: Result<BatchProperties, ConfigError>,
+    args: RunArgs,
+    human_logs: bool,
+) -> anyhow::Result<ExitCode> {
+    let started_at = chrono::Utc::now();
+    let result_file = args.result_file.clone();
+    // Best effort, for the failure result: what the command line named.
+    let (job, given) = match args.job_and_params() {
+        Ok((job, raw)) => (job, parse_pairs(&raw).unwrap_or_default()),
+        Err(_) => (String::new(), BTreeMap::new()),
+    };
+    let outcome = match props {
+        Ok(props) => run_cmd(props, args, human_logs).await,
+        Err(e) => Err(e.into()),
+    };
+    match (outcome, result_file) {
+        (Err(err), Some(path)) if !err.is::<ResultFileError>() => {
+            let result = failed_result(&job, given, &err, started_at);
+            if let Err(write) = write_result_file(&path, &result) {
+                tracing::error!(error = %error_line(&write), "the result file was not written");
+            }
+            Err(err)
+        }
+        (outcome, _) => outcome,
+    }
+}
+
+/// Writing `--result-file` itself failed (not retried as a failure result).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ResultFileError(String);
 
 async fn run_cmd(
     props: BatchProperties,
@@ -202,23 +267,18 @@ async fn run_cmd(
     let result = match launcher.launch(job.as_ref(), given.clone(), &options).await {
         Ok(r) => r,
         Err(e) => {
-            let code = e.exit_code();
-            if let Some(path) = &args.result_file {
-                write_result_file(
-                    path,
-                    &refused_result(&job_name, &given, code, e.to_string()),
-                )?;
-            }
+            // The result file (FAILED, this exit code) is written by `run_reporting`.
             return match e {
                 LaunchError::Parameters(p) => Err(p.into()),
-                LaunchError::Setup(s) => Err(UsageError(format!("{s:#}")).into()),
+                LaunchError::Setup(s) => Err(UsageError(error_line(&s)).into()),
+                LaunchError::Database(db) => Err(db.into()),
                 other => Err(other.into()),
             };
         }
     };
     println!("{result}");
     if let Some(path) = &args.result_file {
-        write_result_file(path, &result)?;
+        write_result_file(path, &result).map_err(|e| ResultFileError(error_line(&e)))?;
     }
     Ok(result.exit_code)
 }
@@ -372,7 +432,9 @@ async fn purge_cmd(props: &BatchProperties, args: PurgeArgs) -> anyhow::Result<E
 async fn migrate_cmd(props: &BatchProperties) -> anyhow::Result<ExitCode> {
     let url = &props.database.url;
     let started = Instant::now();
-    let applied = migrate::run_pending(url).await?;
+    let applied = migrate::run_pending(url)
+        .await
+        .map_err(|e| e.with_unknown_database(url))?;
     let total = migrate::all_names(url.backend()).len();
     if applied.is_empty() {
         println!("{url} is up to date ({total} migrations applied earlier)");

@@ -5,7 +5,7 @@ use std::process::Output;
 
 use crate::{launcher, text};
 
-use batch_testkit::TestDb;
+use batch_testkit::{TestDb, db_test};
 use core_domain::models::{Point, PointBalance, User};
 use core_domain::{Backend, migrate};
 
@@ -264,5 +264,102 @@ async fn unmigrated_server_database_is_refused_with_a_hint() {
         migrate::pending(db.url()).await.unwrap().len(),
         2,
         "something was migrated"
+    );
+}
+
+/// The URL of a database that does not exist on `db`'s server (PostgreSQL, MySQL), and its name.
+/// The PostgreSQL URL carries a password (the server trusts loopback) to check it stays secret.
+fn missing_database_url(db: &TestDb) -> (String, String) {
+    let name = batch_testkit::unique_name("missing");
+    let url = db.url().expose_secret();
+    let (server, _) = url.rsplit_once('/').expect("a server URL has a path");
+    let server = match db.backend() {
+        Backend::Postgres => {
+            server.replacen("postgres://postgres@", "postgres://postgres:pw-secret@", 1)
+        }
+        _ => server.to_owned(),
+    };
+    (format!("{server}/{name}"), name)
+}
+
+// A database that does not exist is a configuration error: exit 2, one line naming it, no
+// cause printed twice, and the result file says so. On SQLite (which creates its file) the
+// counterpart is a path whose directory cannot be created: exit 1, one line, the OS error once.
+db_test!(async fn a_missing_database_is_one_line_and_a_result_file(db) {
+    let dir = tempfile::tempdir()?;
+    let (url, name, code, needle, cause) = match db.backend() {
+        Backend::Sqlite => {
+            let file = dir.path().join("a-file");
+            std::fs::write(&file, "")?;
+            let url = format!("sqlite://{}/sub/batch.db", file.display());
+            (url, "a-file/sub".to_owned(), 1, "creating the directory", "Not a directory")
+        }
+        _ => {
+            let (url, name) = missing_database_url(db);
+            (url, name, 2, "does not exist", "create it")
+        }
+    };
+    let env = [("BATCH__DATABASE__URL", url.as_str())];
+    for args in [
+        &["run", "pointBalanceSyncJob", "date=2026-11-20", "--result-file", "r.json"][..],
+        &["migrate"][..],
+        &["history"][..],
+    ] {
+        let o = launcher(dir.path(), args, &env);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}\nstdout: {out}\nstderr: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line expected:\n{err}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(&name), "{args:?}: {err}");
+        assert_eq!(err.matches(needle).count(), 1, "{args:?}: cause repeated: {err}");
+        assert!(err.contains(cause), "{args:?}: {err}");
+        assert!(!err.contains("pw-secret"), "{err}");
+    }
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json"))?)?;
+    assert_eq!(result["status"], "FAILED", "{result}");
+    assert_eq!(result["exit_code"], if code == 2 { "USAGE" } else { "FAILED" }, "{result}");
+    assert_eq!(result["job_name"], "pointBalanceSyncJob");
+    assert_eq!(result["parameters"]["date"], "2026-11-20");
+    let message = result["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&name) && message.matches(needle).count() == 1, "{message}");
+    assert!(!result.to_string().contains("pw-secret"), "{result}");
+    Ok(())
+});
+
+/// An unknown key or a bad value in the config file names the file and the key (no environment
+/// variable); one set in the environment names the variable. Numbers have an upper bound.
+#[test]
+fn config_file_errors_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("batch.toml"), "[batch]\nchunk_sise = 500\n").unwrap();
+    let o = launcher(dir.path(), &["--config", "batch.toml", "config"], &[]);
+    assert_usage_error(
+        dir.path(),
+        &o,
+        "config file batch.toml: unknown key `batch.chunk_sise`",
+    );
+    assert!(!text(&o).1.contains("BATCH__"), "{:?}", text(&o));
+
+    std::fs::write(
+        dir.path().join("big.toml"),
+        "[batch]\nchunk_size = 1000000000000\n",
+    )
+    .unwrap();
+    let o = launcher(dir.path(), &["--config", "big.toml", "config"], &[]);
+    assert_usage_error(
+        dir.path(),
+        &o,
+        "config file big.toml: `batch.chunk_size`: 1000000000000 is out of range 1..=100000",
+    );
+
+    let o = launcher(
+        dir.path(),
+        &["config"],
+        &[("BATCH__ASSET__CONCURRENCY", "100000")],
+    );
+    assert_usage_error(
+        dir.path(),
+        &o,
+        "`asset.concurrency` (env BATCH__ASSET__CONCURRENCY): 100000 is out of range 1..=1024",
     );
 }

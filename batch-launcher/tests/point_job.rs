@@ -59,7 +59,136 @@ fn unreachable_redis_exits_1_saying_where_it_looked() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+    // The result file is written all the same: FAILED, the exit code, the error, redacted.
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(result["status"], "FAILED", "{result}");
+    assert_eq!(result["exit_code"], "FAILED", "{result}");
+    let message = result["message"].as_str().unwrap();
+    assert!(message.contains("redis://:***@127.0.0.1:1"), "{message}");
+    assert!(!result.to_string().contains("hunter2"), "{result}");
 }
+
+/// A `redis-server` with a password on a free port (the shared one is never touched); killed
+/// on drop.
+struct PasswordRedis {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PasswordRedis {
+    fn start(password: &str) -> PasswordRedis {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--requirepass",
+                password,
+            ])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (install it: scripts/services.sh)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PasswordRedis {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for PasswordRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on (just released by the OS).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Exit 1, one error line with the cause once and no secret, and a FAILED result file whose
+/// message is that line.
+fn assert_failed_setup(
+    dir: &std::path::Path,
+    o: &std::process::Output,
+    needle: &str,
+    cause: &str,
+    secret: &str,
+) {
+    let (out, err) = text(o);
+    assert_eq!(o.status.code(), Some(1), "stdout: {out}\nstderr: {err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains(needle), "{err}");
+    assert_eq!(
+        err.matches(cause).count(),
+        1,
+        "the cause is printed more than once: {err}"
+    );
+    assert!(!err.contains(secret), "{err}");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("r.json")).unwrap()).unwrap();
+    assert_eq!(result["status"], "FAILED", "{result}");
+    assert_eq!(result["exit_code"], "FAILED", "{result}");
+    assert_eq!(result["parameters"]["date"], "2026-11-20", "{result}");
+    assert_eq!(
+        Some(result["message"].as_str().unwrap()),
+        errors[0].strip_prefix("error: ")
+    );
+    assert!(!result.to_string().contains(secret), "{result}");
+}
+
+db_test!(async fn redis_set_up_failures_write_a_failed_result_file(db) {
+    let redis = PasswordRedis::start("right-secret");
+    let dir = tempfile::tempdir()?;
+    let args = ["run", "pointBalanceSyncJob", "date=2026-11-20", "--result-file", "r.json"];
+
+    // A wrong password.
+    let url = format!("redis://:wrong-secret@127.0.0.1:{}", redis.port);
+    let env = [("BATCH__DATABASE__URL", db.url().expose_secret()), ("BATCH__REDIS__URL", url.as_str())];
+    let o = launcher(dir.path(), &args, &env);
+    assert_failed_setup(dir.path(), &o, &format!("redis://:***@127.0.0.1:{}", redis.port), "authentication failed", "wrong-secret");
+    assert!(text(&o).1.contains("refused the login"), "{:?}", text(&o));
+
+    // Nothing listening.
+    std::fs::remove_file(dir.path().join("r.json"))?;
+    let url = format!("redis://:some-secret@127.0.0.1:{}", free_port());
+    let env = [("BATCH__DATABASE__URL", db.url().expose_secret()), ("BATCH__REDIS__URL", url.as_str())];
+    let o = launcher(dir.path(), &args, &env);
+    assert_failed_setup(dir.path(), &o, "cannot reach Redis", "Connection refused", "some-secret");
+
+    // The right password works: the failures above were the password and the port.
+    let url = format!("redis://:right-secret@127.0.0.1:{}", redis.port);
+    let env = [("BATCH__DATABASE__URL", db.url().expose_secret()), ("BATCH__REDIS__URL", url.as_str())];
+    let o = launcher(dir.path(), &args, &env);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json"))?)?;
+    assert_eq!(result["status"], "COMPLETED", "{result}");
+    Ok(())
+});
 
 async fn cache(redis: &TestRedis, users: i64) -> HashMap<i64, (String, String)> {
     let mut conn = redis.conn().await;

@@ -163,3 +163,66 @@ db_test!(async fn recover_and_purge(db) {
     assert!(repo.history(None, 10).await?.is_empty());
     Ok(())
 });
+
+/// Errors before anything connects (configuration, job, parameters) still write the result
+/// file: FAILED, exit code USAGE, the error line; and create no database.
+#[test]
+fn usage_errors_write_the_result_file_too() {
+    for (args, env, needle) in [
+        (
+            &[
+                "run",
+                "pointBalanceSyncJob",
+                "date=2026-02-30",
+                "--result-file",
+                "r.json",
+            ][..],
+            &[][..],
+            "2026-02-30",
+        ),
+        (
+            &["run", "noSuchJob", "--result-file", "r.json"][..],
+            &[][..],
+            "noSuchJob",
+        ),
+        (
+            &[
+                "run",
+                "pointBalanceSyncJob",
+                "date=2026-11-20",
+                "--result-file",
+                "r.json",
+            ][..],
+            &[("BATCH__BATCH__CHUNK_SIZE", "1000000000000")][..],
+            "`batch.chunk_size` (env BATCH__BATCH__CHUNK_SIZE): 1000000000000 is out of range 1..=100000",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let o = launcher(dir.path(), args, env);
+        let (out, err) = text(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}\nstdout: {out}\nstderr: {err}"
+        );
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or(&err);
+        assert!(line.contains(needle), "{args:?}: `{needle}` not in {line}");
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap())
+                .unwrap();
+        assert_eq!(result["status"], "FAILED", "{result}");
+        assert_eq!(result["exit_code"], "USAGE", "{result}");
+        assert_eq!(
+            Some(result["message"].as_str().unwrap()),
+            line.strip_prefix("error: "),
+            "{result}"
+        );
+        assert!(
+            !dir.path().join("data").exists(),
+            "{args:?} created the database"
+        );
+    }
+}

@@ -238,6 +238,111 @@ db_test!(async fn kick_status_conflict_auth_and_metrics(db) {
     Ok(())
 });
 
+/// Sends a raw kick (`content_type` None: no header) and returns the status and the JSON answer,
+/// checking that the answer is `application/json`.
+async fn raw_kick(
+    api: &Api,
+    method: reqwest::Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: String,
+) -> (StatusCode, Value) {
+    let mut req = api
+        .http
+        .request(method, format!("{}{path}", api.base))
+        .bearer_auth(TOKEN)
+        .body(body);
+    if let Some(ct) = content_type {
+        req = req.header(reqwest::header::CONTENT_TYPE, ct);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let answer_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let text = resp.text().await.unwrap();
+    assert_eq!(
+        answer_type.as_deref(),
+        Some("application/json"),
+        "{status}: {text}"
+    );
+    let json: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status}: {e}: {text}"));
+    if !status.is_success() {
+        assert!(
+            json["error"].is_string() && json["message"].is_string(),
+            "not the error format: {json}"
+        );
+    }
+    (status, json)
+}
+
+db_test!(async fn kicks_need_json_and_every_error_answer_is_json(db) {
+    let server = start(db, &[]).await;
+    let api = Api::new(server.addr);
+    let kick_path = "/jobs/countingJob/executions";
+    let body = r#"{"parameters": {"run": "media", "items": 3}}"#;
+
+    // Another declared type, or a body without one: 415 and nothing runs.
+    for (content_type, body) in [
+        (Some("text/plain"), body),
+        (Some("text/plain;charset=UTF-8"), body),
+        (Some("application/x-www-form-urlencoded"), body),
+        (Some("multipart/form-data; boundary=x"), body),
+        (Some("application/jsonp"), body),
+        (None, body),
+        (Some("text/plain"), ""),
+    ] {
+        let (status, answer) = raw_kick(&api, reqwest::Method::POST, kick_path, content_type, body.to_owned()).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type:?}: {answer}");
+        assert_eq!(answer["error"], "unsupported_media_type");
+        assert!(answer["message"].as_str().unwrap().contains("application/json"), "{answer}");
+    }
+    let (status, list) = api.get_json(kick_path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["executions"], json!([]), "a refused kick started a run: {list}");
+
+    // A body larger than the limit: 413 in the same format.
+    let big = format!(r#"{{"parameters": {{"run": "{}"}}}}"#, "x".repeat(100_000));
+    let (status, answer) = raw_kick(&api, reqwest::Method::POST, kick_path, Some("application/json"), big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(answer["error"], "body_too_large");
+    assert!(answer["message"].as_str().unwrap().contains("65536"), "{answer}");
+
+    // Invalid JSON: the line and column, no field path.
+    let broken = "{\n  \"parameters\": {\"run\": \"a\",}\n}".to_owned();
+    let (status, answer) = raw_kick(&api, reqwest::Method::POST, kick_path, Some("application/json"), broken).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(message.contains("line 2 column"), "{message}");
+    assert!(!message.contains('?'), "{message}");
+    // A wrong type still names the field.
+    let (status, answer) = raw_kick(&api, reqwest::Method::POST, kick_path, Some("application/json"), r#"{"rerun": "yes"}"#.to_owned()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("`rerun`"), "{answer}");
+
+    // A method a route does not have: 405, JSON.
+    for (method, path) in [(reqwest::Method::PUT, kick_path), (reqwest::Method::DELETE, "/executions/1"), (reqwest::Method::POST, "/health")] {
+        let (status, answer) = raw_kick(&api, method.clone(), path, Some("application/json"), "{}".to_owned()).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {answer}");
+        assert_eq!(answer["error"], "method_not_allowed");
+    }
+    let (status, answer) = raw_kick(&api, reqwest::Method::GET, "/nowhere", None, String::new()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+
+    // JSON with a charset parameter, and a kick without a body, are accepted.
+    let (status, started) = raw_kick(&api, reqwest::Method::POST, kick_path, Some("application/json; charset=utf-8"), body.to_owned()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["execution_id"].as_i64().unwrap();
+    assert_eq!(api.wait_for_end(id).await["status"], "COMPLETED");
+    let (status, noop) = raw_kick(&api, reqwest::Method::POST, "/jobs/countingJob/executions", None, String::new()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{noop}");
+    api.wait_for_end(noop["execution_id"].as_i64().unwrap()).await;
+    server.shutdown().await?;
+    Ok(())
+});
+
 /// A server whose only schedule is countingJob, daily at two seconds from now (UTC); returns
 /// the tick's time.
 async fn start_with_a_tick_in_two_seconds(db: &TestDb) -> (Server, chrono::DateTime<chrono::Utc>) {

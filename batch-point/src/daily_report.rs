@@ -2,10 +2,21 @@
 //!
 //! The day is `[date 00:00, date+1 00:00)` in `[batch] timezone`, converted to UTC. The whole
 //! day is aggregated by the database in one `INSERT … SELECT … GROUP BY` (an upsert on
-//! `(user_id, report_date)`) preceded by a `DELETE` of rows of users who no longer have activity
+//! `(user_id, report_date)` when the date already has rows, else a plain insert) preceded by a `DELETE` of rows of users who no longer have activity
 //! that day, in one transaction: a crash leaves all or nothing, and re-running the date leaves
 //! exactly the same rows (a row whose values did not change keeps its `updated_at`).
 //! The last transaction of the day (by `created_at`, ties by id) gives `balance_snapshot`.
+//!
+//! The closing balance is taken in the same single pass over the day as the sums, with what each
+//! backend does fastest (measured by `benches/report_bench.rs`, see the crate's README):
+//! - PostgreSQL: `MAX(ARRAY[µs since the window's start, id, balance_snapshot])[3]`, a hash
+//!   aggregate (no sort), with `work_mem` raised for the transaction so it stays in memory;
+//! - MariaDB/MySQL: `GROUP_CONCAT(balance_snapshot ORDER BY created_at DESC, id DESC LIMIT 1)`,
+//!   with `idx_point_user_created_at` ignored (a full walk of it in user order, with a row
+//!   lookup per entry, is what the optimizer otherwise picks, and is 3–4× slower);
+//! - SQLite: per user, one probe of `idx_point_user_created_at` for the last transaction (a
+//!   correlated `ORDER BY created_at DESC, id DESC LIMIT 1`), reading the window through
+//!   `idx_point_created_at`, or the whole table when the day is most of it.
 
 use async_trait::async_trait;
 use batch_common::step::{StepContext, Tasklet};
@@ -19,25 +30,71 @@ use diesel_async::RunQueryDsl;
 /// The step's name.
 pub const STEP_NAME: &str = "generateDailyReportStep";
 
-/// The aggregation (shared by every backend); `{upsert}` is the backend's conflict clause.
-/// Binds: report_date, now, now, window start, window end.
-const AGGREGATE: &str = "INSERT INTO daily_point_report (user_id, report_date, earn_amount, use_amount, \
-cancel_amount, balance_snapshot, earn_count, use_count, cancel_count, first_transaction_at, \
-last_transaction_at, created_at, updated_at) \
-SELECT user_id, ?, \
- SUM(CASE WHEN type = 'EARN' THEN amount ELSE 0 END), \
- SUM(CASE WHEN type = 'USE' THEN amount ELSE 0 END), \
- SUM(CASE WHEN type = 'CANCEL' THEN amount ELSE 0 END), \
- MAX(CASE WHEN rn = 1 THEN balance_snapshot END), \
- SUM(CASE WHEN type = 'EARN' THEN 1 ELSE 0 END), \
- SUM(CASE WHEN type = 'USE' THEN 1 ELSE 0 END), \
- SUM(CASE WHEN type = 'CANCEL' THEN 1 ELSE 0 END), \
- MIN(created_at), MAX(created_at), ?, ? \
-FROM (SELECT user_id, type, amount, balance_snapshot, created_at, \
-      ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY created_at DESC, id DESC) AS rn \
-      FROM point WHERE created_at >= ? AND created_at < ?) day_points \
-WHERE 1 = 1 \
-GROUP BY user_id ";
+/// `work_mem` of the report's transaction on PostgreSQL: the hash aggregate of a day keeps one
+/// entry per user (~200 bytes), so 1,000,000 users stay in memory (the hash may use
+/// `hash_mem_multiplier` times this). Only this transaction's server process uses it.
+pub const POSTGRES_WORK_MEM: &str = "256MB";
+
+/// SQLite reads the whole table instead of the day's range of `idx_point_created_at` when the
+/// day holds at least this share of the table's rows (percent): a range read costs a row lookup
+/// per entry, out of order when ids are not in time order.
+pub const SQLITE_FULL_SCAN_PERCENT: i64 = 40;
+
+/// How SQLite reads the day's transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteScan {
+    /// The range of `idx_point_created_at` (a row lookup per entry).
+    CreatedAtRange,
+    /// The whole table in rowid order, filtering on `created_at`.
+    FullTable,
+}
+
+/// The aggregation's `SELECT` for `backend` (SQLite: read as `scan` says).
+///
+/// Binds, in order: report_date, now, now, window start, window end; `@FROM@` and `@TO@` mark
+/// where the window's bounds are used again ([`placeholders`] numbers them).
+pub fn aggregate_select(backend: Backend, scan: SqliteScan) -> String {
+    let (last, from) = match backend {
+        // Array comparison is element by element: the greatest (µs since the window's start,
+        // id) wins. The interval's seconds are below 86,400 × 2 (a day, a DST day at most), so
+        // the float product is exact to the microsecond.
+        Backend::Postgres => (
+            "(MAX(ARRAY[ROUND(date_part('epoch', created_at - @FROM@) * 1000000)::BIGINT, id, balance_snapshot]))[3]",
+            "point",
+        ),
+        Backend::Mysql => (
+            "CAST(GROUP_CONCAT(balance_snapshot ORDER BY created_at DESC, id DESC LIMIT 1) AS SIGNED)",
+            "point IGNORE INDEX (idx_point_user_created_at)",
+        ),
+        // One probe per user at the end of its range in `idx_point_user_created_at`, whose
+        // entries end with the rowid (= id): the last entry is the last transaction, ties by id.
+        Backend::Sqlite => (
+            "(SELECT p.balance_snapshot FROM point p WHERE p.user_id = point.user_id \
+             AND p.created_at >= @FROM@ AND p.created_at < @TO@ ORDER BY p.created_at DESC, p.id DESC LIMIT 1)",
+            match scan {
+                SqliteScan::CreatedAtRange => "point INDEXED BY idx_point_created_at",
+                SqliteScan::FullTable => "point NOT INDEXED",
+            },
+        ),
+    };
+    format!(
+        "SELECT user_id, ?, \
+         SUM(CASE WHEN type = 'EARN' THEN amount ELSE 0 END), \
+         SUM(CASE WHEN type = 'USE' THEN amount ELSE 0 END), \
+         SUM(CASE WHEN type = 'CANCEL' THEN amount ELSE 0 END), \
+         {last}, \
+         SUM(CASE WHEN type = 'EARN' THEN 1 ELSE 0 END), \
+         SUM(CASE WHEN type = 'USE' THEN 1 ELSE 0 END), \
+         SUM(CASE WHEN type = 'CANCEL' THEN 1 ELSE 0 END), \
+         MIN(created_at), MAX(created_at), ?, ? \
+         FROM {from} WHERE created_at >= ? AND created_at < ? GROUP BY user_id "
+    )
+}
+
+/// The report table's columns, in the order [`aggregate_select`] fills them.
+pub const INSERT_INTO: &str = "INSERT INTO daily_point_report (user_id, report_date, earn_amount, \
+use_amount, cancel_amount, balance_snapshot, earn_count, use_count, cancel_count, \
+first_transaction_at, last_transaction_at, created_at, updated_at) ";
 
 const REPORT_COLUMNS: [&str; 9] = [
     "earn_amount",
@@ -118,6 +175,45 @@ fn summary_sql(backend: Backend) -> String {
 }
 
 #[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// SQLite: reads the whole table when the day's rows are at least [`SQLITE_FULL_SCAN_PERCENT`]
+/// of it (the table's size estimated from its id range, in O(log n); the day's entries of
+/// `idx_point_created_at` counted up to that share), else the day's range.
+pub async fn sqlite_scan(
+    conn: &mut DbConnection,
+    from: chrono::NaiveDateTime,
+    to: chrono::NaiveDateTime,
+) -> Result<SqliteScan, DbError> {
+    if conn.backend() != Backend::Sqlite {
+        return Ok(SqliteScan::CreatedAtRange);
+    }
+    let table: Count = dispatch!(conn, c => diesel::sql_query(
+        "SELECT COALESCE(MAX(id) - MIN(id) + 1, 0) AS n FROM point")
+        .get_result(c)
+        .await)?;
+    // Counting stops at the threshold: on a long history the day's entries are few, and when the
+    // day is most of the table it is not counted to its end.
+    let threshold = (table.n.saturating_mul(SQLITE_FULL_SCAN_PERCENT) / 100).max(1);
+    let day: Count = dispatch!(conn, c => diesel::sql_query(
+        "SELECT COUNT(*) AS n FROM (SELECT 1 AS one FROM point INDEXED BY idx_point_created_at \
+         WHERE created_at >= ? AND created_at < ? LIMIT ?) x")
+        .bind::<Timestamp, _>(from)
+        .bind::<Timestamp, _>(to)
+        .bind::<BigInt, _>(threshold)
+        .get_result(c)
+        .await)?;
+    Ok(if day.n >= threshold {
+        SqliteScan::FullTable
+    } else {
+        SqliteScan::CreatedAtRange
+    })
+}
+
+#[derive(QueryableByName)]
 struct Summary {
     #[diesel(sql_type = BigInt)]
     report_rows: i64,
@@ -125,22 +221,27 @@ struct Summary {
     transactions: i64,
 }
 
-/// PostgreSQL and MySQL use `$n` / `?` placeholders differently: rewrite `?` for PostgreSQL.
-fn placeholders(sql: &str, backend: Backend) -> String {
-    if backend != Backend::Postgres {
-        return sql.to_owned();
-    }
+/// Numbers the placeholders for the backend: `?` becomes `$n` on PostgreSQL and `?n` on SQLite
+/// (in order), and `@FROM@` / `@TO@` (the 4th and 5th binds used again) `$4` / `$5` or `?4` /
+/// `?5`. MySQL has no numbered placeholders: its SQL must not use the markers.
+pub fn placeholders(sql: &str, backend: Backend) -> String {
+    let mark = match backend {
+        Backend::Postgres => '$',
+        Backend::Sqlite => '?',
+        Backend::Mysql => return sql.to_owned(),
+    };
     let mut out = String::with_capacity(sql.len() + 16);
     let mut n = 0;
     for ch in sql.chars() {
         if ch == '?' {
             n += 1;
-            out.push_str(&format!("${n}"));
+            out.push_str(&format!("{mark}{n}"));
         } else {
             out.push(ch);
         }
     }
-    out
+    out.replace("@FROM@", &format!("{mark}4"))
+        .replace("@TO@", &format!("{mark}5"))
 }
 
 /// The report for one date, as a tasklet.
@@ -160,9 +261,20 @@ impl DailyReport {
     pub async fn generate(&self, now: chrono::NaiveDateTime) -> Result<(i64, i64, usize), DbError> {
         let (from, to) = batch_common::day_window_utc(self.date, self.tz);
         let backend = self.db.backend();
-        let insert = placeholders(&format!("{AGGREGATE}{}", upsert_clause(backend)), backend);
+        let upsert = upsert_clause(backend);
         let delete = placeholders(DELETE_STALE, backend);
         let summary = placeholders(&summary_sql(backend), backend);
+        let existing = placeholders(
+            &format!(
+                "SELECT CAST(COUNT(*) AS {}) AS n FROM (SELECT 1 AS one FROM daily_point_report WHERE report_date = ? LIMIT 1) x",
+                if backend == Backend::Mysql {
+                    "SIGNED"
+                } else {
+                    "BIGINT"
+                }
+            ),
+            backend,
+        );
         let date = self.date;
         let mut conn = self.db.get().await?;
         let conn: &mut DbConnection = &mut conn;
@@ -176,6 +288,25 @@ impl DailyReport {
                     .bind::<Timestamp, _>(to)
                     .execute(c)
                     .await)?;
+                if backend == Backend::Postgres {
+                    // The hash aggregate keeps one entry per user: in memory, not in batches on disk.
+                    c.batch_execute(&format!("SET LOCAL work_mem = '{POSTGRES_WORK_MEM}'"))
+                        .await?;
+                }
+                let scan = sqlite_scan(c, from, to).await?;
+                // A first run (no row of the date, the usual case) inserts plainly: the conflict
+                // check of an upsert costs ~25% more per row. Rows that exist (a re-run) are
+                // upserted. A concurrent run of the same date makes the plain insert fail on the
+                // unique key (and roll back) rather than write twice.
+                let existing: Count = dispatch!(&mut *c, c => diesel::sql_query(existing.as_str())
+                    .bind::<Date, _>(date)
+                    .get_result(c)
+                    .await)?;
+                let conflict = if existing.n > 0 { upsert.as_str() } else { "" };
+                let insert = placeholders(
+                    &format!("{INSERT_INTO}{}{conflict}", aggregate_select(backend, scan)),
+                    backend,
+                );
                 dispatch!(&mut *c, c => diesel::sql_query(insert.as_str())
                     .bind::<Date, _>(date)
                     .bind::<Timestamp, _>(now)

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use batch_common::job::{BuildFuture, Job, JobEnv, ParamKind};
 use batch_common::params::{JobParameters, ParameterError, parse_bool, parse_date};
 use batch_common::redis::RedisConn;
-use batch_common::step::{ChunkStep, PassThrough, Step, TaskletStep};
+use batch_common::step::{Step, TaskletStep};
 use batch_common::{BatchProperties, Clock, ClockExt, JobDescriptor, ParameterSpec};
 use core_domain::Database;
 
 use crate::daily_report::DailyReport;
-use crate::sync_balance::{BalanceReader, CacheWriter};
+use crate::sync_balance::{BalanceReader, CacheSyncStep, CacheWriter};
 
 /// The job's name on the command line and in the metadata tables.
 pub const JOB_NAME: &str = "pointBalanceSyncJob";
@@ -107,20 +107,16 @@ impl Job for PointBalanceSyncJob {
         let date = parse_date("date", params.get("date").unwrap_or_default())?;
         let verify = parse_bool("verify", params.get("verify").unwrap_or("false"))?;
         let point = &self.props.point;
-        let sync: Arc<dyn Step> = Arc::new(
-            ChunkStep::new(
-                sync_balance::STEP_NAME,
-                BalanceReader::new(self.db.clone()),
-                PassThrough,
-                CacheWriter::new(
-                    self.redis.clone(),
-                    &point.cache_key_prefix,
-                    point.cache_ttl,
-                    verify,
-                ),
-            )
-            .with_chunk_size(point.sync_chunk_size),
-        );
+        let sync: Arc<dyn Step> = Arc::new(CacheSyncStep::new(
+            BalanceReader::new(self.db.clone()),
+            CacheWriter::new(
+                self.redis.clone(),
+                &point.cache_key_prefix,
+                point.cache_ttl,
+                verify,
+            ),
+            point.sync_chunk_size,
+        ));
         if verify {
             // Verify mode writes nothing: no report either.
             return Ok(vec![sync]);

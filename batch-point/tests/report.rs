@@ -87,3 +87,129 @@ db_test!(async fn report_respects_day_edges_and_is_idempotent(db) {
     assert!(r1.updated_at > rows[0].updated_at);
     Ok(())
 });
+
+/// What the report row of `user` must hold, computed in Rust from the day's transactions:
+/// (earn, use, cancel amounts, closing snapshot, counts, first and last time).
+type Expected = (
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    chrono::NaiveDateTime,
+    chrono::NaiveDateTime,
+);
+
+fn reference(
+    points: &[Point],
+    from: chrono::NaiveDateTime,
+    to: chrono::NaiveDateTime,
+) -> std::collections::BTreeMap<i64, Expected> {
+    let mut day: Vec<&Point> = points
+        .iter()
+        .filter(|p| p.created_at >= from && p.created_at < to)
+        .collect();
+    // The last transaction of a user is the greatest (created_at, id).
+    day.sort_by_key(|p| (p.user_id, p.created_at, p.id));
+    let mut out = std::collections::BTreeMap::new();
+    for p in day {
+        let e = out
+            .entry(p.user_id)
+            .or_insert((0, 0, 0, 0, 0, 0, 0, p.created_at, p.created_at));
+        match p.point_type.as_str() {
+            "EARN" => {
+                e.0 += p.amount;
+                e.4 += 1;
+            }
+            "USE" => {
+                e.1 += p.amount;
+                e.5 += 1;
+            }
+            _ => {
+                e.2 += p.amount;
+                e.6 += 1;
+            }
+        }
+        e.3 = p.balance_snapshot;
+        e.8 = p.created_at;
+    }
+    out
+}
+
+// Closing balances with ids out of time order, identical instants, every fractional-second
+// format and negative snapshots; on SQLite both ways of reading the day (the whole table when the
+// day is most of it, the created_at range when it is not) give the same rows.
+db_test!(async fn report_matches_a_reference_on_every_plan(db) {
+    use batch_point::daily_report::{DailyReport, SqliteScan, sqlite_scan};
+    use core_domain::schema::point;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+
+    let date: chrono::NaiveDate = "2026-11-20".parse()?;
+    let (from, to) = batch_common::day_window_utc(date, chrono_tz::Asia::Seoul);
+    let kinds = [PointType::Earn, PointType::Earn, PointType::Use, PointType::Cancel];
+    let mut rows = Vec::new();
+    // Inserted in a scrambled order, so ids are not in time order.
+    for g in 0..240i64 {
+        let k = (g * 97) % 240;
+        let user = 1 + k % 12;
+        // Instants collide (k / 3), with 0, 3 or 6 fractional digits.
+        let micros = match k % 3 {
+            0 => 0,
+            1 => 500_000,
+            _ => 123_457,
+        };
+        let at = from + chrono::Duration::seconds((k / 3) * 1_000) + chrono::Duration::microseconds(micros);
+        let snapshot = if k % 5 == 0 { -k } else { k * 10 + g };
+        rows.push(tx(user, kinds[(k % 4) as usize], 1 + k, snapshot, &at.format("%Y-%m-%d %H:%M:%S%.f").to_string()));
+        // The same instant again for some, with another snapshot: the higher id wins.
+        if k % 7 == 0 {
+            rows.push(tx(user, PointType::Use, 2, snapshot + 1, &at.format("%Y-%m-%d %H:%M:%S%.f").to_string()));
+        }
+    }
+    // The edges: the last microsecond of the day counts, the next day's first does not.
+    rows.push(tx(3, PointType::Earn, 9, 999, &(to - chrono::Duration::microseconds(1)).format("%Y-%m-%d %H:%M:%S%.f").to_string()));
+    rows.push(tx(3, PointType::Earn, 9, 111, &to.format("%Y-%m-%d %H:%M:%S%.f").to_string()));
+    let mut conn = db.conn().await;
+    Point::insert_many(&mut conn, rows).await?;
+
+    let report = DailyReport::new(db.db.clone(), date, chrono_tz::Asia::Seoul);
+    let check = |points: Vec<Point>, got: Vec<DailyPointReport>| {
+        let want = reference(&points, from, to);
+        let got: std::collections::BTreeMap<i64, Expected> = got
+            .iter()
+            .map(|r| (r.user_id, (r.earn_amount, r.use_amount, r.cancel_amount, r.balance_snapshot, r.earn_count, r.use_count, r.cancel_count, r.first_transaction_at, r.last_transaction_at)))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(got[&3].3, 999, "the last microsecond of the day closes user 3's day");
+    };
+    let c: &mut core_domain::DbConnection = &mut conn;
+    let scan = sqlite_scan(c, from, to).await?;
+    if db.db.backend() == core_domain::Backend::Sqlite {
+        assert_eq!(scan, SqliteScan::FullTable, "the day is all of the table");
+    }
+    let (report_rows, transactions, _) = report.generate(ts("2026-11-21 01:00:00")).await?;
+    let points: Vec<Point> = core_domain::dispatch!(c, c => point::table.select(Point::as_select()).load(c).await)?;
+    assert_eq!(report_rows, 12);
+    assert_eq!(transactions as usize, points.iter().filter(|p| p.created_at >= from && p.created_at < to).count());
+    let first = DailyPointReport::for_date(c, date).await?;
+    check(points, first.clone());
+
+    // Much more history on other days: SQLite now reads the day's range, with the same result.
+    let mut history = Vec::new();
+    for g in 0..1_000i64 {
+        let at = from - chrono::Duration::days(1 + g % 30) + chrono::Duration::seconds(g);
+        history.push(tx(1 + g % 12, PointType::Earn, 1, g, &at.format("%Y-%m-%d %H:%M:%S%.f").to_string()));
+    }
+    Point::insert_many(c, history).await?;
+    let scan = sqlite_scan(c, from, to).await?;
+    if db.db.backend() == core_domain::Backend::Sqlite {
+        assert_eq!(scan, SqliteScan::CreatedAtRange, "the day is a small part of the table");
+    }
+    report.generate(ts("2026-11-21 02:00:00")).await?;
+    // Nothing changed: the very same rows, updated_at included.
+    assert_eq!(DailyPointReport::for_date(c, date).await?, first);
+    Ok(())
+});

@@ -169,6 +169,57 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
+impl DatabaseUrl {
+    /// The database name: the URL's path as written (PostgreSQL and MySQL; on PostgreSQL the user
+    /// name when the path is empty) or the SQLite file path.
+    pub fn database_name(&self) -> String {
+        if let Some(path) = self.sqlite_path() {
+            return path.display().to_string();
+        }
+        let Ok(u) = url::Url::parse(&self.raw) else {
+            return String::new();
+        };
+        let name = u.path().trim_start_matches('/');
+        let name = if name.is_empty() && self.backend == Backend::Postgres {
+            u.username()
+        } else {
+            name
+        };
+        name.to_owned()
+    }
+}
+
+impl DbError {
+    /// A connection the server refused because the database named in `url` does not exist
+    /// (PostgreSQL 3D000 `database "x" does not exist`, MySQL/MariaDB 1049 `Unknown database 'x'`)
+    /// becomes [`DbError::UnknownDatabase`]; any other error is returned unchanged.
+    pub fn with_unknown_database(self, url: &DatabaseUrl) -> DbError {
+        if let DbError::Connect { cause, .. } = &self {
+            let m = cause.to_string().to_ascii_lowercase();
+            if (m.contains("database \"") && m.contains("does not exist"))
+                || m.contains("unknown database")
+            {
+                return DbError::UnknownDatabase {
+                    url: url.redacted(),
+                    database: url.database_name(),
+                };
+            }
+        }
+        self
+    }
+
+    /// True for errors in the configuration rather than the environment: an unsupported or
+    /// invalid URL, or a database that does not exist. Nothing was run or written.
+    pub fn is_configuration_error(&self) -> bool {
+        matches!(
+            self,
+            DbError::UnsupportedScheme { .. }
+                | DbError::InvalidUrl { .. }
+                | DbError::UnknownDatabase { .. }
+        )
+    }
+}
+
 /// Replaces the password of a URL-shaped string with `***`; leaves other strings alone.
 pub fn redact(input: &str) -> String {
     match url::Url::parse(input) {
@@ -255,9 +306,12 @@ impl DbConnection {
     /// Opens a new connection (not pooled) and prepares its session: UTC on PostgreSQL and MySQL;
     /// WAL, a busy timeout and foreign keys on SQLite.
     pub async fn establish(url: &DatabaseUrl) -> Result<Self, DbError> {
-        let connect_err = |source: diesel::ConnectionError| DbError::Connect {
-            url: url.redacted(),
-            source,
+        let connect_err = |cause: diesel::ConnectionError| {
+            DbError::Connect {
+                url: url.redacted(),
+                cause,
+            }
+            .with_unknown_database(url)
         };
         match url.backend() {
             Backend::Postgres => {
@@ -387,13 +441,13 @@ pub(crate) enum SqliteOpenError {
 impl SqliteOpenError {
     pub(crate) fn into_db_error(self, redacted_url: &str) -> DbError {
         match self {
-            SqliteOpenError::Io(source) => DbError::Io {
+            SqliteOpenError::Io(cause) => DbError::Io {
                 what: format!("creating the directory of {redacted_url}"),
-                source,
+                cause,
             },
-            SqliteOpenError::Connect(source) => DbError::Connect {
+            SqliteOpenError::Connect(cause) => DbError::Connect {
                 url: redacted_url.to_owned(),
-                source,
+                cause,
             },
             SqliteOpenError::Query(e) => DbError::Query(e),
         }
@@ -489,7 +543,9 @@ impl Database {
                 crate::migrate::run_pending(url).await?;
             }
             Backend::Postgres | Backend::Mysql => {
-                let pending = crate::migrate::pending(url).await?;
+                let pending = crate::migrate::pending(url)
+                    .await
+                    .map_err(|e| e.with_unknown_database(url))?;
                 if !pending.is_empty() {
                     return Err(DbError::SchemaNotMigrated {
                         url: url.redacted(),
@@ -626,5 +682,54 @@ impl serde::Serialize for DatabaseUrl {
     /// Serializes the *redacted* form: a serialized configuration never carries the password.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.redacted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_come_from_the_url() {
+        let name = |u: &str| DatabaseUrl::parse(u).unwrap().database_name();
+        assert_eq!(name("postgres://app:pw@db:5432/points"), "points");
+        assert_eq!(name("postgres://app@db"), "app");
+        assert_eq!(name("mysql://root@127.0.0.1:3306/batch"), "batch");
+        assert_eq!(name("sqlite://data/batch.db"), "data/batch.db");
+    }
+
+    #[test]
+    fn a_missing_database_becomes_a_configuration_error() {
+        let url = DatabaseUrl::parse("postgres://app:pw-secret@db:5432/points").unwrap();
+        for message in [
+            "database \"points\" does not exist",
+            "Unknown database 'points'",
+        ] {
+            let e = DbError::Connect {
+                url: url.redacted(),
+                cause: diesel::ConnectionError::BadConnection(message.to_owned()),
+            }
+            .with_unknown_database(&url);
+            assert!(e.is_configuration_error(), "{message}: {e:?}");
+            let shown = e.to_string();
+            assert!(
+                shown.contains("`points`") && !shown.contains("pw-secret"),
+                "{shown}"
+            );
+        }
+        let refused = DbError::Connect {
+            url: url.redacted(),
+            cause: diesel::ConnectionError::BadConnection("Connection refused".to_owned()),
+        }
+        .with_unknown_database(&url);
+        assert!(!refused.is_configuration_error());
+        assert_eq!(
+            refused.to_string(),
+            "could not connect to postgres://app:***@db:5432/points: Connection refused"
+        );
+        assert!(
+            std::error::Error::source(&refused).is_none(),
+            "the cause is chained too"
+        );
     }
 }

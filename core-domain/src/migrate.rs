@@ -92,13 +92,13 @@ async fn with_harness(url: &DatabaseUrl, mode: Mode) -> Result<Vec<String>, DbEr
                     .read(true)
                     .write(true)
                     .open(path)
-                    .map_err(|source| DbError::Io {
+                    .map_err(|cause| DbError::Io {
                         what: format!("opening {redacted} to lock it"),
-                        source,
+                        cause,
                     })?;
-                file.lock().map_err(|source| DbError::Io {
+                file.lock().map_err(|cause| DbError::Io {
                     what: format!("locking {redacted} for migrations"),
-                    source,
+                    cause,
                 })?;
                 let result = apply(&mut conn, SQLITE, mode).map_err(migration_err);
                 let _ = file.unlock();
@@ -107,9 +107,9 @@ async fn with_harness(url: &DatabaseUrl, mode: Mode) -> Result<Vec<String>, DbEr
             Backend::Postgres => {
                 let mut conn =
                     AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose_secret())
-                        .map_err(|source| DbError::Connect {
+                        .map_err(|cause| DbError::Connect {
                             url: redacted.clone(),
-                            source,
+                            cause,
                         })?;
                 if let Mode::List = mode {
                     return apply(&mut conn, POSTGRES, mode).map_err(migration_err);
@@ -122,9 +122,9 @@ async fn with_harness(url: &DatabaseUrl, mode: Mode) -> Result<Vec<String>, DbEr
             Backend::Mysql => {
                 let mut conn =
                     AsyncConnectionWrapper::<AsyncMysqlConnection>::establish(url.expose_secret())
-                        .map_err(|source| DbError::Connect {
+                        .map_err(|cause| DbError::Connect {
                             url: redacted.clone(),
-                            source,
+                            cause,
                         })?;
                 if let Mode::List = mode {
                     return apply(&mut conn, MYSQL, mode).map_err(migration_err);

@@ -1,5 +1,12 @@
 //! The HTTP API of `serve` (axum). Every route but `/health` needs `Authorization: Bearer <token>`
-//! with `[server] token`. Errors are JSON: `{"error": "<code>", "message": "<what and why>"}`.
+//! with `[server] token`. Every error answer, including those of malformed requests (a body too
+//! large: 413, an unsupported `Content-Type`: 415, a method a route does not have: 405), is JSON:
+//! `{"error": "<code>", "message": "<what and why>"}`.
+//!
+//! A request that changes state (the kick) sends its body, if any, as
+//! `Content-Type: application/json` (a charset parameter may follow); any other declared type, or a
+//! body without a type, is refused with 415 before anything runs. A body is at most
+//! [`MAX_BODY_BYTES`].
 //!
 //! | route | answer |
 //! |---|---|
@@ -14,7 +21,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -66,6 +74,61 @@ impl From<KickError> for ApiError {
             KickError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         };
         ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// The largest request body accepted (a kick's parameters are a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A body the framework could not read: too large (413) or broken off.
+fn body_rejection(r: &BytesRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    } else {
+        ApiError::new(r.status(), "bad_body", r.body_text())
+    }
+}
+
+fn path_rejection(r: &PathRejection) -> ApiError {
+    ApiError::new(r.status(), "bad_path", r.body_text())
+}
+
+fn query_rejection(r: &QueryRejection) -> ApiError {
+    ApiError::new(r.status(), "bad_query", r.body_text())
+}
+
+/// A state-changing request's body must be JSON: a declared `Content-Type` other than
+/// `application/json` (parameters such as `charset=utf-8` allowed), or a non-empty body without
+/// one, is refused with 415. A request without a body and without a type is fine.
+fn require_json(headers: &HeaderMap, body_is_empty: bool) -> Result<(), ApiError> {
+    let unsupported = |what: String| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("{what}; send the body as `Content-Type: application/json`"),
+        )
+    };
+    match headers.get(header::CONTENT_TYPE) {
+        None if body_is_empty => Ok(()),
+        None => Err(unsupported(
+            "the request has a body but no Content-Type".to_owned(),
+        )),
+        Some(value) => {
+            let text = value.to_str().unwrap_or("");
+            let essence = text.split(';').next().unwrap_or("").trim();
+            if essence.eq_ignore_ascii_case("application/json") {
+                Ok(())
+            } else {
+                Err(unsupported(format!(
+                    "Content-Type `{}` is not supported",
+                    text.chars().take(100).collect::<String>()
+                )))
+            }
+        }
     }
 }
 
@@ -124,7 +187,17 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", method, uri.path()),
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -154,7 +227,9 @@ fn parse_kick(body: &[u8]) -> Result<KickRequest, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let at = if path == "." {
+        // A syntax error has no field path (serde_path_to_error says `?`); serde_json's message
+        // already gives the line and column.
+        let at = if path == "." || path == "?" || !e.inner().is_data() {
             String::new()
         } else {
             format!(" at `{path}`")
@@ -197,9 +272,17 @@ fn parameter_strings(
 async fn kick(
     _auth: Authorized,
     State(service): State<Arc<Service>>,
-    Path(name): Path<String>,
-    body: Bytes,
+    name: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(name) = name.map_err(|r| path_rejection(&r))?;
+    if headers.contains_key(header::CONTENT_TYPE) {
+        // A wrong type is refused before the body is read.
+        require_json(&headers, false)?;
+    }
+    let body = body.map_err(|r| body_rejection(&r))?;
+    require_json(&headers, body.is_empty())?;
     let request = parse_kick(&body)?;
     let given = parameter_strings(request.parameters)?;
     match service.kick(&name, given, request.rerun).await? {
@@ -237,8 +320,9 @@ async fn kick(
 async fn execution(
     _auth: Authorized,
     State(service): State<Arc<Service>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(|r| path_rejection(&r))?;
     let id: i64 = id.parse().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -273,9 +357,11 @@ const MAX_LIMIT: i64 = 1000;
 async fn job_executions(
     _auth: Authorized,
     State(service): State<Arc<Service>>,
-    Path(name): Path<String>,
-    Query(query): Query<BTreeMap<String, String>>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(name) = name.map_err(|r| path_rejection(&r))?;
+    let Query(query) = query.map_err(|r| query_rejection(&r))?;
     if service.job(&name).is_none() {
         return Err(ApiError::from(KickError::UnknownJob {
             name,

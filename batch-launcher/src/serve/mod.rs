@@ -201,7 +201,7 @@ impl Service {
         };
         let job = build(&env).await.map_err(|e| KickError::Setup {
             job: job_name.to_owned(),
-            message: format!("{e:#}"),
+            message: crate::run::error_line(&e),
         })?;
         let options = LaunchOptions {
             rerun,
@@ -215,7 +215,7 @@ impl Service {
                 LaunchError::Parameters(p) => KickError::Parameters(p),
                 LaunchError::Setup(s) => KickError::Setup {
                     job: job_name.to_owned(),
-                    message: format!("{s:#}"),
+                    message: crate::run::error_line(&s),
                 },
                 other => KickError::Database(other.to_string()),
             })?;

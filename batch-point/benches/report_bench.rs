@@ -1,0 +1,664 @@
+//! generateDailyReportStep against the fastest single statement found, per backend and data
+//! shape (issue 11). Run with
+//!
+//! ```sh
+//! cargo bench -p batch-point --bench report_bench
+//! ```
+//!
+//! For each backend (PostgreSQL and MariaDB on loopback, SQLite in a temporary file) and each
+//! data shape — ~5, ~25 and ~200 transactions per user, with ids in time order (as an online
+//! service inserts them) or not — it seeds the report day (plus 10% on each neighbouring day),
+//! then, `REPORT_BENCH_RUNS` times in alternation, on an empty report table:
+//! - every formulation as one plain `INSERT … SELECT … GROUP BY` filling every column of
+//!   `daily_point_report` (the window form the step used before, `DISTINCT ON` + join, ordered
+//!   aggregates, and each backend's own tricks);
+//! - the step itself, through its own code path (`DailyReport::generate`, the very call the
+//!   launcher's tasklet makes) in a child process of this bench, whose peak RSS is tracked.
+//!
+//! It prints the medians, the ratio of each to the fastest formulation, the step's peak RSS, and
+//! checks that every formulation wrote the same rows as the step.
+//!
+//! Settings (environment): `REPORT_BENCH_BACKENDS` (default `postgres,mysql,sqlite`),
+//! `REPORT_BENCH_TX_POSTGRES` (default 2,000,000 transactions on the day),
+//! `REPORT_BENCH_TX_MYSQL` and `REPORT_BENCH_TX_SQLITE` (default 500,000 each: they are
+//! single-threaded and slower to seed), `REPORT_BENCH_RUNS` (default 3),
+//! `BATCH_BENCH_POSTGRES_URL`, `REPORT_BENCH_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
+//!
+//! `cargo test --all-targets` builds this target and runs it without `--bench`: it then exits at once.
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use batch_point::daily_report::{INSERT_INTO, POSTGRES_WORK_MEM, SqliteScan, aggregate_select};
+use batch_testkit::bench::{postgres_admin_url, wait_tracking};
+use chrono::NaiveDateTime;
+use core_domain::{Backend, Database, DatabaseUrl, DbConnection, PoolOptions, dispatch};
+use diesel::QueryableByName;
+use diesel::sql_types::BigInt;
+use diesel_async::RunQueryDsl;
+
+const DATE: &str = "2026-11-20";
+/// The KST day 2026-11-20 is [2026-11-19 15:00, 2026-11-20 15:00) UTC.
+const FROM: &str = "2026-11-19 15:00:00";
+const TO: &str = "2026-11-20 15:00:00";
+const NOW: &str = "2026-11-21 01:00:00";
+const DAY_MS: i64 = 86_400_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // The child that runs the step: `report_bench --step <database url>`.
+    if let Some(i) = args.iter().position(|a| a == "--step") {
+        let url = args.get(i + 1).cloned().unwrap_or_default();
+        if let Err(e) = rt().block_on(step_child(&url)) {
+            eprintln!("report_bench --step failed: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        println!("report_bench: run it with `cargo bench -p batch-point --bench report_bench`");
+        return;
+    }
+    if let Err(e) = rt().block_on(run()) {
+        eprintln!("report_bench failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn ts(s: &str) -> NaiveDateTime {
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").expect("a timestamp")
+}
+
+/// Runs the step as the launcher's tasklet does and prints `<ms> <report rows> <transactions>`.
+async fn step_child(url: &str) -> anyhow::Result<()> {
+    let url = DatabaseUrl::parse(url)?;
+    let db = Database::connect_unchecked(&url, &PoolOptions::default()).await?;
+    let report =
+        batch_point::daily_report::DailyReport::new(db, DATE.parse()?, chrono_tz::Asia::Seoul);
+    let t = Instant::now();
+    let (rows, transactions, _) = report.generate(ts(NOW)).await?;
+    println!("{} {rows} {transactions}", t.elapsed().as_millis());
+    Ok(())
+}
+
+/// One data shape.
+#[derive(Clone, Copy)]
+struct Shape {
+    per_user: i64,
+    time_ordered: bool,
+}
+
+impl Shape {
+    fn label(self) -> String {
+        format!(
+            "{:>3}/user, ids {}",
+            self.per_user,
+            if self.time_ordered {
+                "in time order"
+            } else {
+                "scattered    "
+            }
+        )
+    }
+}
+
+const SHAPES: [Shape; 6] = [
+    Shape {
+        per_user: 5,
+        time_ordered: true,
+    },
+    Shape {
+        per_user: 5,
+        time_ordered: false,
+    },
+    Shape {
+        per_user: 25,
+        time_ordered: true,
+    },
+    Shape {
+        per_user: 25,
+        time_ordered: false,
+    },
+    Shape {
+        per_user: 200,
+        time_ordered: true,
+    },
+    Shape {
+        per_user: 200,
+        time_ordered: false,
+    },
+];
+
+fn env_i64(name: &str, default: i64) -> anyhow::Result<i64> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name}={v:?} is not a number: {e}")),
+        Err(_) => Ok(default),
+    }
+}
+
+async fn exec(conn: &mut DbConnection, sql: &str) -> anyhow::Result<()> {
+    conn.batch_execute(sql)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}: {sql}"))
+}
+
+/// A timestamp literal of the backend.
+fn lit(backend: Backend, t: &str) -> String {
+    match backend {
+        Backend::Postgres => format!("TIMESTAMP '{t}'"),
+        _ => format!("'{t}'"),
+    }
+}
+
+fn date_lit(backend: Backend) -> String {
+    match backend {
+        Backend::Postgres => format!("DATE '{DATE}'"),
+        _ => format!("'{DATE}'"),
+    }
+}
+
+/// The step's own `SELECT` with its binds written in as literals.
+fn step_select(backend: Backend, scan: SqliteScan) -> String {
+    let sql = aggregate_select(backend, scan)
+        .replace("@FROM@", &lit(backend, FROM))
+        .replace("@TO@", &lit(backend, TO));
+    let values = [
+        date_lit(backend),
+        lit(backend, NOW),
+        lit(backend, NOW),
+        lit(backend, FROM),
+        lit(backend, TO),
+    ];
+    let mut out = String::new();
+    let mut it = values.iter();
+    for ch in sql.chars() {
+        if ch == '?' {
+            out.push_str(it.next().expect("five binds"));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// The formulations measured on `backend`: (name, `SELECT` feeding [`INSERT_INTO`]).
+fn formulations(backend: Backend) -> Vec<(&'static str, String)> {
+    let d = date_lit(backend);
+    let now = lit(backend, NOW);
+    let w = format!(
+        "created_at >= {} AND created_at < {}",
+        lit(backend, FROM),
+        lit(backend, TO)
+    );
+    let sums = "SUM(CASE WHEN type = 'EARN' THEN amount ELSE 0 END) e, \
+        SUM(CASE WHEN type = 'USE' THEN amount ELSE 0 END) u, \
+        SUM(CASE WHEN type = 'CANCEL' THEN amount ELSE 0 END) c";
+    let counts = "SUM(CASE WHEN type = 'EARN' THEN 1 ELSE 0 END) ec, \
+        SUM(CASE WHEN type = 'USE' THEN 1 ELSE 0 END) uc, \
+        SUM(CASE WHEN type = 'CANCEL' THEN 1 ELSE 0 END) cc, MIN(created_at) f, MAX(created_at) l";
+    let window = |from: &str| {
+        format!(
+            "SELECT user_id, {d}, {sums}, MAX(CASE WHEN rn = 1 THEN balance_snapshot END), {counts}, {now}, {now} \
+             FROM (SELECT user_id, type, amount, balance_snapshot, created_at, \
+             ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY created_at DESC, id DESC) AS rn \
+             FROM {from} WHERE {w}) day_points GROUP BY user_id"
+        )
+    };
+    let agg_join = |from: &str, last: &str| {
+        format!(
+            "SELECT a.user_id, {d}, a.e, a.u, a.c, l.balance_snapshot, a.ec, a.uc, a.cc, a.f, a.l, {now}, {now} \
+             FROM (SELECT user_id, {sums}, {counts} FROM {from} WHERE {w} GROUP BY user_id) a \
+             JOIN ({last}) l ON l.user_id = a.user_id"
+        )
+    };
+    let plain = |from: &str, closing: &str| {
+        format!(
+            "SELECT user_id, {d}, {sums}, {closing}, {counts}, {now}, {now} FROM {from} WHERE {w} GROUP BY user_id"
+        )
+    };
+    match backend {
+        Backend::Postgres => vec![
+            ("window (ROW_NUMBER)", window("point")),
+            (
+                "ordered aggregate array_agg",
+                plain(
+                    "point",
+                    "(array_agg(balance_snapshot ORDER BY created_at DESC, id DESC))[1]",
+                ),
+            ),
+            (
+                "DISTINCT ON + join",
+                agg_join(
+                    "point",
+                    &format!(
+                        "SELECT DISTINCT ON (user_id) user_id, balance_snapshot FROM point WHERE {w} \
+                         ORDER BY user_id, created_at DESC, id DESC"
+                    ),
+                ),
+            ),
+            (
+                "MAX(ARRAY[µs, id, snapshot]) (step)",
+                step_select(backend, SqliteScan::CreatedAtRange),
+            ),
+        ],
+        Backend::Mysql => {
+            let hint = "point IGNORE INDEX (idx_point_user_created_at)";
+            vec![
+                ("window (ROW_NUMBER)", window("point")),
+                ("window, ignore (user_id, created_at)", window(hint)),
+                (
+                    "window rn = 1 + join",
+                    agg_join(
+                        hint,
+                        &format!(
+                            "SELECT user_id, balance_snapshot FROM (SELECT user_id, balance_snapshot, \
+                             ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY created_at DESC, id DESC) AS rn \
+                             FROM {hint} WHERE {w}) x WHERE rn = 1"
+                        ),
+                    ),
+                ),
+                (
+                    "GROUP_CONCAT(… LIMIT 1)",
+                    plain(
+                        "point",
+                        "CAST(GROUP_CONCAT(balance_snapshot ORDER BY created_at DESC, id DESC LIMIT 1) AS SIGNED)",
+                    ),
+                ),
+                (
+                    "MAX(CONCAT(time, id, snapshot)), ignore idx",
+                    plain(
+                        hint,
+                        "CAST(SUBSTRING(MAX(CONCAT(DATE_FORMAT(created_at, '%Y%m%d%H%i%s%f'), LPAD(id, 20, '0'), balance_snapshot)), 41) AS SIGNED)",
+                    ),
+                ),
+                (
+                    "GROUP_CONCAT(… LIMIT 1), ignore idx (step)",
+                    step_select(backend, SqliteScan::CreatedAtRange),
+                ),
+            ]
+        }
+        Backend::Sqlite => {
+            let correlated = |from: &str| {
+                plain(
+                    from,
+                    &format!(
+                        "(SELECT p.balance_snapshot FROM point p WHERE p.user_id = point.user_id \
+                         AND p.created_at >= '{FROM}' AND p.created_at < '{TO}' \
+                         ORDER BY p.created_at DESC, p.id DESC LIMIT 1)"
+                    ),
+                )
+            };
+            let text_key = "CAST(substr(MAX(CASE WHEN length(created_at) = 19 THEN created_at || '.000000000' \
+                ELSE substr(created_at || '000000000', 1, 29) END || printf('%020d', id) || balance_snapshot), 50) AS INTEGER)";
+            vec![
+                ("window (ROW_NUMBER)", window("point")),
+                ("window, full scan", window("point NOT INDEXED")),
+                (
+                    "MAX(time || id || snapshot), full scan",
+                    plain("point NOT INDEXED", text_key),
+                ),
+                ("correlated LIMIT 1, no hint", correlated("point")),
+                (
+                    "correlated LIMIT 1, created_at range (step)",
+                    step_select(backend, SqliteScan::CreatedAtRange),
+                ),
+                (
+                    "correlated LIMIT 1, full scan (step)",
+                    step_select(backend, SqliteScan::FullTable),
+                ),
+            ]
+        }
+    }
+}
+
+/// Seeds `n` transactions on the report day for `shape` (plus 10% on each neighbouring day).
+async fn seed(
+    conn: &mut DbConnection,
+    backend: Backend,
+    n: i64,
+    shape: Shape,
+) -> anyhow::Result<()> {
+    let users = (n / shape.per_user).max(1);
+    let neighbours = n / 10;
+    // In time order, ids follow time: the day before first, then the day, then the day after.
+    let days = [
+        ("2026-11-18 15:00:00", neighbours),
+        (FROM, n),
+        ("2026-11-20 15:00:00", neighbours),
+    ];
+    for (start, count) in days {
+        // 48271 is prime and divides no user count used here, so every user gets the same share.
+        let offset_ms = if shape.time_ordered {
+            format!("(g * {DAY_MS} / {count})")
+        } else {
+            format!("((g * 2654435761) % {DAY_MS})")
+        };
+        let user = format!("(1 + (g * 48271) % {users})");
+        let sql = match backend {
+            Backend::Postgres => format!(
+                "INSERT INTO point (user_id, amount, type, description, balance_snapshot, point_balance_id, created_at) \
+                 SELECT {user}, 100 + g % 900, (ARRAY['EARN','EARN','USE','CANCEL'])[1 + g % 4], NULL, g % 100000, {user}, \
+                 TIMESTAMP '{start}' + {offset_ms} * INTERVAL '1 millisecond' \
+                 FROM generate_series(1::bigint, {count}) g"
+            ),
+            Backend::Mysql => format!(
+                "INSERT INTO point (user_id, amount, type, description, balance_snapshot, point_balance_id, created_at) \
+                 SELECT {user}, 100 + g % 900, ELT(1 + g % 4, 'EARN','EARN','USE','CANCEL'), NULL, g % 100000, {user}, \
+                 TIMESTAMP '{start}' + INTERVAL {offset_ms} * 1000 MICROSECOND \
+                 FROM (SELECT seq AS g FROM seq_1_to_{count}) s"
+            ),
+            Backend::Sqlite => {
+                let epoch = ts(start).and_utc().timestamp();
+                format!(
+                    "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {count}) \
+                     INSERT INTO point (user_id, amount, type, description, balance_snapshot, point_balance_id, created_at) \
+                     SELECT {user}, 100 + g % 900, CASE g % 4 WHEN 2 THEN 'USE' WHEN 3 THEN 'CANCEL' ELSE 'EARN' END, NULL, \
+                     g % 100000, {user}, strftime('%Y-%m-%d %H:%M:%f', {epoch} + {offset_ms} / 1000.0, 'unixepoch') FROM s"
+                )
+            }
+        };
+        exec(conn, &sql).await?;
+    }
+    match backend {
+        Backend::Postgres => exec(conn, "VACUUM ANALYZE point").await,
+        Backend::Mysql => exec(conn, "ANALYZE TABLE point").await,
+        Backend::Sqlite => exec(conn, "ANALYZE").await,
+    }
+}
+
+async fn clear_report(conn: &mut DbConnection, backend: Backend) -> anyhow::Result<()> {
+    match backend {
+        Backend::Sqlite => exec(conn, "DELETE FROM daily_point_report").await,
+        _ => exec(conn, "TRUNCATE TABLE daily_point_report").await,
+    }
+}
+
+#[derive(QueryableByName, PartialEq, Eq, Debug, Clone, Copy)]
+struct Checksum {
+    #[diesel(sql_type = BigInt)]
+    report_rows: i64,
+    #[diesel(sql_type = BigInt)]
+    snapshots: i64,
+    #[diesel(sql_type = BigInt)]
+    amounts: i64,
+    #[diesel(sql_type = BigInt)]
+    counts: i64,
+    #[diesel(sql_type = BigInt)]
+    edges: i64,
+}
+
+/// A fingerprint of the report rows of the day (balances, amounts, counts, first/last times).
+async fn checksum(conn: &mut DbConnection, backend: Backend) -> anyhow::Result<Checksum> {
+    let (int, secs) = match backend {
+        Backend::Postgres => (
+            "BIGINT",
+            "EXTRACT(EPOCH FROM last_transaction_at) * 1000 - EXTRACT(EPOCH FROM first_transaction_at)",
+        ),
+        Backend::Mysql => (
+            "SIGNED",
+            "UNIX_TIMESTAMP(last_transaction_at) * 1000 - UNIX_TIMESTAMP(first_transaction_at)",
+        ),
+        Backend::Sqlite => (
+            "BIGINT",
+            "julianday(last_transaction_at) * 86400000 - julianday(first_transaction_at) * 86400",
+        ),
+    };
+    let sql = format!(
+        "SELECT CAST(COUNT(*) AS {int}) AS report_rows, CAST(COALESCE(SUM(balance_snapshot), 0) AS {int}) AS snapshots, \
+         CAST(COALESCE(SUM(earn_amount + 3 * use_amount + 7 * cancel_amount), 0) AS {int}) AS amounts, \
+         CAST(COALESCE(SUM(earn_count + 3 * use_count + 7 * cancel_count), 0) AS {int}) AS counts, \
+         CAST(COALESCE(SUM(ROUND({secs})), 0) AS {int}) AS edges \
+         FROM daily_point_report WHERE report_date = {}",
+        date_lit(backend)
+    );
+    Ok(dispatch!(conn, c => diesel::sql_query(sql.as_str()).get_result::<Checksum>(c).await)?)
+}
+
+/// Runs one formulation as an `INSERT … SELECT` on an empty report table; returns its time (ms).
+async fn run_formulation(
+    conn: &mut DbConnection,
+    backend: Backend,
+    select: &str,
+) -> anyhow::Result<f64> {
+    clear_report(conn, backend).await?;
+    let insert = format!("{INSERT_INTO}{select}");
+    let t = Instant::now();
+    if backend == Backend::Postgres {
+        // The same session setting as the step's transaction, so the plans compete on equal terms.
+        exec(conn, "BEGIN").await?;
+        exec(conn, &format!("SET LOCAL work_mem = '{POSTGRES_WORK_MEM}'")).await?;
+        exec(conn, &insert).await?;
+        exec(conn, "COMMIT").await?;
+    } else {
+        exec(conn, &insert).await?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Runs the step in a child process; returns (ms inside `generate`, peak RSS kB, report rows).
+fn run_step(url: &str) -> anyhow::Result<(f64, u64, i64)> {
+    let dir = tempfile::tempdir()?;
+    let out_path = dir.path().join("out");
+    let child = Command::new(std::env::current_exe()?)
+        .args(["--step", url])
+        .stdout(Stdio::from(std::fs::File::create(&out_path)?))
+        .spawn()?;
+    let stats = wait_tracking(child)?;
+    let out = std::fs::read_to_string(&out_path)?;
+    let mut it = out.split_whitespace();
+    let ms: f64 = it.next().unwrap_or("").parse()?;
+    let rows: i64 = it.next().unwrap_or("").parse()?;
+    Ok((ms, stats.peak_rss_kb, rows))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return 0.0;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// A fresh database of `backend` for one shape; returns its URL.
+async fn fresh_database(
+    backend: Backend,
+    dir: &std::path::Path,
+    shape_no: usize,
+) -> anyhow::Result<String> {
+    let url = match backend {
+        Backend::Sqlite => format!(
+            "sqlite://{}",
+            dir.join(format!("report_bench_{shape_no}.db")).display()
+        ),
+        Backend::Postgres => {
+            let admin = DatabaseUrl::parse(&postgres_admin_url())?;
+            let mut c = DbConnection::establish(&admin).await?;
+            exec(&mut c, "DROP DATABASE IF EXISTS report_bench WITH (FORCE)").await?;
+            exec(&mut c, "CREATE DATABASE report_bench").await?;
+            postgres_admin_url()
+                .rsplit_once('/')
+                .map(|(base, _)| format!("{base}/report_bench"))
+                .expect("a database URL with a path")
+        }
+        Backend::Mysql => {
+            let base = std::env::var("REPORT_BENCH_MYSQL_URL")
+                .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+            let base = base.trim_end_matches('/').to_owned();
+            let mut c =
+                DbConnection::establish(&DatabaseUrl::parse(&format!("{base}/mysql"))?).await?;
+            exec(&mut c, "DROP DATABASE IF EXISTS report_bench").await?;
+            exec(&mut c, "CREATE DATABASE report_bench").await?;
+            format!("{base}/report_bench")
+        }
+    };
+    core_domain::migrate::run_pending(&DatabaseUrl::parse(&url)?).await?;
+    Ok(url)
+}
+
+async fn drop_database(backend: Backend) -> anyhow::Result<()> {
+    match backend {
+        Backend::Sqlite => Ok(()),
+        Backend::Postgres => {
+            let mut c =
+                DbConnection::establish(&DatabaseUrl::parse(&postgres_admin_url())?).await?;
+            exec(&mut c, "DROP DATABASE IF EXISTS report_bench WITH (FORCE)").await
+        }
+        Backend::Mysql => {
+            let base = std::env::var("REPORT_BENCH_MYSQL_URL")
+                .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+            let base = base.trim_end_matches('/').to_owned();
+            let mut c =
+                DbConnection::establish(&DatabaseUrl::parse(&format!("{base}/mysql"))?).await?;
+            exec(&mut c, "DROP DATABASE IF EXISTS report_bench").await
+        }
+    }
+}
+
+/// One result line.
+struct Line {
+    backend: Backend,
+    shape: Shape,
+    tx: i64,
+    step_ms: f64,
+    rerun_ms: f64,
+    rss_kb: u64,
+    forms: Vec<(&'static str, f64)>,
+}
+
+async fn run() -> anyhow::Result<()> {
+    let backends: Vec<Backend> = std::env::var("REPORT_BENCH_BACKENDS")
+        .unwrap_or_else(|_| "postgres,mysql,sqlite".into())
+        .split(',')
+        .map(|b| match b.trim() {
+            "postgres" => Ok(Backend::Postgres),
+            "mysql" | "mariadb" => Ok(Backend::Mysql),
+            "sqlite" => Ok(Backend::Sqlite),
+            other => Err(anyhow::anyhow!(
+                "REPORT_BENCH_BACKENDS: unknown backend {other:?} (postgres, mysql, sqlite)"
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    let runs = env_i64("REPORT_BENCH_RUNS", 3)?.max(1);
+    let dir = tempfile::tempdir()?;
+    let mut lines = Vec::new();
+    for &backend in &backends {
+        let tx = match backend {
+            Backend::Postgres => env_i64("REPORT_BENCH_TX_POSTGRES", 2_000_000)?,
+            Backend::Mysql => env_i64("REPORT_BENCH_TX_MYSQL", 500_000)?,
+            Backend::Sqlite => env_i64("REPORT_BENCH_TX_SQLITE", 500_000)?,
+        };
+        for (shape_no, shape) in SHAPES.iter().copied().enumerate() {
+            let url = fresh_database(backend, dir.path(), shape_no).await?;
+            let mut conn = DbConnection::establish(&DatabaseUrl::parse(&url)?).await?;
+            let t = Instant::now();
+            seed(&mut conn, backend, tx, shape).await?;
+            eprintln!(
+                "{} {}: seeded {tx} transactions in {:.1} s",
+                backend.as_str(),
+                shape.label(),
+                t.elapsed().as_secs_f64()
+            );
+            let forms = formulations(backend);
+            let mut form_ms: Vec<Vec<f64>> = vec![Vec::new(); forms.len()];
+            let mut step_ms = Vec::new();
+            let mut rss_kb = 0;
+            for _ in 0..runs {
+                // The step first, then every formulation, in the same order each round.
+                clear_report(&mut conn, backend).await?;
+                let (ms, rss, rows) = run_step(&url)?;
+                let expected = checksum(&mut conn, backend).await?;
+                anyhow::ensure!(
+                    rows == expected.report_rows && rows == tx / shape.per_user,
+                    "the step wrote {rows} rows ({expected:?}), expected {}",
+                    tx / shape.per_user
+                );
+                step_ms.push(ms);
+                rss_kb = rss_kb.max(rss);
+                for (i, (name, select)) in forms.iter().enumerate() {
+                    let ms = run_formulation(&mut conn, backend, select).await?;
+                    let got = checksum(&mut conn, backend).await?;
+                    anyhow::ensure!(
+                        got == expected,
+                        "{} {}: {name} wrote other rows than the step: {got:?} vs {expected:?}",
+                        backend.as_str(),
+                        shape.label()
+                    );
+                    form_ms[i].push(ms);
+                }
+            }
+            // A re-run over the step's own rows (all unchanged), once.
+            clear_report(&mut conn, backend).await?;
+            run_step(&url)?;
+            let (rerun_ms, rerun_rss, _) = run_step(&url)?;
+            rss_kb = rss_kb.max(rerun_rss);
+            let line = Line {
+                backend,
+                shape,
+                tx,
+                step_ms: median(&mut step_ms),
+                rerun_ms,
+                rss_kb,
+                forms: forms
+                    .iter()
+                    .zip(form_ms.iter_mut())
+                    .map(|((name, _), v)| (*name, median(v)))
+                    .collect(),
+            };
+            print_line(&line);
+            lines.push(line);
+            drop(conn);
+            drop_database(backend).await?;
+        }
+    }
+    println!(
+        "\n=== generateDailyReportStep vs the fastest single statement (medians of {runs} runs) ==="
+    );
+    for line in &lines {
+        print_line(line);
+    }
+    Ok(())
+}
+
+fn print_line(l: &Line) {
+    let fastest = l
+        .forms
+        .iter()
+        .map(|(_, ms)| *ms)
+        .fold(f64::INFINITY, f64::min);
+    let target = if l.backend == Backend::Postgres {
+        1.1
+    } else {
+        1.3
+    };
+    println!(
+        "{:<8} {} | {} tx, {} users | step {:>7.0} ms = {:.2}x the fastest (target <= {target}x), re-run {:.0} ms, peak RSS {:.1} MB",
+        l.backend.as_str(),
+        l.shape.label(),
+        l.tx,
+        l.tx / l.shape.per_user,
+        l.step_ms,
+        l.step_ms / fastest,
+        l.rerun_ms,
+        l.rss_kb as f64 / 1024.0
+    );
+    for (name, ms) in &l.forms {
+        println!(
+            "           {name:<45} {ms:>7.0} ms  {:.2}x{}",
+            ms / fastest,
+            if *ms == fastest { "  (fastest)" } else { "" }
+        );
+    }
+}
