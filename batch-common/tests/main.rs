@@ -6,3 +6,4 @@
 mod concurrent_step;
 mod notify;
 mod runtime;
+mod transient;
