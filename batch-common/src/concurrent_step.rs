@@ -229,12 +229,12 @@ where
     ) -> Attempted<Committed> {
         let keys: Vec<i64> = batch.iter().map(|f| f.key).collect();
         let mut items = Vec::with_capacity(batch.len());
-        let (mut filtered, mut failures) = (0usize, Vec::new());
+        let (mut filtered, mut item_failures) = (0usize, Vec::new());
         for f in batch {
             match f.outcome {
                 ItemOutcome::Write(o) => items.push(o),
                 ItemOutcome::Filter => filtered += 1,
-                ItemOutcome::Fail { error, attempts } => failures.push(ItemFailureRecord {
+                ItemOutcome::Fail { error, attempts } => item_failures.push(ItemFailureRecord {
                     item_key: f.key.to_string(),
                     error,
                     attempts,
@@ -242,46 +242,31 @@ where
             }
         }
         let context = serde_json::to_value(&checkpoint).unwrap_or_default();
-        let mut schedule = target.retry.schedule();
-        let (mut retries, mut rollbacks) = (0i64, 0i64);
-        loop {
-            let mut next = base.clone();
-            next.retry_count += retries;
-            next.rollback_count += rollbacks;
-            next.read_count += keys.len() as i64;
-            next.filter_count += filtered as i64;
-            next.commit_count += 1;
-            next.context = context.clone();
-            match self.write_batch(target, &items, &failures, &mut next).await {
-                Ok(()) => {
-                    return Attempted {
-                        result: Ok(Committed { next, keys }),
-                        retries,
-                        rollbacks,
-                    };
-                }
-                Err(e) => {
-                    rollbacks += 1;
-                    let delay = is_transient(&e)
-                        .then(|| schedule.next_delay(target.clock.now()))
-                        .flatten();
-                    match delay {
-                        Some(delay) => {
-                            tracing::warn!(step = %target.step_name, delay_ms = delay.as_millis() as u64,
-                                error = %format!("{e:#}"), "transient error committing results; retrying");
-                            target.clock.sleep(delay).await;
-                            retries += 1;
-                        }
-                        None => {
-                            return Attempted {
-                                result: Err(e),
-                                retries,
-                                rollbacks,
-                            };
-                        }
-                    }
-                }
-            }
+        let done = target
+            .retry
+            .run(
+                target.clock.as_ref(),
+                &target.step_name,
+                "committing results",
+                async |failures| {
+                    let mut next = base.clone();
+                    next.retry_count += i64::from(failures);
+                    next.rollback_count += i64::from(failures);
+                    next.read_count += keys.len() as i64;
+                    next.filter_count += filtered as i64;
+                    next.commit_count += 1;
+                    next.context = context.clone();
+                    self.write_batch(target, &items, &item_failures, &mut next)
+                        .await
+                        .map(|()| next)
+                },
+            )
+            .await;
+        let rollbacks = i64::from(done.failures);
+        Attempted {
+            retries: rollbacks - i64::from(done.result.is_err()),
+            rollbacks,
+            result: done.result.map(|next| Committed { next, keys }),
         }
     }
 

@@ -30,7 +30,7 @@ pub use notify::MockNotifier;
 pub use notify::{Notification, Notifier, NotifyListener, SlackNotifier};
 pub use params::{JobParameters, ParameterError};
 pub use result::{BatchResult, ExitCode, StepResult};
-pub use retry::{RetryPolicy, RetrySchedule};
+pub use retry::{Retried, RetryPolicy, RetrySchedule};
 pub use secret::{RedactedUrl, Secret};
 pub mod redis;
 pub mod repository;

@@ -124,6 +124,92 @@ impl RetrySchedule {
     }
 }
 
+/// The outcome of [`RetryPolicy::run`]: the last attempt's result and how many attempts failed.
+#[derive(Debug)]
+pub struct Retried<T> {
+    /// The result of the last attempt.
+    pub result: anyhow::Result<T>,
+    /// Failed attempts (each one a rollback for a transactional operation); the retries are
+    /// these minus one when the result is an error.
+    pub failures: u32,
+}
+
+impl RetryPolicy {
+    /// Runs `op` (given the number of failed attempts so far) until it succeeds, fails with an
+    /// error that is not transient ([`crate::is_transient`]), or the policy is used up. Each
+    /// retry is a `warn` line, a used-up policy an `error` line, both naming `step` and `what`.
+    pub async fn run<T, F, Fut>(
+        &self,
+        clock: &dyn crate::Clock,
+        step: &str,
+        what: &str,
+        mut op: F,
+    ) -> Retried<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let mut schedule = self.schedule();
+        let mut failures = 0;
+        loop {
+            match op(failures).await {
+                Ok(v) => {
+                    return Retried {
+                        result: Ok(v),
+                        failures,
+                    };
+                }
+                Err(e) => {
+                    failures += 1;
+                    match next_delay(&mut schedule, &e, clock, step, what) {
+                        Some(delay) => clock.sleep(delay).await,
+                        None => {
+                            return Retried {
+                                result: Err(e),
+                                failures,
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// After a failed attempt: the delay before the next one if `e` is transient and the schedule
+/// allows another attempt (logged as a warning), else `None` (logged when a transient error
+/// used the policy up, so the log says why the step gives up).
+pub fn next_delay(
+    schedule: &mut RetrySchedule,
+    e: &anyhow::Error,
+    clock: &dyn crate::Clock,
+    step: &str,
+    what: &str,
+) -> Option<Duration> {
+    if !crate::is_transient(e) {
+        return None;
+    }
+    let now = clock.now();
+    match schedule.next_delay(now) {
+        Some(delay) => {
+            tracing::warn!(
+                step, attempt = schedule.attempts() - 1, delay_ms = delay.as_millis() as u64,
+                error = %format!("{e:#}"), "transient error {what}; retrying"
+            );
+            Some(delay)
+        }
+        None => {
+            tracing::error!(
+                step, attempts = schedule.attempts(),
+                elapsed_ms = schedule.elapsed(now).as_millis() as u64,
+                error = %format!("{e:#}"),
+                "transient error {what}; retry attempts or batch.chunk_retry_max_elapsed used up"
+            );
+            None
+        }
+    }
+}
+
 impl crate::config::RuntimeSettings {
     /// The chunk retry policy of `[batch]`: `chunk_retry_attempts`, `chunk_retry_backoff` up to
     /// `chunk_retry_max_backoff` with jitter, within `chunk_retry_max_elapsed`.

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
@@ -19,10 +18,9 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, ClockExt};
-use crate::error::is_transient;
 use crate::listener::{JobRunInfo, Listeners};
 use crate::repository::{ItemFailureRecord, JobRepository, StepProgress};
-use crate::retry::{RetryPolicy, RetrySchedule};
+use crate::retry::RetryPolicy;
 
 /// Chunking and retry settings of a step execution (from `[batch]`).
 #[derive(Debug, Clone)]
@@ -248,47 +246,15 @@ async fn read_with_retry<R: ItemReader>(
     loop {
         match reader.read_chunk(settings.chunk_size).await {
             Ok(chunk) => return Ok((chunk, retries)),
-            Err(e) => match retry_delay(&mut schedule, &e, clock, step, "reading a chunk") {
-                Some(delay) => {
-                    clock.sleep(delay).await;
-                    retries += 1;
+            Err(e) => {
+                match crate::retry::next_delay(&mut schedule, &e, clock, step, "reading a chunk") {
+                    Some(delay) => {
+                        clock.sleep(delay).await;
+                        retries += 1;
+                    }
+                    None => return Err(e),
                 }
-                None => return Err(e),
-            },
-        }
-    }
-}
-
-/// After a failed attempt: the delay before the next one if `e` is transient and the policy
-/// allows another attempt (logged as a warning), else `None` (logged when a transient error
-/// used the budget up, so the log says why the step gives up).
-fn retry_delay(
-    schedule: &mut RetrySchedule,
-    e: &anyhow::Error,
-    clock: &dyn Clock,
-    step: &str,
-    what: &str,
-) -> Option<Duration> {
-    if !is_transient(e) {
-        return None;
-    }
-    let now = clock.now();
-    match schedule.next_delay(now) {
-        Some(delay) => {
-            tracing::warn!(
-                step, attempt = schedule.attempts() - 1, delay_ms = delay.as_millis() as u64,
-                error = %format!("{e:#}"), "transient error {what}; retrying"
-            );
-            Some(delay)
-        }
-        None => {
-            tracing::error!(
-                step, attempts = schedule.attempts(),
-                elapsed_ms = schedule.elapsed(now).as_millis() as u64,
-                error = %format!("{e:#}"),
-                "transient error {what}; retry attempts or batch.chunk_retry_max_elapsed used up"
-            );
-            None
+            }
         }
     }
 }
@@ -332,41 +298,24 @@ impl RetryEnv {
     }
 }
 
-/// Runs `op` until it succeeds, fails for good, or the retry policy is used up; transient
-/// errors are retried after the policy's backoff.
+/// Runs `op` (given the retries and rollbacks so far) with the chunk retry policy.
 async fn with_retry<T, F, Fut>(ctx: &RetryEnv, what: &str, mut op: F) -> Attempted<T>
 where
     F: FnMut(i64, i64) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let mut schedule = ctx.settings.retry.schedule();
-    let (mut retries, mut rollbacks) = (0, 0);
-    loop {
-        match op(retries, rollbacks).await {
-            Ok(v) => {
-                return Attempted {
-                    result: Ok(v),
-                    retries,
-                    rollbacks,
-                };
-            }
-            Err(e) => {
-                rollbacks += 1;
-                match retry_delay(&mut schedule, &e, ctx.clock.as_ref(), &ctx.step_name, what) {
-                    Some(delay) => {
-                        retries += 1;
-                        ctx.clock.sleep(delay).await;
-                    }
-                    None => {
-                        return Attempted {
-                            result: Err(e),
-                            retries,
-                            rollbacks,
-                        };
-                    }
-                }
-            }
-        }
+    let done = ctx
+        .settings
+        .retry
+        .run(ctx.clock.as_ref(), &ctx.step_name, what, |failures| {
+            op(i64::from(failures), i64::from(failures))
+        })
+        .await;
+    let rollbacks = i64::from(done.failures);
+    Attempted {
+        retries: rollbacks - i64::from(done.result.is_err()),
+        rollbacks,
+        result: done.result,
     }
 }
 

@@ -603,27 +603,17 @@ impl CacheSyncStep {
 
     /// The cache's identity now, retrying transient errors as a chunk would.
     async fn identity(&self, ctx: &StepContext) -> anyhow::Result<CacheIdentity> {
-        let mut schedule = ctx.settings.retry.schedule();
-        loop {
-            match server_identity(&mut self.redis.clone()).await {
-                Ok(identity) => return Ok(identity),
-                Err(e) => {
-                    let e = classify(e);
-                    match batch_common::is_transient(&e)
-                        .then(|| schedule.next_delay(ctx.clock.now()))
-                        .flatten()
-                    {
-                        Some(delay) => {
-                            tracing::warn!(step = STEP_NAME, delay_ms = delay.as_millis() as u64, error = %format!("{e:#}"), "reading the Redis identity (INFO server) failed; retrying");
-                            ctx.clock.sleep(delay).await;
-                        }
-                        None => {
-                            return Err(e.context("reading the Redis identity (INFO server)"));
-                        }
-                    }
-                }
-            }
-        }
+        let what = "reading the Redis identity (INFO server)";
+        let done = ctx
+            .settings
+            .retry
+            .run(ctx.clock.as_ref(), STEP_NAME, what, async |_| {
+                server_identity(&mut self.redis.clone())
+                    .await
+                    .map_err(classify)
+            })
+            .await;
+        done.result.map_err(|e| e.context(what))
     }
 
     /// Starts the sync over on the cache `now`: logs `why`, counts it, forgets the checkpoint
