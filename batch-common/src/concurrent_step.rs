@@ -39,7 +39,6 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::error::is_transient;
 use crate::repository::{ItemFailureRecord, JobRepository, StepProgress};
 use crate::retry::RetryPolicy;
 use crate::step::{ItemWriter, ReadScope, Step, StepContext, StepOutcome, WriteOutcome};
@@ -361,14 +360,16 @@ async fn read_page<R: KeyedReader>(
         match reader.read_page(after, max).await {
             Ok(page) => return (Ok(page), retries),
             Err(e) => {
-                let delay = is_transient(&e)
-                    .then(|| schedule.next_delay(target.clock.now()))
-                    .flatten();
+                let delay = crate::retry::next_delay(
+                    &mut schedule,
+                    &e,
+                    target.clock.as_ref(),
+                    &target.step_name,
+                    "reading a page",
+                );
                 let Some(delay) = delay else {
                     return (Err(e), retries);
                 };
-                tracing::warn!(step = %target.step_name, delay_ms = delay.as_millis() as u64,
-                    error = %format!("{e:#}"), "transient error reading a page; retrying");
                 target.clock.sleep(delay).await;
                 retries += 1;
             }
