@@ -1,4 +1,4 @@
-//! Re-embeds the migrations whenever a file under `migrations/` changes.
+//! Re-embeds the domain migrations whenever a file under `migrations/domain/` changes.
 fn main() {
-    println!("cargo:rerun-if-changed=../migrations");
+    println!("cargo:rerun-if-changed=../migrations/domain");
 }

@@ -90,7 +90,11 @@ async fn run() -> anyhow::Result<()> {
         .rsplit_once('/')
         .map(|(b, _)| format!("{b}/batch_asset_bench"))
         .unwrap();
-    core_domain::migrate::run_pending(&DatabaseUrl::parse(&db_url)?).await?;
+    core_domain::migrate::run_pending(
+        &DatabaseUrl::parse(&db_url)?,
+        batch_common::repository::ALL_MIGRATIONS,
+    )
+    .await?;
     let mut conn = DbConnection::establish(&DatabaseUrl::parse(&db_url)?).await?;
     conn.batch_execute(&format!(
         "INSERT INTO users (id, name, status, created_at, updated_at) \

@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::settings::AssetSettings;
 use async_trait::async_trait;
-use batch_common::config::AssetSettings;
 use batch_common::{Clock, RetryPolicy};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;

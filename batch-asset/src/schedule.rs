@@ -10,7 +10,8 @@ pub const DEFAULT_CRON: &str = "0 0 4 * * *";
 mod tests {
     #[test]
     fn default_matches_the_configuration_defaults() {
-        let props = batch_common::BatchProperties::load_from(None, Vec::new()).unwrap();
+        let props =
+            batch_common::BatchProperties::load_from(None, Vec::new(), &[&crate::MODULE]).unwrap();
         assert_eq!(
             props.schedule_for(super::super::JOB_NAME),
             Some(super::DEFAULT_CRON)

@@ -90,14 +90,17 @@ async fn server(script: Arc<Script>) -> String {
 fn provider(
     base: &str,
     clock: Arc<FixedClock>,
-    edit: impl FnOnce(&mut batch_common::config::AssetSettings),
+    edit: impl FnOnce(&mut batch_asset::AssetSettings),
 ) -> HttpAssetProvider {
     let mut settings = BatchProperties::load_from(
         None,
         vec![("BATCH__ASSET__API_BASE_URL".into(), base.into())],
+        &[&batch_asset::MODULE],
     )
     .unwrap()
-    .asset;
+    .section::<batch_asset::AssetSettings>()
+    .unwrap()
+    .clone();
     settings.timeout = Duration::from_millis(300);
     settings.max_attempts = std::num::NonZeroU32::new(3).unwrap();
     settings.retry_backoff = Duration::from_millis(100);

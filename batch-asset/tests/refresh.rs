@@ -84,7 +84,7 @@ async fn run(
     args: &[&str],
     rerun: bool,
 ) -> BatchResult {
-    let mut props = BatchProperties::load_from(None, Vec::new()).unwrap();
+    let mut props = BatchProperties::load_from(None, Vec::new(), &[&batch_asset::MODULE]).unwrap();
     props.batch.chunk_size = std::num::NonZeroUsize::new(2).unwrap();
     props.batch.step_retry_attempts = 0;
     let job = AssetRefreshJob::new(db.db.clone(), provider, clock.clone(), Seoul, 4);

@@ -81,6 +81,128 @@ impl Clock for FixedClock {
     }
 }
 
+/// A clock that moves only when told to, and whose [`sleep`](Clock::sleep) waits until the clock
+/// has been moved to the sleep's end: a test drives time by hand and can see who is waiting
+/// (a scheduler between ticks, a retry in its backoff), without waiting for real time.
+/// ([`FixedClock`] instead moves itself forward on `sleep`, which suits code that only sleeps
+/// to back off.)
+pub struct ManualClock {
+    now: tokio::sync::watch::Sender<DateTime<Utc>>,
+    sleepers: std::sync::Arc<Mutex<std::collections::BTreeMap<u64, DateTime<Utc>>>>,
+    next_id: std::sync::atomic::AtomicU64,
+    registered: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManualClock")
+            .field("now", &self.now())
+            .field("sleeping_until", &self.sleeping_until())
+            .finish()
+    }
+}
+
+/// Removes a sleep from its [`ManualClock`]'s list when it ends or is dropped.
+struct Sleeper {
+    sleepers: std::sync::Arc<Mutex<std::collections::BTreeMap<u64, DateTime<Utc>>>>,
+    id: u64,
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        self.sleepers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl ManualClock {
+    /// A clock showing `at`.
+    pub fn new(at: DateTime<Utc>) -> Self {
+        ManualClock {
+            now: tokio::sync::watch::Sender::new(at),
+            sleepers: std::sync::Arc::default(),
+            next_id: std::sync::atomic::AtomicU64::new(0),
+            registered: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Moves the clock to `at`, waking the sleeps that end at or before it.
+    pub fn set(&self, at: DateTime<Utc>) {
+        self.now.send_replace(at);
+    }
+
+    /// Moves the clock forward, waking the sleeps that end by then.
+    pub fn advance(&self, by: Duration) {
+        self.now.send_modify(|t| *t += by);
+    }
+
+    /// When the sleeps still waiting (ending after now) end, soonest first.
+    pub fn sleeping_until(&self) -> Vec<DateTime<Utc>> {
+        let now = self.now();
+        let mut ends: Vec<DateTime<Utc>> = self
+            .sleepers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .copied()
+            .filter(|end| *end > now)
+            .collect();
+        ends.sort_unstable();
+        ends
+    }
+
+    /// Waits until at least `n` sleeps are waiting for the clock (each ending after now): e.g.
+    /// a scheduler that has handled everything due and gone back to sleep.
+    pub async fn until_sleeping(&self, n: usize) {
+        loop {
+            let registered = self.registered.notified();
+            let mut registered = std::pin::pin!(registered);
+            registered.as_mut().enable();
+            if self.sleeping_until().len() >= n {
+                return;
+            }
+            registered.await;
+        }
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.now.borrow()
+    }
+
+    /// Waits until the clock has been moved to `now + duration` (returns at once for zero).
+    fn sleep(
+        &self,
+        duration: std::time::Duration,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        let end = Duration::from_std(duration)
+            .ok()
+            .and_then(|d| self.now().checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sleepers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, end);
+        let sleeper = Sleeper {
+            sleepers: self.sleepers.clone(),
+            id,
+        };
+        let mut now = self.now.subscribe();
+        self.registered.notify_waiters();
+        Box::pin(async move {
+            let _sleeper = sleeper;
+            // An error means the clock is gone: nothing will move it any more.
+            let _ = now.wait_for(|t| *t >= end).await;
+        })
+    }
+}
+
 /// Business-day arithmetic in the configured time zone.
 pub trait ClockExt: Clock {
     /// Today's date in `tz`.
@@ -182,6 +304,30 @@ mod tests {
             c.today_in(chrono_tz::UTC),
             NaiveDate::from_ymd_opt(2027, 1, 1).unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn manual_clock_sleeps_until_moved() {
+        let c = std::sync::Arc::new(ManualClock::new(
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        ));
+        c.sleep(std::time::Duration::ZERO).await;
+        let sleeper = tokio::spawn({
+            let c = c.clone();
+            async move { c.sleep(std::time::Duration::from_secs(60)).await }
+        });
+        c.until_sleeping(1).await;
+        assert_eq!(
+            c.sleeping_until(),
+            vec![Utc.with_ymd_and_hms(2026, 1, 1, 0, 1, 0).unwrap()]
+        );
+        c.advance(Duration::seconds(59));
+        assert!(!sleeper.is_finished());
+        assert_eq!(c.sleeping_until().len(), 1);
+        c.advance(Duration::seconds(1));
+        sleeper.await.unwrap();
+        assert!(c.sleeping_until().is_empty());
+        assert_eq!(c.now(), Utc.with_ymd_and_hms(2026, 1, 1, 0, 1, 0).unwrap());
     }
 
     #[test]

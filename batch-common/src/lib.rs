@@ -3,6 +3,8 @@
 pub mod clock;
 pub mod concurrent_step;
 pub mod config;
+pub mod descriptor;
+pub mod module;
 pub mod error;
 pub mod job;
 pub mod launcher;

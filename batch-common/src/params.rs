@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::NaiveDate;
 use sha2::{Digest, Sha256};
 
-use crate::job::{JobDescriptor, ParamKind};
+use crate::descriptor::{JobDescriptor, ParamKind};
 
 /// A parameter problem: the run is refused with exit code 2 and nothing is written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -184,7 +184,7 @@ impl JobParameters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::ParameterSpec;
+    use crate::descriptor::ParameterSpec;
 
     const JOB: JobDescriptor = JobDescriptor {
         name: "testJob",

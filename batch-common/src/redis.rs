@@ -168,6 +168,62 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisConn, RedisUnreach
 /// The key of the one node in the identity of a single-node connection.
 pub const SINGLE_NODE: &str = "node";
 
+/// `serve`'s health check of the Redis in `[redis]`: PING over a connection kept between
+/// checks (a new one after a failure), within `connect_timeout + response_timeout`. A domain
+/// whose jobs use Redis registers it in its module's `health_checks`.
+pub struct RedisHealth {
+    settings: RedisSettings,
+    conn: tokio::sync::Mutex<Option<RedisConn>>,
+}
+
+impl std::fmt::Debug for RedisHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisHealth")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisHealth {
+    /// The check of the Redis `settings` point at.
+    pub fn new(settings: RedisSettings) -> Self {
+        RedisHealth {
+            settings,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::module::HealthCheck for RedisHealth {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let deadline = self.settings.connect_timeout + self.settings.response_timeout;
+        let check = async {
+            let mut slot = self.conn.lock().await;
+            if slot.is_none() {
+                *slot = Some(connect(&self.settings).await.map_err(|e| e.to_string())?);
+            }
+            let conn = slot.as_mut().expect("just set");
+            let pong: Result<String, _> = redis::cmd("PING").query_async(conn).await;
+            match pong {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    // Reconnect next time.
+                    *slot = None;
+                    Err(e.to_string())
+                }
+            }
+        };
+        tokio::time::timeout(deadline, check)
+            .await
+            .map_err(|_| format!("no answer within {deadline:?}"))?
+    }
+}
+
 /// The identity of the server(s) behind `conn`: every master's address and its `run_id` (from
 /// `INFO server`; the address is [`SINGLE_NODE`] on a single-node connection). A `run_id` is
 /// random per server process, so it changes when a server restarts (an empty dataset when it
@@ -271,7 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_redis_says_where_it_looked() {
-        let mut settings = crate::BatchProperties::load_from(None, Vec::new())
+        let mut settings = crate::BatchProperties::load_from(None, Vec::new(), &[])
             .unwrap()
             .redis;
         settings.url = crate::RedactedUrl::parse("redis://:pw@127.0.0.1:1", &["redis"]).unwrap();

@@ -171,7 +171,7 @@ mod tests {
     #[test]
     fn result_round_trips_through_json() {
         let r = BatchResult {
-            job_name: "pointBalanceSyncJob".into(),
+            job_name: "exampleSyncJob".into(),
             job_instance_id: Some(1),
             execution_id: Some(7),
             parameters: [("date".to_string(), "2026-11-20".to_string())].into(),
@@ -182,7 +182,7 @@ mod tests {
             ended_at: None,
             duration_ms: 12,
             steps: vec![StepResult {
-                name: "syncPointBalanceStep".into(),
+                name: "syncExampleStep".into(),
                 status: "COMPLETED".into(),
                 read_count: 10,
                 counters: [("created".to_string(), 10)].into(),
@@ -198,7 +198,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<BatchResult>(&json).unwrap(), r);
         let text = r.to_string();
         assert!(
-            text.contains("syncPointBalanceStep: COMPLETED read=10"),
+            text.contains("syncExampleStep: COMPLETED read=10"),
             "{text}"
         );
         assert!(text.contains("created=10"), "{text}");

@@ -247,7 +247,7 @@ fn clock() -> Arc<FixedClock> {
 }
 
 async fn launch(db: &TestDb, job: &NumberJob, skip_limit: u64) -> BatchResult {
-    let mut settings = BatchProperties::load_from(None, Vec::new()).unwrap().batch;
+    let mut settings = BatchProperties::load_from(None, Vec::new(), &[]).unwrap().batch;
     settings.step_retry_attempts = 0;
     settings.skip_limit = skip_limit;
     JobLauncher::new(JobRepository::new(db.db.clone()), clock(), settings)

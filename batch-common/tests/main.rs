@@ -4,6 +4,9 @@
 //! `notify.rs`.
 
 mod concurrent_step;
+mod external_writer;
+mod migrations;
 mod notify;
 mod runtime;
+mod schema_equality;
 mod transient;

@@ -82,6 +82,7 @@ fn notify_settings(url: &str, timeout: &str) -> NotifySettings {
             ),
             ("BATCH__NOTIFY__TIMEOUT".to_owned(), timeout.to_owned()),
         ],
+        &[],
     )
     .unwrap()
     .notify
@@ -90,7 +91,7 @@ fn notify_settings(url: &str, timeout: &str) -> NotifySettings {
 /// A launcher on `db` (chunks of 10, `retries` step retries, a fixed clock so retry waits are
 /// instant), with the notification listener of `notify` if given.
 fn launcher(db: &TestDb, retries: u32, notify: Option<&NotifySettings>) -> JobLauncher {
-    let mut settings = BatchProperties::load_from(None, Vec::new()).unwrap().batch;
+    let mut settings = BatchProperties::load_from(None, Vec::new(), &[]).unwrap().batch;
     settings.chunk_size = std::num::NonZeroUsize::new(10).unwrap();
     settings.step_retry_attempts = retries;
     let clock = Arc::new(FixedClock::new(
@@ -409,6 +410,7 @@ async fn slack_notifier_posts_json_and_its_errors_never_name_the_webhook() {
             let url = BatchProperties::load_from(
                 None,
                 vec![("BATCH__NOTIFY__SLACK_WEBHOOK_URL".to_owned(), url)],
+                &[],
             )
             .unwrap()
             .notify

@@ -1,9 +1,11 @@
-//! The launcher's library: everything `main.rs` wires, importable by tests and benchmarks.
+#![doc = include_str!("../README.md")]
 
 pub mod cli;
 pub mod demo;
-pub mod jobs;
+pub mod launch;
 pub mod logging;
+pub mod modules;
 pub mod progress;
 pub mod run;
 pub mod serve;
+pub mod views;

@@ -1,6 +1,7 @@
 //! `batch-launcher`: the one binary that runs every batch job.
 
 use batch_launcher::cli::{Cli, normalize_args};
+use batch_launcher::modules::Registry;
 use batch_launcher::{logging, run};
 use clap::Parser;
 
@@ -17,7 +18,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let code = match runtime.block_on(run::execute(cli)) {
+    let code = match runtime.block_on(run::execute(cli, &Registry::default())) {
         Ok(code) => code,
         Err(err) => {
             let code = run::exit_code_for(&err);

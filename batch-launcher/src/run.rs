@@ -6,76 +6,41 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use batch_common::launcher::{JobLauncher, LaunchError, LaunchOptions};
-use batch_common::params::{JobParameters, parse_pairs};
+use batch_common::launcher::{LaunchOptions, Prepared};
+use batch_common::params::parse_pairs;
+use batch_common::repository::ALL_MIGRATIONS;
 use batch_common::{
     BatchProperties, BatchResult, Clock, ClockExt, ConfigError, ExitCode, JobEnv, JobRepository,
-    ParameterError, SystemClock,
+    SystemClock,
 };
-use core_domain::{Database, DbError, migrate};
+use core_domain::{Database, migrate};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
     Cli, Command, HistoryArgs, LogFormat, PurgeArgs, RecoverArgs, RunArgs, SeedDemoArgs,
 };
-use crate::progress::{Progress, ProgressMode};
-use crate::{demo, jobs};
+use crate::demo;
+use crate::launch::{LaunchFailure, build_launcher, check, prepare};
+pub use crate::launch::{UsageError, error_line, exit_code_for};
+use crate::modules::Registry;
+use crate::progress::ProgressMode;
+use crate::views::execution_view;
 
-/// A usage error found by the launcher itself (clap reports its own): exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// Exit code 2 for configuration, usage and URL errors anywhere in the chain (a database that
-/// does not exist included), 1 otherwise.
-pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
-    for cause in err.chain() {
-        if cause.is::<ConfigError>() || cause.is::<UsageError>() || cause.is::<ParameterError>() {
-            return ExitCode::Usage;
-        }
-        if cause
-            .downcast_ref::<DbError>()
-            .is_some_and(DbError::is_configuration_error)
-        {
-            return ExitCode::Usage;
-        }
-    }
-    ExitCode::Failed
-}
-
-/// The error and its causes on one line (`what: why: root cause`), leaving out a cause whose
-/// text the line already holds: some libraries print their source inside their own message
-/// too, and `{:#}` would then show it twice.
-pub fn error_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        let text = text.trim();
-        if text.is_empty() || line.contains(text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(text);
-    }
-    line.replace('\n', " ")
-}
-
-/// Executes the command; what it prints for the user goes to stdout, logs go to stderr.
-pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
-    let props = BatchProperties::load(cli.config.as_deref());
+/// Executes the command with the jobs of `registry`; what it prints for the user goes to
+/// stdout, logs go to stderr.
+pub async fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
+    let props = registry.load_properties(cli.config.as_deref());
     let command = cli.command;
     if let Command::Run(args) = command {
         // `run` reports every outcome in its result file, a configuration error included.
-        return run_reporting(props, args, cli.log_format == LogFormat::Human).await;
+        return run_reporting(registry, props, args, cli.log_format == LogFormat::Human).await;
     }
     let props = props?;
     match command {
         Command::Run(_) => unreachable!("handled above"),
         Command::Migrate => migrate_cmd(&props).await,
         Command::List => {
-            print!("{}", jobs::render_list());
+            print!("{}", registry.render_list());
             Ok(ExitCode::Completed)
         }
         Command::Config => {
@@ -84,7 +49,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SeedDemo(args) => seed_demo_cmd(&props, args).await,
         Command::Serve => {
-            crate::serve::serve_cmd(props, Arc::new(SystemClock), shutdown_token()).await
+            crate::serve::serve_cmd(registry, props, Arc::new(SystemClock), shutdown_token()).await
         }
         Command::History(args) => history_cmd(&props, args).await,
         Command::Recover(args) => recover_cmd(&props, args).await,
@@ -189,6 +154,7 @@ fn failed_result(
 /// `run`, writing `--result-file` whatever the outcome: the run's own result, or a FAILED one
 /// for an error before or instead of it (Jenkins archives the file in every case).
 async fn run_reporting(
+    registry: &Registry,
     props: Result<BatchProperties, ConfigError>,
     args: RunArgs,
     human_logs: bool,
@@ -201,7 +167,7 @@ async fn run_reporting(
         Err(_) => (String::new(), BTreeMap::new()),
     };
     let outcome = match props {
-        Ok(props) => run_cmd(props, args, human_logs).await,
+        Ok(props) => run_cmd(registry, props, args, human_logs).await,
         Err(e) => Err(e.into()),
     };
     match (outcome, result_file) {
@@ -222,59 +188,45 @@ async fn run_reporting(
 struct ResultFileError(String);
 
 async fn run_cmd(
+    registry: &Registry,
     props: BatchProperties,
     args: RunArgs,
     human_logs: bool,
 ) -> anyhow::Result<ExitCode> {
     let (job_name, raw) = args.job_and_params().map_err(UsageError)?;
-    let Some(registration) = jobs::find(&job_name) else {
-        return Err(UsageError(format!(
-            "unknown job `{job_name}` (known: {})",
-            jobs::names()
-        ))
-        .into());
-    };
     let given = parse_pairs(&raw)?;
-    // Checks names and value types before anything connects or runs.
-    JobParameters::from_declared(registration.descriptor, given.clone())?;
-    let Some(build) = registration.build else {
-        return Err(UsageError(format!(
-            "job `{job_name}` is declared but not implemented in this build yet"
-        ))
-        .into());
-    };
+    // Checks the job and its parameters' names and value types before anything connects or runs.
+    let registration = check(registry, &job_name, &given)?;
     if args.validate_only {
         println!("ok: {job_name} {}", raw.join(" "));
         return Ok(ExitCode::Completed);
     }
     let props = Arc::new(props);
-    let db = Database::connect(&props.database.url, &props.database.pool_options()).await?;
+    let db = Database::connect(
+        &props.database.url,
+        &props.database.pool_options(),
+        ALL_MIGRATIONS,
+    )
+    .await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let env = JobEnv {
         props: props.clone(),
         db: db.clone(),
         clock: clock.clone(),
     };
-    let job = build(&env)
-        .await
-        .with_context(|| format!("setting up {job_name}"))?;
     let progress = ProgressMode::detect(human_logs, props.batch.progress_log_chunks);
     let launcher = build_launcher(&props, JobRepository::new(db), clock, progress);
     let options = LaunchOptions {
         rerun: args.rerun,
         cancel: shutdown_token(),
     };
-    let result = match launcher.launch(job.as_ref(), given.clone(), &options).await {
-        Ok(r) => r,
-        Err(e) => {
-            // The result file (FAILED, this exit code) is written by `run_reporting`.
-            return match e {
-                LaunchError::Parameters(p) => Err(p.into()),
-                LaunchError::Setup(s) => Err(UsageError(error_line(&s)).into()),
-                LaunchError::Database(db) => Err(db.into()),
-                other => Err(other.into()),
-            };
-        }
+    // A failure here becomes the result file (FAILED, its exit code) in `run_reporting`.
+    let result = match prepare(registration, &env, &launcher, given, &options).await? {
+        Prepared::Done(result) => result,
+        Prepared::Ready(run) => run
+            .run()
+            .await
+            .map_err(|e| LaunchFailure::from_launch(&job_name, e))?,
     };
     println!("{result}");
     if let Some(path) = &args.result_file {
@@ -283,59 +235,14 @@ async fn run_cmd(
     Ok(result.exit_code)
 }
 
-/// The launcher every command that runs jobs uses (`run`, `serve`): the runtime settings of
-/// `[batch]` and the listeners the configuration asks for (progress, notifications).
-pub fn build_launcher(
-    props: &BatchProperties,
-    repo: JobRepository,
-    clock: Arc<dyn Clock>,
-    progress: ProgressMode,
-) -> JobLauncher {
-    let launcher = JobLauncher::new(repo, clock, props.batch.clone())
-        .with_listener(Arc::new(Progress::new(progress)));
-    // Slack (`[notify]`). A notifier never fails a run, and neither does one that cannot be built.
-    match batch_common::notify::listener_from_settings(&props.notify) {
-        Ok(Some(notify)) => launcher.with_listener(notify),
-        Ok(None) => launcher,
-        Err(e) => {
-            tracing::error!(error = %e, "Slack notifications are off: {e}");
-            launcher
-        }
-    }
-}
-
 async fn connect_repo(props: &BatchProperties) -> anyhow::Result<JobRepository> {
-    let db = Database::connect(&props.database.url, &props.database.pool_options()).await?;
+    let db = Database::connect(
+        &props.database.url,
+        &props.database.pool_options(),
+        ALL_MIGRATIONS,
+    )
+    .await?;
     Ok(JobRepository::new(db))
-}
-
-/// One execution with its steps as JSON: `history --json` and the HTTP API show the same view.
-pub async fn execution_view(
-    repo: &JobRepository,
-    e: &core_domain::models::JobExecution,
-    i: &core_domain::models::JobInstance,
-) -> Result<serde_json::Value, DbError> {
-    let steps = repo.step_executions(e.id).await?;
-    Ok(serde_json::json!({
-        "execution_id": e.id,
-        "job_name": i.job_name,
-        "job_instance_id": i.id,
-        "status": e.status,
-        "exit_code": e.exit_code,
-        "exit_message": e.exit_message,
-        "parameters": serde_json::from_str::<serde_json::Value>(&e.parameters).unwrap_or_default(),
-        "owner": e.owner,
-        "created_at": e.created_at,
-        "start_time": e.start_time,
-        "end_time": e.end_time,
-        "last_updated": e.last_updated,
-        "steps": steps.iter().map(|s| serde_json::json!({
-            "name": s.step_name, "status": s.status, "read": s.read_count, "written": s.write_count,
-            "filtered": s.filter_count, "skipped": s.skip_count, "commits": s.commit_count,
-            "rollbacks": s.rollback_count, "retries": s.retry_count,
-            "counters": serde_json::from_str::<serde_json::Value>(&s.counters).unwrap_or_default(),
-        })).collect::<Vec<_>>(),
-    }))
 }
 
 fn fmt_time(t: Option<chrono::NaiveDateTime>) -> String {
@@ -432,10 +339,10 @@ async fn purge_cmd(props: &BatchProperties, args: PurgeArgs) -> anyhow::Result<E
 async fn migrate_cmd(props: &BatchProperties) -> anyhow::Result<ExitCode> {
     let url = &props.database.url;
     let started = Instant::now();
-    let applied = migrate::run_pending(url)
+    let applied = migrate::run_pending(url, ALL_MIGRATIONS)
         .await
         .map_err(|e| e.with_unknown_database(url))?;
-    let total = migrate::all_names(url.backend()).len();
+    let total = migrate::all_names(url.backend(), ALL_MIGRATIONS).len();
     if applied.is_empty() {
         println!("{url} is up to date ({total} migrations applied earlier)");
     } else {
@@ -456,7 +363,12 @@ async fn migrate_cmd(props: &BatchProperties) -> anyhow::Result<ExitCode> {
 async fn seed_demo_cmd(props: &BatchProperties, args: SeedDemoArgs) -> anyhow::Result<ExitCode> {
     let tz = props.batch.timezone;
     let date = args.date.unwrap_or_else(|| SystemClock.yesterday_in(tz));
-    let db = Database::connect(&props.database.url, &props.database.pool_options()).await?;
+    let db = Database::connect(
+        &props.database.url,
+        &props.database.pool_options(),
+        ALL_MIGRATIONS,
+    )
+    .await?;
     let url = db.url().clone();
     let (users, balances) = demo::existing_rows(&db).await?;
     if users > 0 || balances > 0 {

@@ -5,6 +5,7 @@ use std::process::Output;
 
 use crate::{launcher, text};
 
+use batch_common::repository::ALL_MIGRATIONS;
 use batch_testkit::{TestDb, db_test};
 use core_domain::models::{Point, PointBalance, User};
 use core_domain::{Backend, migrate};
@@ -20,7 +21,12 @@ async fn migrate_creates_the_schema(backend: Backend) {
         out.contains("applied 2 migration(s)") && out.contains("create_batch_metadata"),
         "{out}"
     );
-    assert!(migrate::pending(db.url()).await.unwrap().is_empty());
+    assert!(
+        migrate::pending(db.url(), ALL_MIGRATIONS)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let second = launcher(dir.path(), &["migrate"], &[("BATCH__DATABASE__URL", &url)]);
     let (out, err) = text(&second);
@@ -261,7 +267,10 @@ async fn unmigrated_server_database_is_refused_with_a_hint() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("batch-launcher migrate"), "{err}");
     assert_eq!(
-        migrate::pending(db.url()).await.unwrap().len(),
+        migrate::pending(db.url(), ALL_MIGRATIONS)
+            .await
+            .unwrap()
+            .len(),
         2,
         "something was migrated"
     );

@@ -4,15 +4,17 @@
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use batch_common::job::{BuildFuture, Job};
-use batch_common::{BatchProperties, JobEnv, SystemClock};
-use batch_launcher::jobs::Registration;
+use batch_common::clock::ManualClock;
+use batch_common::{BatchProperties, Clock, JobEnv, SystemClock};
+use batch_common::module::JobModule as _;
+use batch_common::module::JobRegistration as Registration;
 use batch_launcher::serve::{Server, Service};
-use batch_testkit::jobs::{COUNTING, CountingJob};
+use batch_testkit::jobs::{COUNTING, CountingJob, FailPlan};
 use batch_testkit::{TestDb, TestRedis, db_test};
-use chrono::Timelike as _;
 use core_domain::Backend;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -30,7 +32,7 @@ fn build_counting(_env: &JobEnv) -> BuildFuture<'_> {
 fn counting() -> Registration {
     Registration {
         descriptor: &COUNTING,
-        build: Some(build_counting),
+        build: build_counting,
     }
 }
 
@@ -53,15 +55,29 @@ fn props(db: &TestDb, extra: &[(&str, &str)]) -> BatchProperties {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
-    BatchProperties::load_from(None, env).expect("test settings")
+    BatchProperties::load_from(None, env, batch_launcher::modules::MODULES).expect("test settings")
 }
 
 async fn start(db: &TestDb, extra: &[(&str, &str)]) -> Server {
+    start_on(db, extra, Arc::new(SystemClock), vec![counting()]).await
+}
+
+/// [`start`] on the given clock with the given jobs (the scheduler tests drive time by hand).
+async fn start_on(
+    db: &TestDb,
+    extra: &[(&str, &str)],
+    clock: Arc<dyn Clock>,
+    jobs: Vec<Registration>,
+) -> Server {
+    let props = props(db, extra);
+    // The point module's health check (Redis), as `serve` registers it.
+    let checks = batch_point::MODULE.health_checks(&props);
     let service = Service::new(
-        Arc::new(props(db, extra)),
+        Arc::new(props),
         db.db.clone(),
-        Arc::new(SystemClock),
-        vec![counting()],
+        clock,
+        jobs,
+        checks,
     );
     Server::start(service).await.expect("serve starts")
 }
@@ -343,109 +359,163 @@ db_test!(async fn kicks_need_json_and_every_error_answer_is_json(db) {
     Ok(())
 });
 
-/// A server whose only schedule is countingJob, daily at two seconds from now (UTC); returns
-/// the tick's time.
-async fn start_with_a_tick_in_two_seconds(db: &TestDb) -> (Server, chrono::DateTime<chrono::Utc>) {
-    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
-    let cron = at.format("%S %M %H * * *").to_string();
-    let server = start(
-        db,
-        &[
-            ("BATCH__BATCH__TIMEZONE", "UTC"),
-            ("BATCH__SCHEDULE__COUNTINGJOB", &cron),
-            // Yesterday's tick has no run either: not these tests' business.
-            ("BATCH__SERVER__MISSED_TICKS", "skip"),
-        ],
-    )
-    .await;
-    (server, at)
+/// The messages of the log events of the current thread. The scheduler tests run on a
+/// current-thread runtime, so the server's tasks log on the test's thread: a test can wait for
+/// something the server only logs (a tick skipped) instead of sleeping.
+#[derive(Clone, Default)]
+struct Logged(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logged {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        self.0.lock().unwrap().push(message.0);
+    }
 }
 
-/// A daily schedule whose time is two seconds from now fires exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_due_schedule_fires_once() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let (server, at) = start_with_a_tick_in_two_seconds(&db).await;
-    let repo = server.service.repository().clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let id = loop {
+impl Logged {
+    /// Starts recording this thread's events (until the guard is dropped).
+    fn record(&self) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
+    }
+
+    /// How many events had exactly this message.
+    fn count(&self, message: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|m| *m == message).count()
+    }
+
+    /// Waits (up to a minute) for an event whose message starts with `prefix`.
+    async fn until(&self, prefix: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.0.lock().unwrap().iter().any(|m| m.starts_with(prefix)) {
+            assert!(Instant::now() < deadline, "nothing logged `{prefix}…`: {:?}", self.0.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Waits until `n` sleeps wait on the manual clock (the scheduler's, a retry's): everything due
+/// at the clock's time has been handled.
+async fn until_sleeping(clock: &ManualClock, n: usize) {
+    tokio::time::timeout(Duration::from_secs(60), clock.until_sleeping(n))
+        .await
+        .unwrap_or_else(|_| panic!("{n} sleeps never waited on {clock:?}"));
+}
+
+fn utc(h: u32, m: u32, s: u32) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone as _;
+    chrono::Utc.with_ymd_and_hms(2026, 11, 21, h, m, s).unwrap()
+}
+
+/// Polls until countingJob has an execution; returns the newest.
+async fn first_run(repo: &batch_common::JobRepository) -> (i64, chrono::NaiveDateTime) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
         let runs = repo.history(Some("countingJob"), 10).await.unwrap();
         if let Some((e, _)) = runs.first() {
             assert_eq!(runs.len(), 1);
-            let tick = at.naive_utc().with_nanosecond(0).unwrap();
-            assert!(
-                e.created_at >= tick,
-                "created {} before the tick {tick}",
-                e.created_at
-            );
-            break e.id;
+            return (e.id, e.created_at);
         }
-        assert!(Instant::now() < deadline, "the tick at {at} did not fire");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        assert!(Instant::now() < deadline, "countingJob did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The settings of a server on a manual clock whose only schedule is countingJob at 01:00 UTC.
+const DAILY_AT_ONE: [(&str, &str); 3] = [
+    ("BATCH__BATCH__TIMEZONE", "UTC"),
+    ("BATCH__SCHEDULE__COUNTINGJOB", "0 0 1 * * *"),
+    // Yesterday's tick has no run either: not these tests' business.
+    ("BATCH__SERVER__MISSED_TICKS", "skip"),
+];
+
+/// A daily schedule fires exactly once when the (injected) clock reaches its time.
+#[tokio::test]
+async fn a_due_schedule_fires_once() {
+    let logged = Logged::default();
+    let _recording = logged.record();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let clock = Arc::new(ManualClock::new(utc(0, 59, 58)));
+    let server = start_on(&db, &DAILY_AT_ONE, clock.clone(), vec![counting()]).await;
+    let repo = server.service.repository().clone();
+    // The scheduler waits on the clock until the tick; nothing runs before it.
+    until_sleeping(&clock, 1).await;
+    assert_eq!(clock.sleeping_until(), vec![utc(1, 0, 0)]);
+    assert!(repo.history(Some("countingJob"), 10).await.unwrap().is_empty());
+
+    clock.advance(chrono::Duration::seconds(2));
+    let (id, created_at) = first_run(&repo).await;
+    assert_eq!(created_at, utc(1, 0, 0).naive_utc(), "created at the tick");
     let api = Api::new(server.addr);
     assert_eq!(api.wait_for_end(id).await["status"], "COMPLETED");
-    // A while past the tick: still exactly one run.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // An hour past the tick (the scheduler has looked at the clock again): still exactly one
+    // tick handed over and one run.
+    clock.advance(chrono::Duration::hours(1));
+    until_sleeping(&clock, 1).await;
+    server.shutdown().await.unwrap();
+    assert_eq!(logged.count("scheduled run"), 1);
     assert_eq!(
         repo.history(Some("countingJob"), 10).await.unwrap().len(),
         1
     );
-    server.shutdown().await.unwrap();
 }
 
 /// A tick that fell while serve was down runs once at start-up, or is skipped, per
 /// `server.missed_ticks`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn missed_ticks_run_once_or_are_skipped() {
+    let logged = Logged::default();
+    let _recording = logged.record();
     let db = TestDb::new(Backend::Sqlite).await;
-    let midnight = [("BATCH__SCHEDULE__COUNTINGJOB", "0 0 0 * * *")];
+    // Ten hours after the midnight tick, on a clock that stands still: the scheduler never fires.
+    let clock = Arc::new(ManualClock::new(utc(10, 0, 0)));
+    let midnight = [
+        ("BATCH__BATCH__TIMEZONE", "UTC"),
+        ("BATCH__SCHEDULE__COUNTINGJOB", "0 0 0 * * *"),
+    ];
+    let with = |policy| [midnight[0], midnight[1], ("BATCH__SERVER__MISSED_TICKS", policy)];
 
-    let skip = start(&db, &[midnight[0], ("BATCH__SERVER__MISSED_TICKS", "skip")]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Skip: nothing is started (`shutdown` waits for everything the server started).
+    let skip = start_on(&db, &with("skip"), clock.clone(), vec![counting()]).await;
     let repo = skip.service.repository().clone();
+    skip.shutdown().await.unwrap();
+    assert_eq!(logged.count("scheduled run"), 0);
     assert!(
         repo.history(Some("countingJob"), 10)
             .await
             .unwrap()
             .is_empty()
     );
-    skip.shutdown().await.unwrap();
 
-    let once = start(
-        &db,
-        &[midnight[0], ("BATCH__SERVER__MISSED_TICKS", "run_once")],
-    )
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while repo
-        .history(Some("countingJob"), 10)
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "the missed tick did not run");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let id = repo.history(Some("countingJob"), 10).await.unwrap()[0].0.id;
+    // Run once: the missed tick runs at start-up.
+    let once = start_on(&db, &with("run_once"), clock.clone(), vec![counting()]).await;
+    let (id, created_at) = first_run(&repo).await;
+    assert_eq!(created_at, utc(10, 0, 0).naive_utc());
     assert_eq!(
         Api::new(once.addr).wait_for_end(id).await["status"],
         "COMPLETED"
     );
     once.shutdown().await.unwrap();
+    assert_eq!(logged.count("scheduled run"), 1);
 
     // Started again after that run: the last tick is covered, nothing runs.
-    let again = start(
-        &db,
-        &[midnight[0], ("BATCH__SERVER__MISSED_TICKS", "run_once")],
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = start_on(&db, &with("run_once"), clock.clone(), vec![counting()]).await;
+    again.shutdown().await.unwrap();
+    assert_eq!(logged.count("scheduled run"), 1);
     assert_eq!(
         repo.history(Some("countingJob"), 10).await.unwrap().len(),
         1
     );
-    again.shutdown().await.unwrap();
 }
 
 /// Shutdown lets the running chunk commit and leaves the execution STOPPED; the next launch
@@ -627,28 +697,60 @@ async fn health_reports_an_unreachable_redis() {
     server.shutdown().await.unwrap();
 }
 
+/// countingJob whose first chunk write fails once (transient), so the run waits in its retry
+/// backoff, on the injected clock, until the test moves the clock.
+fn build_counting_held(_env: &JobEnv) -> BuildFuture<'_> {
+    static PLAN: std::sync::LazyLock<Arc<FailPlan>> = std::sync::LazyLock::new(|| {
+        let plan = FailPlan::default();
+        plan.fail_write_at_item.store(1, Ordering::SeqCst);
+        plan.write_failures_left.store(1, Ordering::SeqCst);
+        plan.transient.store(true, Ordering::SeqCst);
+        Arc::new(plan)
+    });
+    Box::pin(async {
+        Ok(Arc::new(CountingJob {
+            plan: PLAN.clone(),
+        }) as Arc<dyn Job>)
+    })
+}
+
 /// A tick that falls while its instance is running (here: kicked over HTTP) is skipped: no second
 /// execution, and the running one completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_tick_during_a_running_instance_is_skipped() {
+    let logged = Logged::default();
+    let _recording = logged.record();
     let db = TestDb::new(Backend::Sqlite).await;
-    let (server, at) = start_with_a_tick_in_two_seconds(&db).await;
+    let clock = Arc::new(ManualClock::new(utc(0, 59, 58)));
+    let mut settings = DAILY_AT_ONE.to_vec();
+    // The kicked run's chunk retry waits an hour of the clock: it runs until the test says so.
+    settings.extend([
+        ("BATCH__BATCH__CHUNK_RETRY_BACKOFF", "1h"),
+        ("BATCH__BATCH__CHUNK_RETRY_MAX_BACKOFF", "1h"),
+        ("BATCH__BATCH__CHUNK_RETRY_MAX_ELAPSED", "2h"),
+    ]);
+    let held = Registration {
+        descriptor: &COUNTING,
+        build: build_counting_held,
+    };
+    let server = start_on(&db, &settings, clock.clone(), vec![held]).await;
     let api = Api::new(server.addr);
+    until_sleeping(&clock, 1).await;
     // The scheduled run uses the default parameters (run=default): the same instance.
     let (status, started) = api
         .kick(
             "countingJob",
-            Some(json!({ "parameters": { "items": 400, "delay_ms": 100 } })),
+            Some(json!({ "parameters": { "items": 20 } })),
             Some(TOKEN),
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{started}");
     let id = started["execution_id"].as_i64().unwrap();
-    tokio::time::sleep_until(
-        (Instant::now() + (at - chrono::Utc::now()).to_std().unwrap() + Duration::from_millis(700))
-            .into(),
-    )
-    .await;
+    // The scheduler and the run's retry wait on the clock.
+    until_sleeping(&clock, 2).await;
+
+    clock.advance(chrono::Duration::seconds(2));
+    logged.until("tick skipped").await;
     let (_, running) = api.get_json(&format!("/executions/{id}")).await;
     assert_eq!(
         running["status"], "STARTED",
@@ -660,10 +762,13 @@ async fn a_tick_during_a_running_instance_is_skipped() {
         1,
         "the tick was skipped"
     );
+
+    clock.advance(chrono::Duration::hours(1));
     assert_eq!(api.wait_for_end(id).await["status"], "COMPLETED");
+    server.shutdown().await.unwrap();
+    assert_eq!(logged.count("scheduled run"), 1);
     assert_eq!(
         repo.history(Some("countingJob"), 10).await.unwrap().len(),
         1
     );
-    server.shutdown().await.unwrap();
 }

@@ -504,7 +504,11 @@ async fn fresh_database(
             format!("{base}/report_bench")
         }
     };
-    core_domain::migrate::run_pending(&DatabaseUrl::parse(&url)?).await?;
+    core_domain::migrate::run_pending(
+        &DatabaseUrl::parse(&url)?,
+        batch_common::repository::ALL_MIGRATIONS,
+    )
+    .await?;
     Ok(url)
 }
 

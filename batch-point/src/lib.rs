@@ -1,20 +1,58 @@
 #![doc = include_str!("../README.md")]
 
 pub mod daily_report;
+pub mod settings;
 pub mod sync_balance;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use batch_common::config::SettingsSpec;
 use batch_common::job::{BuildFuture, Job, JobEnv, ParamKind};
+use batch_common::module::{HealthCheck, JobModule, JobRegistration};
 use batch_common::params::{JobParameters, ParameterError, parse_bool, parse_date};
-use batch_common::redis::RedisConn;
+use batch_common::redis::{RedisConn, RedisHealth};
 use batch_common::step::{Step, TaskletStep};
 use batch_common::{BatchProperties, Clock, ClockExt, JobDescriptor, ParameterSpec};
 use core_domain::Database;
 
 use crate::daily_report::DailyReport;
 use crate::sync_balance::{BalanceReader, CacheSyncStep, CacheWriter};
+
+pub use settings::PointSettings;
+
+/// The points domain as the launcher registers it: pointBalanceSyncJob, `[point]`, its
+/// schedule, and the health of the Redis it writes to.
+#[derive(Debug, Clone, Copy)]
+pub struct PointModule;
+
+/// The module to register in the launcher.
+pub const MODULE: PointModule = PointModule;
+
+impl JobModule for PointModule {
+    fn name(&self) -> &'static str {
+        "point"
+    }
+
+    fn jobs(&self) -> &'static [JobRegistration] {
+        &[JobRegistration {
+            descriptor: &DESCRIPTOR,
+            build,
+        }]
+    }
+
+    fn settings(&self) -> Option<SettingsSpec> {
+        Some(SettingsSpec::of::<PointSettings>())
+    }
+
+    fn default_schedules(&self) -> &'static [(&'static str, &'static str)] {
+        &[(JOB_NAME, "0 0 1 * * *")]
+    }
+
+    fn health_checks(&self, props: &BatchProperties) -> Vec<Arc<dyn HealthCheck>> {
+        vec![Arc::new(RedisHealth::new(props.redis.clone()))]
+    }
+}
 
 /// The job's name on the command line and in the metadata tables.
 pub const JOB_NAME: &str = "pointBalanceSyncJob";
@@ -106,7 +144,7 @@ impl Job for PointBalanceSyncJob {
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {
         let date = parse_date("date", params.get("date").unwrap_or_default())?;
         let verify = parse_bool("verify", params.get("verify").unwrap_or("false"))?;
-        let point = &self.props.point;
+        let point = self.props.section::<PointSettings>()?;
         let sync: Arc<dyn Step> = Arc::new(CacheSyncStep::new(
             BalanceReader::new(self.db.clone()),
             CacheWriter::new(

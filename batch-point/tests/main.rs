@@ -20,10 +20,12 @@ use chrono_tz::Asia::Seoul;
 
 /// Settings for tests: small chunks, the test's own Redis key prefix.
 pub fn props(redis: &TestRedis, chunk: usize) -> Arc<BatchProperties> {
-    let mut p = BatchProperties::load_from(None, Vec::new()).unwrap();
+    let mut p = BatchProperties::load_from(None, Vec::new(), &[&batch_point::MODULE]).unwrap();
     p.batch.chunk_size = NonZeroUsize::new(chunk).unwrap();
     p.batch.step_retry_attempts = 0;
-    p.point.cache_key_prefix = redis.key("point:balance:");
+    p.section_mut::<batch_point::PointSettings>()
+        .unwrap()
+        .cache_key_prefix = redis.key("point:balance:");
     Arc::new(p)
 }
 

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 pub mod bench;
+pub mod example_module;
+pub mod external_writer;
 pub mod jobs;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,7 +109,7 @@ impl TestDb {
     /// unreachable: these tests need the real services (see README).
     pub async fn new(backend: Backend) -> TestDb {
         let db = Self::unmigrated(backend).await;
-        core_domain::migrate::run_pending(&db.url)
+        core_domain::migrate::run_pending(&db.url, batch_common::repository::ALL_MIGRATIONS)
             .await
             .unwrap_or_else(|e| panic!("migrating test database {}: {e}", db.url));
         db

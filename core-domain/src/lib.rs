@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod connection;
 pub mod db;
 pub mod error;
 pub mod migrate;
@@ -7,9 +8,11 @@ pub mod models;
 // `table!` generates a struct per column; the tables themselves carry doc comments.
 #[allow(missing_docs)]
 pub mod schema;
+mod url;
 
 pub use db::{Backend, Database, DatabaseUrl, DbConnection, PoolOptions, PooledConnection};
 pub use error::DbError;
+pub use migrate::MigrationSet;
 
 /// The current time truncated to microseconds, the precision PostgreSQL and MySQL keep, so a
 /// value read back compares equal to the value written on every backend.

@@ -1,8 +1,16 @@
-//! Embedded migrations, one folder per dialect, and the code that applies them.
+//! Migration sets and the code that applies them.
+//!
+//! Each owner of tables ships its own [`MigrationSet`] (the same migrations by the same names for
+//! each dialect): core-domain the business entities ([`DOMAIN_MIGRATIONS`], `migrations/domain`),
+//! batch-common the batch metadata (`migrations/batch`). All sets record their versions in the one
+//! `__diesel_schema_migrations` table, so a set only needs versions no other set uses; a database
+//! migrated when every migration lived in one folder has the same versions recorded and is up to
+//! date. [`run_pending`] and [`pending`] take the sets in the order they apply.
 //!
 //! Migrations run off the async runtime (`spawn_blocking` with diesel's sync harness) and under a
 //! lock, so two processes starting at once on a fresh database apply each migration exactly once:
 //! an advisory lock on PostgreSQL, `GET_LOCK` on MySQL, an exclusive `flock` of the file on SQLite.
+//! One lock covers every set of the call.
 
 use diesel::connection::SimpleConnection;
 use diesel::migration::MigrationSource;
@@ -11,32 +19,62 @@ use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::db::{Backend, DatabaseUrl, open_sqlite};
+use crate::connection::open_sqlite;
 use crate::error::DbError;
+use crate::url::{Backend, DatabaseUrl};
 
-/// The SQLite migrations (`migrations/sqlite`).
-pub const SQLITE: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
-/// The PostgreSQL migrations (`migrations/postgres`).
-pub const POSTGRES: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
-/// The MySQL / MariaDB migrations (`migrations/mysql`).
-pub const MYSQL: EmbeddedMigrations = embed_migrations!("../migrations/mysql");
+/// One owner's migrations, embedded for each dialect (build them with `embed_migrations!`). The
+/// three folders hold the same migrations by the same names.
+pub struct MigrationSet {
+    /// Who owns these tables, for messages (e.g. `domain`, `batch`).
+    pub name: &'static str,
+    /// The SQLite migrations.
+    pub sqlite: EmbeddedMigrations,
+    /// The PostgreSQL migrations.
+    pub postgres: EmbeddedMigrations,
+    /// The MySQL / MariaDB migrations.
+    pub mysql: EmbeddedMigrations,
+}
 
-/// The embedded migrations of one backend.
-pub fn migrations_for(backend: Backend) -> EmbeddedMigrations {
-    match backend {
-        Backend::Sqlite => SQLITE,
-        Backend::Postgres => POSTGRES,
-        Backend::Mysql => MYSQL,
+impl std::fmt::Debug for MigrationSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationSet")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
-/// Names of every embedded migration of a backend, in order.
-pub fn all_names(backend: Backend) -> Vec<String> {
-    match backend {
-        Backend::Sqlite => names::<diesel::sqlite::Sqlite>(&SQLITE),
-        Backend::Postgres => names::<diesel::pg::Pg>(&POSTGRES),
-        Backend::Mysql => names::<diesel::mysql::Mysql>(&MYSQL),
+impl MigrationSet {
+    /// The embedded migrations of one backend.
+    pub fn for_backend(&self, backend: Backend) -> &EmbeddedMigrations {
+        match backend {
+            Backend::Sqlite => &self.sqlite,
+            Backend::Postgres => &self.postgres,
+            Backend::Mysql => &self.mysql,
+        }
     }
+
+    /// Names of this set's migrations for a backend, in order.
+    pub fn names(&self, backend: Backend) -> Vec<String> {
+        match backend {
+            Backend::Sqlite => names::<diesel::sqlite::Sqlite>(&self.sqlite),
+            Backend::Postgres => names::<diesel::pg::Pg>(&self.postgres),
+            Backend::Mysql => names::<diesel::mysql::Mysql>(&self.mysql),
+        }
+    }
+}
+
+/// The business entities' tables (`migrations/domain/{sqlite,postgres,mysql}`).
+pub static DOMAIN_MIGRATIONS: MigrationSet = MigrationSet {
+    name: "domain",
+    sqlite: embed_migrations!("../migrations/domain/sqlite"),
+    postgres: embed_migrations!("../migrations/domain/postgres"),
+    mysql: embed_migrations!("../migrations/domain/mysql"),
+};
+
+/// Names of every migration of `sets` for a backend, set by set.
+pub fn all_names(backend: Backend, sets: &[&MigrationSet]) -> Vec<String> {
+    sets.iter().flat_map(|set| set.names(backend)).collect()
 }
 
 fn names<DB: diesel::backend::Backend>(m: &EmbeddedMigrations) -> Vec<String> {
@@ -45,14 +83,21 @@ fn names<DB: diesel::backend::Backend>(m: &EmbeddedMigrations) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Applies every pending migration; returns the names of those applied (empty: nothing to do).
-pub async fn run_pending(url: &DatabaseUrl) -> Result<Vec<String>, DbError> {
-    with_harness(url, Mode::Run).await
+/// Applies the pending migrations of every set, set by set in the order given, under one lock;
+/// returns the names of those applied (empty: nothing to do).
+pub async fn run_pending(
+    url: &DatabaseUrl,
+    sets: &[&'static MigrationSet],
+) -> Result<Vec<String>, DbError> {
+    with_harness(url, sets, Mode::Run).await
 }
 
-/// Lists the migrations not yet applied, without changing anything.
-pub async fn pending(url: &DatabaseUrl) -> Result<Vec<String>, DbError> {
-    with_harness(url, Mode::List).await
+/// Lists the migrations of `sets` not yet applied, set by set, without changing anything.
+pub async fn pending(
+    url: &DatabaseUrl,
+    sets: &[&'static MigrationSet],
+) -> Result<Vec<String>, DbError> {
+    with_harness(url, sets, Mode::List).await
 }
 
 #[derive(Clone, Copy)]
@@ -71,8 +116,13 @@ struct LockResult {
 const LOCK_KEY: i64 = 0x6261_7463_685f_6d69; // "batch_mi"
 const MYSQL_LOCK_NAME: &str = "batch_launcher_migrations";
 
-async fn with_harness(url: &DatabaseUrl, mode: Mode) -> Result<Vec<String>, DbError> {
+async fn with_harness(
+    url: &DatabaseUrl,
+    sets: &[&'static MigrationSet],
+    mode: Mode,
+) -> Result<Vec<String>, DbError> {
     let url = url.clone();
+    let sets = sets.to_vec();
     let redacted = url.redacted();
     let migration_err = {
         let redacted = redacted.clone();
@@ -100,7 +150,8 @@ async fn with_harness(url: &DatabaseUrl, mode: Mode) -> Result<Vec<String>, DbEr
                     what: format!("locking {redacted} for migrations"),
                     cause,
                 })?;
-                let result = apply(&mut conn, SQLITE, mode).map_err(migration_err);
+                let result =
+                    apply_all(&mut conn, &sets, Backend::Sqlite, mode).map_err(migration_err);
                 let _ = file.unlock();
                 result
             }
@@ -112,10 +163,12 @@ async fn with_harness(url: &DatabaseUrl, mode: Mode) -> Result<Vec<String>, DbEr
                             cause,
                         })?;
                 if let Mode::List = mode {
-                    return apply(&mut conn, POSTGRES, mode).map_err(migration_err);
+                    return apply_all(&mut conn, &sets, Backend::Postgres, mode)
+                        .map_err(migration_err);
                 }
                 conn.batch_execute(&format!("SELECT pg_advisory_lock({LOCK_KEY})"))?;
-                let result = apply(&mut conn, POSTGRES, mode).map_err(migration_err);
+                let result =
+                    apply_all(&mut conn, &sets, Backend::Postgres, mode).map_err(migration_err);
                 let _ = conn.batch_execute(&format!("SELECT pg_advisory_unlock({LOCK_KEY})"));
                 result
             }
@@ -127,7 +180,8 @@ async fn with_harness(url: &DatabaseUrl, mode: Mode) -> Result<Vec<String>, DbEr
                             cause,
                         })?;
                 if let Mode::List = mode {
-                    return apply(&mut conn, MYSQL, mode).map_err(migration_err);
+                    return apply_all(&mut conn, &sets, Backend::Mysql, mode)
+                        .map_err(migration_err);
                 }
                 let lock: LockResult = diesel::sql_query(format!(
                     "SELECT CAST(GET_LOCK('{MYSQL_LOCK_NAME}', 300) AS SIGNED) AS locked"
@@ -139,7 +193,8 @@ async fn with_harness(url: &DatabaseUrl, mode: Mode) -> Result<Vec<String>, DbEr
                         message: "another process held the migration lock for 300 s".into(),
                     });
                 }
-                let result = apply(&mut conn, MYSQL, mode).map_err(migration_err);
+                let result =
+                    apply_all(&mut conn, &sets, Backend::Mysql, mode).map_err(migration_err);
                 let _ = conn.batch_execute(&format!("DO RELEASE_LOCK('{MYSQL_LOCK_NAME}')"));
                 result
             }
@@ -149,9 +204,12 @@ async fn with_harness(url: &DatabaseUrl, mode: Mode) -> Result<Vec<String>, DbEr
     .map_err(|e| DbError::Other(format!("migration task failed: {e}")))?
 }
 
-fn apply<C, DB>(
+/// Applies (or lists) the pending migrations of each set in turn: a set's migrations run in
+/// version order, and a later set starts only once the earlier ones are complete.
+fn apply_all<C, DB>(
     conn: &mut C,
-    migrations: EmbeddedMigrations,
+    sets: &[&'static MigrationSet],
+    backend: Backend,
     mode: Mode,
 ) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>>
 where
@@ -159,6 +217,24 @@ where
     C: MigrationHarness<DB> + Connection<Backend = DB>,
     EmbeddedMigrations: MigrationSource<DB>,
 {
+    let mut names = Vec::new();
+    for set in sets {
+        names.extend(apply(conn, set.for_backend(backend), mode)?);
+    }
+    Ok(names)
+}
+
+fn apply<C, DB>(
+    conn: &mut C,
+    migrations: &'static EmbeddedMigrations,
+    mode: Mode,
+) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>>
+where
+    DB: diesel::backend::Backend,
+    C: MigrationHarness<DB> + Connection<Backend = DB>,
+    EmbeddedMigrations: MigrationSource<DB>,
+{
+    let migrations = Source(migrations);
     match mode {
         Mode::List => Ok(conn
             .pending_migrations(migrations)?
@@ -174,5 +250,19 @@ where
             }
             Ok(names)
         }
+    }
+}
+
+/// A borrowed embedded set as a [`MigrationSource`] (diesel takes sources by value).
+struct Source(&'static EmbeddedMigrations);
+
+impl<DB: diesel::backend::Backend> MigrationSource<DB> for Source
+where
+    EmbeddedMigrations: MigrationSource<DB>,
+{
+    fn migrations(
+        &self,
+    ) -> diesel::migration::Result<Vec<Box<dyn diesel::migration::Migration<DB>>>> {
+        MigrationSource::<DB>::migrations(self.0)
     }
 }

@@ -2,7 +2,6 @@
 
 mod migrations;
 mod repositories;
-mod schema_equality;
 mod transactions;
 
 /// A fixed UTC instant at microsecond precision (what every backend stores exactly).

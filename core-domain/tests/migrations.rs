@@ -1,21 +1,36 @@
-//! Migrations: applied once, a second run is a no-op, unmigrated databases are refused.
+//! The migration machinery over core-domain's own set: applied once, a second run is a no-op,
+//! concurrent first runs apply each migration once, unmigrated server databases are refused.
+//! Several sets in order, and databases migrated by earlier releases, are tested in batch-common
+//! (`tests/migrations.rs`), which owns the second set.
 
 use batch_testkit::TestDb;
-use core_domain::{Backend, Database, DbError, PoolOptions, migrate};
+use core_domain::migrate::{self, DOMAIN_MIGRATIONS};
+use core_domain::{Backend, Database, DbError, MigrationSet, PoolOptions};
+
+const DOMAIN: &[&MigrationSet] = &[&DOMAIN_MIGRATIONS];
 
 async fn migrate_twice_is_a_no_op(backend: Backend) {
     let db = TestDb::unmigrated(backend).await;
-    let all = migrate::all_names(backend);
-    assert_eq!(all.len(), 2, "embedded migrations for {backend}: {all:?}");
-    assert_eq!(migrate::pending(db.url()).await.unwrap(), all);
+    let all = migrate::all_names(backend, DOMAIN);
+    assert_eq!(
+        all,
+        ["2026-11-21-000001_create_domain_tables"],
+        "embedded domain migrations for {backend}"
+    );
+    assert_eq!(migrate::pending(db.url(), DOMAIN).await.unwrap(), all);
 
-    let applied = migrate::run_pending(db.url()).await.unwrap();
-    assert_eq!(applied.len(), all.len());
-    assert!(migrate::pending(db.url()).await.unwrap().is_empty());
+    let applied = migrate::run_pending(db.url(), DOMAIN).await.unwrap();
+    assert_eq!(applied, all);
+    assert!(migrate::pending(db.url(), DOMAIN).await.unwrap().is_empty());
     assert!(
-        migrate::run_pending(db.url()).await.unwrap().is_empty(),
+        migrate::run_pending(db.url(), DOMAIN)
+            .await
+            .unwrap()
+            .is_empty(),
         "second run applied something"
     );
+    // No set at all: nothing to list or apply.
+    assert!(migrate::pending(db.url(), &[]).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,13 +49,13 @@ async fn mysql_migrate_twice_is_a_no_op() {
 async fn concurrent_first_migrations_apply_once(backend: Backend) {
     let db = TestDb::unmigrated(backend).await;
     let (a, b, c) = tokio::join!(
-        migrate::run_pending(db.url()),
-        migrate::run_pending(db.url()),
-        migrate::run_pending(db.url()),
+        migrate::run_pending(db.url(), DOMAIN),
+        migrate::run_pending(db.url(), DOMAIN),
+        migrate::run_pending(db.url(), DOMAIN),
     );
     let applied: usize = [a, b, c].into_iter().map(|r| r.unwrap().len()).sum();
-    assert_eq!(applied, migrate::all_names(backend).len());
-    assert!(migrate::pending(db.url()).await.unwrap().is_empty());
+    assert_eq!(applied, migrate::all_names(backend, DOMAIN).len());
+    assert!(migrate::pending(db.url(), DOMAIN).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,16 +75,18 @@ async fn mysql_concurrent_first_migrations_apply_once() {
 async fn server_databases_must_be_migrated_before_use() {
     for backend in [Backend::Postgres, Backend::Mysql] {
         let db = TestDb::unmigrated(backend).await;
-        let err = Database::connect(db.url(), &PoolOptions::default())
+        let err = Database::connect(db.url(), &PoolOptions::default(), DOMAIN)
             .await
             .unwrap_err();
         match &err {
-            DbError::SchemaNotMigrated { pending, .. } => assert_eq!(pending.len(), 2),
+            DbError::SchemaNotMigrated { pending, .. } => {
+                assert_eq!(pending, &migrate::all_names(backend, DOMAIN))
+            }
             other => panic!("{backend}: expected SchemaNotMigrated, got {other}"),
         }
         assert!(err.to_string().contains("batch-launcher migrate"), "{err}");
         // Nothing was created by the refused connect.
-        assert_eq!(migrate::pending(db.url()).await.unwrap().len(), 2);
+        assert_eq!(migrate::pending(db.url(), DOMAIN).await.unwrap().len(), 1);
     }
 }
 
@@ -78,11 +95,11 @@ async fn sqlite_is_created_and_migrated_on_first_use() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/dir/batch.db");
     let url = core_domain::DatabaseUrl::parse(&format!("sqlite://{}", path.display())).unwrap();
-    let db = Database::connect(&url, &PoolOptions::default())
+    let db = Database::connect(&url, &PoolOptions::default(), DOMAIN)
         .await
         .unwrap();
     assert!(path.exists());
-    assert!(migrate::pending(&url).await.unwrap().is_empty());
+    assert!(migrate::pending(&url, DOMAIN).await.unwrap().is_empty());
     let mut conn = db.get().await.unwrap();
     assert_eq!(
         core_domain::models::PointBalance::count(&mut conn)

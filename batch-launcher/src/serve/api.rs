@@ -13,7 +13,7 @@
 //! | `POST /jobs/{name}/executions` body `{"parameters": {"date": "2026-11-20"}, "rerun": false}` (body optional) | 202 `{execution_id, job_instance_id, status: "STARTED"}` and `Location`; 200 with the result if the instance already completed (NOOP); 409 if it is running; 400 bad parameters; 404 unknown job |
 //! | `GET /executions/{id}` | 200 the execution with its steps; 404 |
 //! | `GET /jobs/{name}/executions?limit=N` | 200 newest first (default 20, at most 1000) |
-//! | `GET /health` (no token needed; the reasons of a failure only with it) | 200 / 503 `{status, database, redis}` |
+//! | `GET /health` (no token needed; the reasons of a failure only with it) | 200 / 503 `{status, database, <each module check, e.g. redis>}` |
 //! | `GET /metrics` | Prometheus text format 0.0.4 |
 
 use std::collections::BTreeMap;
@@ -31,7 +31,9 @@ use batch_common::ExitCode;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use super::{KickError, KickOutcome, Service};
+use super::service::{KickOutcome, Service};
+use crate::launch::LaunchFailure;
+use crate::views::execution_view;
 
 /// An error answer.
 #[derive(Debug)]
@@ -64,14 +66,14 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<KickError> for ApiError {
-    fn from(e: KickError) -> Self {
+impl From<LaunchFailure> for ApiError {
+    fn from(e: LaunchFailure) -> Self {
         let (status, code) = match &e {
-            KickError::UnknownJob { .. } => (StatusCode::NOT_FOUND, "unknown_job"),
-            KickError::Parameters(_) => (StatusCode::BAD_REQUEST, "bad_parameters"),
-            KickError::Setup { .. } => (StatusCode::SERVICE_UNAVAILABLE, "setup_failed"),
-            KickError::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "database"),
-            KickError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            LaunchFailure::UnknownJob { .. } => (StatusCode::NOT_FOUND, "unknown_job"),
+            LaunchFailure::Parameters(_) => (StatusCode::BAD_REQUEST, "bad_parameters"),
+            LaunchFailure::Setup { .. } => (StatusCode::SERVICE_UNAVAILABLE, "setup_failed"),
+            LaunchFailure::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "database"),
+            LaunchFailure::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -344,9 +346,7 @@ async fn execution(
             e.job_instance_id
         )));
     };
-    let view = crate::run::execution_view(repo, &e, &i)
-        .await
-        .map_err(db_error)?;
+    let view = execution_view(repo, &e, &i).await.map_err(db_error)?;
     Ok(axum::Json(view).into_response())
 }
 
@@ -363,7 +363,7 @@ async fn job_executions(
     let Path(name) = name.map_err(|r| path_rejection(&r))?;
     let Query(query) = query.map_err(|r| query_rejection(&r))?;
     if service.job(&name).is_none() {
-        return Err(ApiError::from(KickError::UnknownJob {
+        return Err(ApiError::from(LaunchFailure::UnknownJob {
             name,
             known: service.job_names(),
         }));
@@ -392,18 +392,14 @@ async fn job_executions(
     let rows = repo.history(Some(&name), limit).await.map_err(db_error)?;
     let mut out = Vec::with_capacity(rows.len());
     for (e, i) in &rows {
-        out.push(
-            crate::run::execution_view(repo, e, i)
-                .await
-                .map_err(db_error)?,
-        );
+        out.push(execution_view(repo, e, i).await.map_err(db_error)?);
     }
     Ok(axum::Json(serde_json::json!({ "job_name": name, "executions": out })).into_response())
 }
 
 async fn health(State(service): State<Arc<Service>>, headers: HeaderMap) -> Response {
-    let (db, redis) = tokio::join!(service.check_database(), service.check_redis());
-    let ok = db.is_ok() && redis.is_ok();
+    let (db, modules) = tokio::join!(service.check_database(), service.check_modules());
+    let ok = db.is_ok() && modules.iter().all(|(_, r)| r.is_ok());
     // Anyone may ask whether it is up; only a caller with the token learns why not.
     let detailed = check_token(&headers, &service).is_ok();
     let show = |what: &str, r: &Result<(), String>| match r {
@@ -417,17 +413,21 @@ async fn health(State(service): State<Arc<Service>>, headers: HeaderMap) -> Resp
             }
         }
     };
-    let body = serde_json::json!({
-        "status": if ok { "ok" } else { "unavailable" },
-        "database": show("database", &db),
-        "redis": show("redis", &redis),
-    });
+    let mut body = serde_json::Map::new();
+    body.insert(
+        "status".into(),
+        if ok { "ok" } else { "unavailable" }.into(),
+    );
+    body.insert("database".into(), show("database", &db).into());
+    for (name, outcome) in &modules {
+        body.insert((*name).into(), show(name, outcome).into());
+    }
     let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(body)).into_response()
+    (status, axum::Json(serde_json::Value::Object(body))).into_response()
 }
 
 async fn metrics(_auth: Authorized, State(service): State<Arc<Service>>) -> Response {

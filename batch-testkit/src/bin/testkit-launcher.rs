@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use batch_common::repository::ALL_MIGRATIONS;
 use batch_common::{BatchProperties, JobLauncher, JobRepository, LaunchOptions, SystemClock};
 use batch_testkit::jobs::{CountingJob, FailPlan, parse_args};
 use core_domain::Database;
@@ -28,9 +29,14 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: &[String]) -> anyhow::Result<batch_common::ExitCode> {
-    let props = BatchProperties::load(None)?;
+    let props = BatchProperties::load(None, &[])?;
     let given = parse_args(args)?;
-    let db = Database::connect(&props.database.url, &props.database.pool_options()).await?;
+    let db = Database::connect(
+        &props.database.url,
+        &props.database.pool_options(),
+        ALL_MIGRATIONS,
+    )
+    .await?;
     let launcher = JobLauncher::new(
         JobRepository::new(db),
         Arc::new(SystemClock),

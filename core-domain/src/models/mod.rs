@@ -5,14 +5,12 @@
 //! ([`execute_owned!`](crate::execute_owned)).
 
 pub mod asset_history;
-pub mod batch;
 pub mod daily_point_report;
 pub mod point;
 pub mod point_balance;
 pub mod user;
 
 pub use asset_history::{AssetHistory, NewAssetHistory};
-pub use batch::{ItemFailure, JobExecution, JobInstance, StepExecution};
 pub use daily_point_report::{DailyPointReport, NewDailyPointReport};
 pub use point::{NewPoint, Point, PointType};
 pub use point_balance::{NewPointBalance, PointBalance};

@@ -1,10 +1,14 @@
 //! The three migrated schemas have the same tables, columns, types, nullability and unique keys,
-//! and they match `schema.rs`.
+//! and they match the two hand-written schema files: core-domain's `schema.rs` (the business
+//! entities, `migrations/domain`) and batch-common's `repository/schema.rs` (the batch metadata,
+//! `migrations/batch`). Each migration set creates exactly the tables of its own schema file.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use batch_common::repository::ALL_MIGRATIONS;
 use batch_testkit::TestDb;
-use core_domain::{Backend, DbConnection, dispatch};
+use core_domain::migrate::{self, DOMAIN_MIGRATIONS};
+use core_domain::{Backend, DbConnection, MigrationSet, dispatch};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel_async::RunQueryDsl;
@@ -103,8 +107,12 @@ fn normalize(backend: Backend, row: &ColumnRow) -> String {
     }
 }
 
-async fn introspect(backend: Backend) -> (Columns, Uniques) {
-    let db = TestDb::new(backend).await;
+/// The schema of a fresh database on `backend` migrated with `sets`.
+async fn introspect(backend: Backend, sets: &[&'static MigrationSet]) -> (Columns, Uniques) {
+    let db = TestDb::unmigrated(backend).await;
+    migrate::run_pending(db.url(), sets)
+        .await
+        .unwrap_or_else(|e| panic!("migrating {backend}: {e}"));
     let mut conn = db.conn().await;
     let (cols_sql, uniq_sql) = match backend {
         Backend::Postgres => (PG_COLUMNS, PG_UNIQUES),
@@ -142,9 +150,14 @@ async fn introspect(backend: Backend) -> (Columns, Uniques) {
     (columns, uniques)
 }
 
-/// Parses `schema.rs`: table -> column -> (diesel type, nullable). `#[sql_name]` gives the SQL name.
-fn parse_schema_rs() -> Columns {
-    let src = include_str!("../src/schema.rs");
+/// core-domain's `schema.rs`: the business entities.
+const DOMAIN_SCHEMA_RS: &str = include_str!("../../core-domain/src/schema.rs");
+/// batch-common's `repository/schema.rs`: the batch metadata.
+const METADATA_SCHEMA_RS: &str = include_str!("../src/repository/schema.rs");
+
+/// Parses a schema file: table -> column -> (diesel type, nullable). `#[sql_name]` gives the SQL
+/// name.
+fn parse_schema_rs(src: &str) -> Columns {
     let mut tables = BTreeMap::new();
     let mut current: Option<(String, TableColumns)> = None;
     let mut sql_name: Option<String> = None;
@@ -181,11 +194,6 @@ fn parse_schema_rs() -> Columns {
             tables.insert(table, cols);
         }
     }
-    assert!(
-        tables.len() >= 9,
-        "parsed only {} tables from schema.rs",
-        tables.len()
-    );
     tables
 }
 
@@ -193,12 +201,26 @@ fn strip_len(t: &str) -> &str {
     t.split_once('(').map_or(t, |(b, _)| b)
 }
 
+/// Columns with VARCHAR lengths dropped (the schema files do not carry them).
+fn without_lengths(columns: &Columns) -> Columns {
+    columns
+        .iter()
+        .map(|(t, cols)| {
+            let cols = cols
+                .iter()
+                .map(|(c, (ty, n))| (c.clone(), (strip_len(ty).to_owned(), *n)))
+                .collect();
+            (t.clone(), cols)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrated_schemas_are_equal_and_match_schema_rs() {
     let (sqlite, pg, mysql) = tokio::join!(
-        introspect(Backend::Sqlite),
-        introspect(Backend::Postgres),
-        introspect(Backend::Mysql)
+        introspect(Backend::Sqlite, ALL_MIGRATIONS),
+        introspect(Backend::Postgres, ALL_MIGRATIONS),
+        introspect(Backend::Mysql, ALL_MIGRATIONS)
     );
 
     // Same tables, columns, types (VARCHAR lengths included) and nullability on all three.
@@ -208,21 +230,35 @@ async fn migrated_schemas_are_equal_and_match_schema_rs() {
     assert_eq!(sqlite.1, pg.1, "SQLite and PostgreSQL unique keys differ");
     assert_eq!(pg.1, mysql.1, "PostgreSQL and MySQL unique keys differ");
 
-    // And they match schema.rs.
-    let schema = parse_schema_rs();
-    let migrated: BTreeMap<String, BTreeMap<String, (String, bool)>> =
-        pg.0.iter()
-            .map(|(t, cols)| {
-                let cols = cols
-                    .iter()
-                    .map(|(c, (ty, n))| (c.clone(), (strip_len(ty).to_owned(), *n)))
-                    .collect();
-                (t.clone(), cols)
-            })
-            .collect();
+    // And they match the two schema files together, which share no table.
+    let domain = parse_schema_rs(DOMAIN_SCHEMA_RS);
+    let metadata = parse_schema_rs(METADATA_SCHEMA_RS);
+    assert!(
+        domain.len() >= 5,
+        "parsed only {} tables from core-domain's schema.rs",
+        domain.len()
+    );
     assert_eq!(
-        migrated, schema,
-        "the migrated schema does not match schema.rs"
+        metadata.keys().collect::<Vec<_>>(),
+        [
+            "batch_item_failure",
+            "batch_job_execution",
+            "batch_job_instance",
+            "batch_step_execution"
+        ],
+        "tables parsed from batch-common's repository/schema.rs"
+    );
+    let mut schema = domain.clone();
+    for (table, cols) in &metadata {
+        assert!(
+            schema.insert(table.clone(), cols.clone()).is_none(),
+            "{table} is in both schema files"
+        );
+    }
+    assert_eq!(
+        without_lengths(&pg.0),
+        schema,
+        "the migrated schema does not match the schema files"
     );
 
     // The unique keys the spec names exist.
@@ -244,4 +280,23 @@ async fn migrated_schemas_are_equal_and_match_schema_rs() {
             pg.1.get(table)
         );
     }
+}
+
+/// The domain's migrations alone create exactly core-domain's tables (so the batch metadata
+/// migrations create exactly batch-common's), the same on all three backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_migration_set_creates_the_tables_of_its_schema_file() {
+    let domain_only: &[&'static MigrationSet] = &[&DOMAIN_MIGRATIONS];
+    let (sqlite, pg, mysql) = tokio::join!(
+        introspect(Backend::Sqlite, domain_only),
+        introspect(Backend::Postgres, domain_only),
+        introspect(Backend::Mysql, domain_only)
+    );
+    assert_eq!(sqlite.0, pg.0, "SQLite and PostgreSQL columns differ");
+    assert_eq!(pg.0, mysql.0, "PostgreSQL and MySQL columns differ");
+    assert_eq!(
+        without_lengths(&pg.0),
+        parse_schema_rs(DOMAIN_SCHEMA_RS),
+        "migrations/domain does not create exactly core-domain's schema.rs"
+    );
 }

@@ -1,10 +1,10 @@
-//! Rows of the batch metadata tables. The queries over them live in `batch-common`'s
-//! `JobRepository`, which owns their semantics (statuses, the live-execution guard, checkpoints).
+//! Rows of the batch metadata tables. Their queries are [`JobRepository`](super::JobRepository)'s,
+//! which owns their semantics (statuses, the live-execution guard, checkpoints).
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use crate::schema::{
+use super::schema::{
     batch_item_failure, batch_job_execution, batch_job_instance, batch_step_execution,
 };
 

@@ -1,0 +1,112 @@
+//! Domain modules: the unit of extension.
+//!
+//! A domain crate (`batch-<domain>`) hands the launcher everything it contributes through one
+//! [`JobModule`]: its jobs (descriptor + builder), its settings section (a typed
+//! [`SettingsSection`](crate::config::SettingsSection) with its defaults and its own validation), the default schedules of its
+//! jobs, and its health checks. The launcher keeps one list of modules, one line per domain; the
+//! runtime itself knows no domain.
+//!
+//! ```text
+//! pub struct BillingModule;
+//! impl JobModule for BillingModule {
+//!     fn name(&self) -> &'static str { "billing" }
+//!     fn jobs(&self) -> &'static [JobRegistration] { &[JobRegistration { descriptor: &DESCRIPTOR, build }] }
+//!     fn settings(&self) -> Option<SettingsSpec> { Some(SettingsSpec::of::<BillingSettings>()) }
+//!     fn default_schedules(&self) -> &'static [(&'static str, &'static str)] { &[(JOB_NAME, "0 0 1 * * *")] }
+//!     fn health_checks(&self, props: &BatchProperties) -> Vec<Arc<dyn HealthCheck>> { … }
+//! }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::{BatchProperties, CONFIG_FILE_ENV, ConfigError, SettingsSpec};
+use crate::job::{JobBuilder, JobDescriptor};
+
+/// What a domain crate contributes to the launcher. Registered once, in the launcher's list of
+/// modules.
+pub trait JobModule: Send + Sync {
+    /// The module's name (e.g. `billing`), for logs and error messages.
+    fn name(&self) -> &'static str;
+
+    /// The jobs of this module, in `list` order.
+    fn jobs(&self) -> &'static [JobRegistration];
+
+    /// The module's settings section, if it has one (`SettingsSpec::of::<MySettings>()`).
+    fn settings(&self) -> Option<SettingsSpec> {
+        None
+    }
+
+    /// The default schedule of each of its jobs: (job name, cron), overridable under
+    /// `[schedule]` like any other key.
+    fn default_schedules(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
+    /// Checks `serve`'s `/health` runs besides the database's (e.g. the Redis the module's jobs
+    /// write to). Each check's name is its key in the health answer.
+    fn health_checks(&self, props: &BatchProperties) -> Vec<Arc<dyn HealthCheck>> {
+        let _ = props;
+        Vec::new()
+    }
+}
+
+/// A job the launcher knows: its descriptor and how to build it.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRegistration {
+    /// Name, steps, parameters.
+    pub descriptor: &'static JobDescriptor,
+    /// The factory.
+    pub build: JobBuilder,
+}
+
+/// A dependency `serve`'s `/health` checks.
+#[async_trait]
+pub trait HealthCheck: Send + Sync {
+    /// The key of its answer in `/health` (e.g. `redis`).
+    fn name(&self) -> &'static str;
+
+    /// `Ok` when the dependency answers; the error says what failed (secrets redacted). The
+    /// caller bounds the time it may take.
+    async fn check(&self) -> Result<(), String>;
+}
+
+/// Every job of `modules`, in order.
+pub fn all_jobs<'m>(
+    modules: &'m [&'m dyn JobModule],
+) -> impl Iterator<Item = &'static JobRegistration> + 'm {
+    modules.iter().flat_map(|m| m.jobs().iter())
+}
+
+/// Loading the configuration with the sections and default schedules of a set of modules.
+impl BatchProperties {
+    /// Loads defaults (the runtime's and `modules`'), then `file` (or the file named by
+    /// `BATCH_CONFIG`), then the process environment's `BATCH__*` variables.
+    pub fn load(file: Option<&Path>, modules: &[&dyn JobModule]) -> Result<Self, ConfigError> {
+        let from_env_var = std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from);
+        let file = file.map(Path::to_path_buf).or(from_env_var);
+        let env = std::env::vars().filter(|(k, _)| k.starts_with("BATCH__"));
+        Self::load_from(file.as_deref(), env, modules)
+    }
+
+    /// Like [`load`](Self::load) but with explicit environment variables (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        modules: &[&dyn JobModule],
+    ) -> Result<Self, ConfigError> {
+        let mut specs = Vec::new();
+        for module in modules {
+            if let Some(spec) = module.settings() {
+                specs.push((module.name(), spec));
+            }
+        }
+        let schedules: Vec<(&str, &str)> = modules
+            .iter()
+            .flat_map(|m| m.default_schedules().iter().copied())
+            .collect();
+        Self::load_layers(file, env, &specs, &schedules)
+    }
+}

@@ -1,0 +1,190 @@
+//! The step execution aggregate: a step's counters and checkpoint, saved with every chunk.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDateTime;
+use core_domain::{DbConnection, DbError, dispatch};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::rows::StepExecution;
+use super::schema::{batch_job_execution as e, batch_step_execution as s};
+use super::status::{BatchStatus, exit_codes};
+use super::{JobRepository, truncate};
+
+/// Counters and checkpoint of a running step, saved after every committed chunk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepProgress {
+    /// Items read.
+    pub read_count: i64,
+    /// Items written.
+    pub write_count: i64,
+    /// Items filtered.
+    pub filter_count: i64,
+    /// Items skipped.
+    pub skip_count: i64,
+    /// Chunks committed.
+    pub commit_count: i64,
+    /// Chunks rolled back.
+    pub rollback_count: i64,
+    /// Retries.
+    pub retry_count: i64,
+    /// Domain counters.
+    pub counters: BTreeMap<String, i64>,
+    /// The checkpoint (reader state after the last committed chunk).
+    pub context: serde_json::Value,
+}
+
+impl StepProgress {
+    /// Restores progress from a stored row.
+    pub fn from_row(row: &StepExecution) -> Self {
+        StepProgress {
+            read_count: row.read_count,
+            write_count: row.write_count,
+            filter_count: row.filter_count,
+            skip_count: row.skip_count,
+            commit_count: row.commit_count,
+            rollback_count: row.rollback_count,
+            retry_count: row.retry_count,
+            counters: serde_json::from_str(&row.counters).unwrap_or_default(),
+            context: serde_json::from_str(&row.execution_context)
+                .unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// Adds `delta` to a domain counter.
+    pub fn add_counter(&mut self, name: &str, delta: i64) {
+        *self.counters.entry(name.to_owned()).or_default() += delta;
+    }
+}
+
+impl JobRepository {
+    /// The step executions of one job execution, in the order they started.
+    pub async fn step_executions(
+        &self,
+        job_execution_id: i64,
+    ) -> Result<Vec<StepExecution>, DbError> {
+        let mut conn = self.db.get().await?;
+        Ok(dispatch!(&mut *conn, c => s::table
+            .filter(s::job_execution_id.eq(job_execution_id))
+            .order(s::id.asc())
+            .select(StepExecution::as_select())
+            .load(c)
+            .await)?)
+    }
+
+    /// For a restart: the latest step execution of `step_name` in the instance's executions with
+    /// id greater than `after_execution_id` (those since the last COMPLETED one).
+    pub async fn last_step_execution(
+        &self,
+        instance_id: i64,
+        step_name: &str,
+        after_execution_id: i64,
+    ) -> Result<Option<StepExecution>, DbError> {
+        let mut conn = self.db.get().await?;
+        Ok(dispatch!(&mut *conn, c => s::table
+            .inner_join(e::table)
+            .filter(e::job_instance_id.eq(instance_id))
+            .filter(e::id.gt(after_execution_id))
+            .filter(s::step_name.eq(step_name))
+            .order(s::id.desc())
+            .select(StepExecution::as_select())
+            .first(c)
+            .await
+            .optional())?)
+    }
+
+    /// Creates the step execution of `step_name` in a job execution, starting from `progress`
+    /// (its checkpoint; counters are this execution's own and start from what `progress` holds).
+    pub async fn create_step_execution(
+        &self,
+        job_execution_id: i64,
+        step_name: &str,
+        progress: &StepProgress,
+        now: NaiveDateTime,
+    ) -> Result<StepExecution, DbError> {
+        let mut conn = self.db.get().await?;
+        let counters = serde_json::to_string(&progress.counters).unwrap_or_else(|_| "{}".into());
+        let context = progress.context.to_string();
+        dispatch!(&mut *conn, c => diesel::insert_into(s::table)
+            .values((
+                s::job_execution_id.eq(job_execution_id),
+                s::step_name.eq(step_name),
+                s::status.eq(BatchStatus::Started.as_str()),
+                s::read_count.eq(progress.read_count),
+                s::write_count.eq(progress.write_count),
+                s::filter_count.eq(progress.filter_count),
+                s::skip_count.eq(progress.skip_count),
+                s::commit_count.eq(progress.commit_count),
+                s::rollback_count.eq(progress.rollback_count),
+                s::retry_count.eq(progress.retry_count),
+                s::counters.eq(&counters),
+                s::execution_context.eq(&context),
+                s::exit_code.eq(exit_codes::EXECUTING),
+                s::start_time.eq(now),
+                s::last_updated.eq(now),
+            ))
+            .execute(c)
+            .await)?;
+        Ok(dispatch!(&mut *conn, c => s::table
+            .filter(s::job_execution_id.eq(job_execution_id))
+            .filter(s::step_name.eq(step_name))
+            .select(StepExecution::as_select())
+            .first(c)
+            .await)?)
+    }
+
+    /// Saves counters and checkpoint of a running step on `conn` — inside the chunk's transaction
+    /// when the writer is the database, so the checkpoint commits with the data.
+    pub async fn save_progress(
+        conn: &mut DbConnection,
+        step_execution_id: i64,
+        progress: &StepProgress,
+        now: NaiveDateTime,
+    ) -> Result<(), DbError> {
+        let counters = serde_json::to_string(&progress.counters).unwrap_or_else(|_| "{}".into());
+        let context = progress.context.to_string();
+        dispatch!(conn, c => diesel::update(s::table.find(step_execution_id))
+            .set((
+                s::read_count.eq(progress.read_count),
+                s::write_count.eq(progress.write_count),
+                s::filter_count.eq(progress.filter_count),
+                s::skip_count.eq(progress.skip_count),
+                s::commit_count.eq(progress.commit_count),
+                s::rollback_count.eq(progress.rollback_count),
+                s::retry_count.eq(progress.retry_count),
+                s::counters.eq(&counters),
+                s::execution_context.eq(&context),
+                s::last_updated.eq(now),
+            ))
+            .execute(c)
+            .await)?;
+        Ok(())
+    }
+
+    /// Records the end of a step.
+    pub async fn finish_step(
+        &self,
+        step_execution_id: i64,
+        status: BatchStatus,
+        exit_code: &str,
+        exit_message: Option<&str>,
+        progress: &StepProgress,
+        now: NaiveDateTime,
+    ) -> Result<(), DbError> {
+        let mut conn = self.db.get().await?;
+        Self::save_progress(&mut conn, step_execution_id, progress, now).await?;
+        let message = exit_message.map(|m| truncate(m, 4000));
+        dispatch!(&mut *conn, c => diesel::update(s::table.find(step_execution_id))
+            .set((
+                s::status.eq(status.as_str()),
+                s::exit_code.eq(exit_code),
+                s::exit_message.eq(message.as_deref()),
+                s::end_time.eq(now),
+                s::last_updated.eq(now),
+            ))
+            .execute(c)
+            .await)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+//! [`ChunkStep`] and its transactional loop: a database writer writes chunk *n* in the chunk's
+//! transaction, which also commits its checkpoint, while chunk *n+1* is read.
+
+use async_trait::async_trait;
+use core_domain::DbConnection;
+use tokio::sync::Mutex;
+
+use super::commit::{Attempted, CommitTarget, RetryEnv, finish_chunk, read_with_retry, with_retry};
+use super::{ItemProcessor, ItemReader, ItemWriter, Processed, Step, StepContext, StepOutcome};
+use crate::repository::StepProgress;
+
+/// A chunk-oriented step: `R` reads, `P` turns `R::Item`s into `O`s, `W` writes the `O`s.
+pub struct ChunkStep<R, P, W, O> {
+    pub(super) name: String,
+    chunk_size: Option<usize>,
+    reader: Mutex<R>,
+    pub(super) processor: P,
+    pub(super) writer: W,
+    _out: std::marker::PhantomData<fn(O)>,
+}
+
+impl<R, P, W, O> ChunkStep<R, P, W, O>
+where
+    R: ItemReader,
+    P: ItemProcessor<R::Item, O>,
+    W: ItemWriter<O>,
+    O: Send + Sync + 'static,
+{
+    /// A step named `name` reading with `reader`, processing with `processor`, writing with `writer`.
+    pub fn new(name: impl Into<String>, reader: R, processor: P, writer: W) -> Self {
+        ChunkStep {
+            name: name.into(),
+            chunk_size: None,
+            reader: Mutex::new(reader),
+            processor,
+            writer,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// This step's own chunk size instead of `[batch] chunk_size` (`None`: the global one), as
+    /// Spring Batch steps declare theirs.
+    pub fn with_chunk_size(mut self, chunk_size: Option<std::num::NonZeroUsize>) -> Self {
+        self.chunk_size = chunk_size.map(std::num::NonZeroUsize::get);
+        self
+    }
+}
+
+impl<R, P, W, O> ChunkStep<R, P, W, O>
+where
+    R: ItemReader,
+    P: ItemProcessor<R::Item, O>,
+    W: ItemWriter<O>,
+    O: Send + Sync + 'static,
+{
+    /// Database writer: writes a processed chunk and commits its progress in one transaction,
+    /// retrying transient errors.
+    async fn write_chunk_in_db(
+        &self,
+        ctx: &mut StepContext,
+        processed: &Processed<O>,
+        read: usize,
+        checkpoint: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let shared: &StepContext = ctx;
+        let target = CommitTarget::of(shared);
+        let done = with_retry(
+            &RetryEnv::of(shared),
+            "writing a chunk",
+            async |retries, rollbacks| {
+                let mut next = shared.progress.clone();
+                next.retry_count += retries;
+                next.rollback_count += rollbacks;
+                next.read_count += read as i64;
+                next.filter_count += processed.filtered as i64;
+                next.commit_count += 1;
+                next.context = checkpoint.clone();
+                let mut conn = shared.repo.database().get().await?;
+                let conn: &mut DbConnection = &mut conn;
+                conn.begin().await?;
+                let outcome = match self.writer.write(&processed.items, Some(&mut *conn)).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let _ = conn.rollback().await;
+                        return Err(e);
+                    }
+                };
+                let mut failures = processed.failures.clone();
+                failures.extend(outcome.failures.iter().cloned());
+                finish_chunk(&target, conn, &failures, &outcome, &mut next).await?;
+                Ok(next)
+            },
+        )
+        .await;
+        match done.result {
+            Ok(next) => {
+                ctx.progress = next;
+                Ok(())
+            }
+            Err(e) => {
+                ctx.progress.retry_count += done.retries;
+                ctx.progress.rollback_count += done.rollbacks;
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the result of committing a chunk's checkpoint into the progress, then tells the
+    /// listeners and checks the skip limit.
+    pub(super) async fn committed(
+        &self,
+        ctx: &mut StepContext,
+        done: Attempted<StepProgress>,
+        total: Option<u64>,
+    ) -> anyhow::Result<()> {
+        match done.result {
+            Ok(next) => ctx.progress = next,
+            Err(e) => {
+                ctx.progress.retry_count += done.retries;
+                ctx.progress.rollback_count += done.rollbacks;
+                return Err(e);
+            }
+        }
+        self.chunk_done(ctx, total).await
+    }
+
+    /// After a chunk's checkpoint is committed: listeners, then the skip limit.
+    pub(super) async fn chunk_done(
+        &self,
+        ctx: &StepContext,
+        total: Option<u64>,
+    ) -> anyhow::Result<()> {
+        for listener in ctx.listeners.iter() {
+            listener
+                .on_chunk(&ctx.run, &ctx.step_name, &ctx.progress, total)
+                .await;
+        }
+        if ctx.progress.skip_count as u64 > ctx.settings.skip_limit {
+            anyhow::bail!(
+                "skip limit exceeded: {} item failures (batch.skip_limit = {})",
+                ctx.progress.skip_count,
+                ctx.settings.skip_limit
+            );
+        }
+        Ok(())
+    }
+
+    /// The loop for a database writer: write chunk *n* (with its checkpoint, one transaction)
+    /// while reading chunk *n+1*.
+    async fn run_in_db(
+        &self,
+        ctx: &mut StepContext,
+        reader: &mut R,
+        mut items: Vec<R::Item>,
+        mut checkpoint: serde_json::Value,
+        total: Option<u64>,
+    ) -> anyhow::Result<StepOutcome> {
+        let settings = ctx.settings.clone();
+        let clock = ctx.clock.clone();
+        while !items.is_empty() {
+            if ctx.cancel.is_cancelled() {
+                return Ok(StepOutcome::Stopped);
+            }
+            let read = items.len();
+            let processed = self.processor.process(items).await?;
+            let (written, next) = tokio::join!(
+                self.write_chunk_in_db(ctx, &processed, read, &checkpoint),
+                read_with_retry(reader, &settings, clock.as_ref(), &self.name)
+            );
+            written?;
+            self.chunk_done(ctx, total).await?;
+            let ((next_items, next_checkpoint), retries) = next?;
+            ctx.progress.retry_count += retries;
+            items = next_items;
+            checkpoint = next_checkpoint;
+        }
+        Ok(StepOutcome::Completed)
+    }
+}
+#[async_trait]
+impl<R, P, W, O> Step for ChunkStep<R, P, W, O>
+where
+    R: ItemReader,
+    P: ItemProcessor<R::Item, O>,
+    W: ItemWriter<O>,
+    O: Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn execute(&self, ctx: &mut StepContext) -> anyhow::Result<StepOutcome> {
+        if let Some(n) = self.chunk_size {
+            ctx.settings.chunk_size = n;
+        }
+        let mut reader = self.reader.lock().await;
+        reader.open(&ctx.progress.context, &ctx.scope).await?;
+        let total = if ctx.listeners.is_empty() {
+            None
+        } else {
+            match reader.total(&ctx.scope).await {
+                Ok(total) => total,
+                Err(e) => {
+                    // Only progress display needs it; the step goes on without.
+                    tracing::debug!(step = %self.name, error = %format!("{e:#}"), "counting the step's items failed");
+                    None
+                }
+            }
+        };
+        let settings = ctx.settings.clone();
+        let clock = ctx.clock.clone();
+        let ((items, checkpoint), retries) =
+            read_with_retry(&mut *reader, &settings, clock.as_ref(), &self.name).await?;
+        ctx.progress.retry_count += retries;
+        if self.writer.writes_to_database() {
+            self.run_in_db(ctx, &mut reader, items, checkpoint, total)
+                .await
+        } else {
+            self.run_external(ctx, &mut reader, items, checkpoint, total)
+                .await
+        }
+    }
+}
