@@ -10,7 +10,7 @@ use batch_common::concurrent_step::{
 };
 use batch_common::job::{Job, JobDescriptor, ParamKind, ParameterSpec};
 use batch_common::params::{JobParameters, ParameterError, parse_date};
-use batch_common::step::{ItemWriter, ReadScope, Step, WriteOutcome};
+use batch_common::step::{InTransaction, ReadScope, Step, TransactionalWriter, WriteOutcome};
 use batch_common::{Clock, ClockExt};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
@@ -96,10 +96,10 @@ impl Job for AssetRefreshJob {
                 day,
                 clock: self.clock.clone(),
             },
-            AssetHistoryWriter {
+            InTransaction(AssetHistoryWriter {
                 day,
                 clock: self.clock.clone(),
-            },
+            }),
             self.concurrency,
         ))])
     }
@@ -209,18 +209,12 @@ pub struct AssetHistoryWriter {
 }
 
 #[async_trait]
-impl ItemWriter<NewAssetHistory> for AssetHistoryWriter {
-    fn writes_to_database(&self) -> bool {
-        true
-    }
-
+impl TransactionalWriter<NewAssetHistory> for AssetHistoryWriter {
     async fn write(
         &self,
         items: &[NewAssetHistory],
-        tx: Option<&mut DbConnection>,
+        tx: &mut DbConnection,
     ) -> anyhow::Result<WriteOutcome> {
-        let tx =
-            tx.ok_or_else(|| anyhow::anyhow!("the asset writer needs the chunk's transaction"))?;
         if items.is_empty() {
             return Ok(WriteOutcome::default());
         }

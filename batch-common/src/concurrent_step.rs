@@ -33,15 +33,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use core_domain::DbConnection;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::repository::{ItemFailureRecord, JobRepository, StepProgress};
+use crate::repository::{ItemFailureRecord, StepProgress};
 use crate::retry::RetryPolicy;
-use crate::step::{ItemWriter, ReadScope, Step, StepContext, StepOutcome, WriteOutcome};
+use crate::step::{ChunkWriter, CommitTarget, ReadScope, Step, StepContext, StepOutcome};
 
 /// A page of items in ascending key order.
 #[derive(Debug)]
@@ -173,7 +172,7 @@ impl<R, P, W, O> ConcurrentStep<R, P, W, O>
 where
     R: KeyedReader,
     P: ConcurrentProcessor<R::Item, O>,
-    W: ItemWriter<O>,
+    W: ChunkWriter<O>,
     O: Send + Sync + 'static,
 {
     /// A step named `name` with at most `concurrency` items in flight. Commits every
@@ -255,7 +254,8 @@ where
                     next.filter_count += filtered as i64;
                     next.commit_count += 1;
                     next.context = context.clone();
-                    self.write_batch(target, &items, &item_failures, &mut next)
+                    self.writer
+                        .write_and_commit(&items, &target.commit, &item_failures, &mut next)
                         .await
                         .map(|()| next)
                 },
@@ -268,80 +268,11 @@ where
             result: done.result.map(|next| Committed { next, keys }),
         }
     }
-
-    /// One attempt: the writer (in the transaction if it writes to the database), the item
-    /// failures, the resolved failures and the progress, committed together.
-    async fn write_batch(
-        &self,
-        target: &Target,
-        items: &[O],
-        failures: &[ItemFailureRecord],
-        next: &mut StepProgress,
-    ) -> anyhow::Result<()> {
-        let in_db = self.writer.writes_to_database();
-        let external = if in_db || items.is_empty() {
-            WriteOutcome::default()
-        } else {
-            self.writer.write(items, None).await?
-        };
-        let mut conn = target.repo.database().get().await?;
-        let conn: &mut DbConnection = &mut conn;
-        conn.begin().await?;
-        let result = async {
-            let outcome = if in_db && !items.is_empty() {
-                self.writer.write(items, Some(&mut *conn)).await?
-            } else {
-                external
-            };
-            let mut failures = failures.to_vec();
-            failures.extend(outcome.failures.iter().cloned());
-            next.write_count += outcome.written as i64;
-            next.skip_count += failures.len() as i64;
-            for (k, v) in &outcome.counters {
-                next.add_counter(k, *v);
-            }
-            let now = crate::clock::ClockExt::now_naive_utc(target.clock.as_ref());
-            if !failures.is_empty() {
-                JobRepository::record_item_failures(
-                    conn,
-                    target.execution_id,
-                    target.job_instance_id,
-                    &target.step_name,
-                    &failures,
-                    now,
-                )
-                .await?;
-            }
-            if !outcome.resolved_keys.is_empty() {
-                JobRepository::resolve_failures(
-                    conn,
-                    target.job_instance_id,
-                    &target.step_name,
-                    &outcome.resolved_keys,
-                    now,
-                )
-                .await?;
-            }
-            JobRepository::save_progress(conn, target.step_execution_id, next, now).await?;
-            anyhow::Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => Ok(conn.commit().await?),
-            Err(e) => {
-                let _ = conn.rollback().await;
-                Err(e)
-            }
-        }
-    }
 }
 
 /// Where results commit, owned, so a commit runs beside the processing.
 struct Target {
-    repo: JobRepository,
-    execution_id: i64,
-    job_instance_id: i64,
-    step_execution_id: i64,
+    commit: CommitTarget,
     step_name: String,
     retry: RetryPolicy,
     clock: Arc<dyn Clock>,
@@ -428,7 +359,7 @@ impl<R, P, W, O> Step for ConcurrentStep<R, P, W, O>
 where
     R: KeyedReader,
     P: ConcurrentProcessor<R::Item, O>,
-    W: ItemWriter<O>,
+    W: ChunkWriter<O>,
     O: Send + Sync + 'static,
 {
     fn name(&self) -> &str {
@@ -449,10 +380,7 @@ where
             })
         };
         let target = Target {
-            repo: ctx.repo.clone(),
-            execution_id: ctx.run.execution_id,
-            job_instance_id: ctx.run.job_instance_id,
-            step_execution_id: ctx.step_execution_id,
+            commit: CommitTarget::of(ctx),
             step_name: ctx.step_name.clone(),
             retry: ctx.settings.retry,
             clock: ctx.clock.clone(),

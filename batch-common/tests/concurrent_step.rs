@@ -17,7 +17,8 @@ use batch_common::listener::JobRunInfo;
 use batch_common::params::{JobParameters, ParameterError};
 use batch_common::repository::{CreateExecution, JobRepository, StepProgress};
 use batch_common::step::{
-    ChunkSettings, ItemWriter, ReadScope, Step, StepContext, StepOutcome, WriteOutcome,
+    ChunkSettings, InTransaction, ReadScope, Step, StepContext, StepOutcome, TransactionalWriter,
+    WriteOutcome,
 };
 use batch_common::{
     BatchProperties, BatchResult, Clock, ExitCode, FixedClock, RetryPolicy, Transient,
@@ -151,17 +152,8 @@ impl ConcurrentProcessor<i64, i64> for Worker {
 struct Rows(Arc<Plan>);
 
 #[async_trait]
-impl ItemWriter<i64> for Rows {
-    fn writes_to_database(&self) -> bool {
-        true
-    }
-
-    async fn write(
-        &self,
-        items: &[i64],
-        tx: Option<&mut DbConnection>,
-    ) -> anyhow::Result<WriteOutcome> {
-        let tx = tx.expect("a database writer gets the transaction");
+impl TransactionalWriter<i64> for Rows {
+    async fn write(&self, items: &[i64], tx: &mut DbConnection) -> anyhow::Result<WriteOutcome> {
         let at = chrono::DateTime::from_timestamp(1_700_000_000, 0)
             .unwrap()
             .naive_utc();
@@ -196,14 +188,14 @@ impl ItemWriter<i64> for Rows {
     }
 }
 
-type NumberStep = ConcurrentStep<Numbers, Worker, Rows, i64>;
+type NumberStep = ConcurrentStep<Numbers, Worker, InTransaction<Rows>, i64>;
 
 fn number_step(plan: &Arc<Plan>, n: i64, concurrency: usize) -> NumberStep {
     ConcurrentStep::new(
         STEP,
         Numbers { n, only: None },
         Worker(plan.clone()),
-        Rows(plan.clone()),
+        InTransaction(Rows(plan.clone())),
         concurrency,
     )
     .with_page_size(std::num::NonZeroUsize::new(10))
@@ -247,7 +239,9 @@ fn clock() -> Arc<FixedClock> {
 }
 
 async fn launch(db: &TestDb, job: &NumberJob, skip_limit: u64) -> BatchResult {
-    let mut settings = BatchProperties::load_from(None, Vec::new(), &[]).unwrap().batch;
+    let mut settings = BatchProperties::load_from(None, Vec::new(), &[])
+        .unwrap()
+        .batch;
     settings.step_retry_attempts = 0;
     settings.skip_limit = skip_limit;
     JobLauncher::new(JobRepository::new(db.db.clone()), clock(), settings)

@@ -91,7 +91,9 @@ fn notify_settings(url: &str, timeout: &str) -> NotifySettings {
 /// A launcher on `db` (chunks of 10, `retries` step retries, a fixed clock so retry waits are
 /// instant), with the notification listener of `notify` if given.
 fn launcher(db: &TestDb, retries: u32, notify: Option<&NotifySettings>) -> JobLauncher {
-    let mut settings = BatchProperties::load_from(None, Vec::new(), &[]).unwrap().batch;
+    let mut settings = BatchProperties::load_from(None, Vec::new(), &[])
+        .unwrap()
+        .batch;
     settings.chunk_size = std::num::NonZeroUsize::new(10).unwrap();
     settings.step_retry_attempts = retries;
     let clock = Arc::new(FixedClock::new(

@@ -15,7 +15,9 @@ use batch_testkit::{TestDb, db_test};
 use chrono::{TimeZone, Utc};
 
 fn settings(chunk: usize) -> RuntimeSettings {
-    let mut s = BatchProperties::load_from(None, Vec::new(), &[]).unwrap().batch;
+    let mut s = BatchProperties::load_from(None, Vec::new(), &[])
+        .unwrap()
+        .batch;
     s.chunk_size = NonZeroUsize::new(chunk).unwrap();
     s.step_retry_attempts = 0;
     s

@@ -248,7 +248,7 @@ async fn migrated_schemas_are_equal_and_match_schema_rs() {
         ],
         "tables parsed from batch-common's repository/schema.rs"
     );
-    let mut schema = domain.clone();
+    let mut schema = domain;
     for (table, cols) in &metadata {
         assert!(
             schema.insert(table.clone(), cols.clone()).is_none(),

@@ -75,7 +75,8 @@ fn spring_style_job_name_and_validate_only() {
 
 /// Two executions of the counting job in `db`: one completed, one completed with item failures.
 async fn make_history(db: &batch_testkit::TestDb) -> (i64, i64) {
-    let props = BatchProperties::load_from(None, Vec::new(), batch_launcher::modules::MODULES).unwrap();
+    let props =
+        BatchProperties::load_from(None, Vec::new(), batch_launcher::modules::MODULES).unwrap();
     let launcher = JobLauncher::new(
         JobRepository::new(db.db.clone()),
         Arc::new(SystemClock),

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use batch_common::job::{BuildFuture, Job};
 use batch_common::clock::ManualClock;
-use batch_common::{BatchProperties, Clock, JobEnv, SystemClock};
+use batch_common::job::{BuildFuture, Job};
 use batch_common::module::JobModule as _;
 use batch_common::module::JobRegistration as Registration;
+use batch_common::{BatchProperties, Clock, JobEnv, SystemClock};
 use batch_launcher::serve::{Server, Service};
 use batch_testkit::jobs::{COUNTING, CountingJob, FailPlan};
 use batch_testkit::{TestDb, TestRedis, db_test};
@@ -72,13 +72,7 @@ async fn start_on(
     let props = props(db, extra);
     // The point module's health check (Redis), as `serve` registers it.
     let checks = batch_point::MODULE.health_checks(&props);
-    let service = Service::new(
-        Arc::new(props),
-        db.db.clone(),
-        clock,
-        jobs,
-        checks,
-    );
+    let service = Service::new(Arc::new(props), db.db.clone(), clock, jobs, checks);
     Server::start(service).await.expect("serve starts")
 }
 
@@ -390,14 +384,23 @@ impl Logged {
 
     /// How many events had exactly this message.
     fn count(&self, message: &str) -> usize {
-        self.0.lock().unwrap().iter().filter(|m| *m == message).count()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| *m == message)
+            .count()
     }
 
     /// Waits (up to a minute) for an event whose message starts with `prefix`.
     async fn until(&self, prefix: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.0.lock().unwrap().iter().any(|m| m.starts_with(prefix)) {
-            assert!(Instant::now() < deadline, "nothing logged `{prefix}…`: {:?}", self.0.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "nothing logged `{prefix}…`: {:?}",
+                self.0.lock().unwrap()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -450,7 +453,12 @@ async fn a_due_schedule_fires_once() {
     // The scheduler waits on the clock until the tick; nothing runs before it.
     until_sleeping(&clock, 1).await;
     assert_eq!(clock.sleeping_until(), vec![utc(1, 0, 0)]);
-    assert!(repo.history(Some("countingJob"), 10).await.unwrap().is_empty());
+    assert!(
+        repo.history(Some("countingJob"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     clock.advance(chrono::Duration::seconds(2));
     let (id, created_at) = first_run(&repo).await;
@@ -483,7 +491,13 @@ async fn missed_ticks_run_once_or_are_skipped() {
         ("BATCH__BATCH__TIMEZONE", "UTC"),
         ("BATCH__SCHEDULE__COUNTINGJOB", "0 0 0 * * *"),
     ];
-    let with = |policy| [midnight[0], midnight[1], ("BATCH__SERVER__MISSED_TICKS", policy)];
+    let with = |policy| {
+        [
+            midnight[0],
+            midnight[1],
+            ("BATCH__SERVER__MISSED_TICKS", policy),
+        ]
+    };
 
     // Skip: nothing is started (`shutdown` waits for everything the server started).
     let skip = start_on(&db, &with("skip"), clock.clone(), vec![counting()]).await;
@@ -707,11 +721,7 @@ fn build_counting_held(_env: &JobEnv) -> BuildFuture<'_> {
         plan.transient.store(true, Ordering::SeqCst);
         Arc::new(plan)
     });
-    Box::pin(async {
-        Ok(Arc::new(CountingJob {
-            plan: PLAN.clone(),
-        }) as Arc<dyn Job>)
-    })
+    Box::pin(async { Ok(Arc::new(CountingJob { plan: PLAN.clone() }) as Arc<dyn Job>) })
 }
 
 /// A tick that falls while its instance is running (here: kicked over HTTP) is skipped: no second

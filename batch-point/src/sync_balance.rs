@@ -34,8 +34,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use batch_common::redis::{RedisConn, SINGLE_NODE, classify, server_identity};
 use batch_common::step::{
-    ChunkStep, ItemReader, ItemWriter, PassThrough, ReadScope, Step, StepContext, StepOutcome,
-    WriteOutcome,
+    ChunkStep, External, ExternalWriter, ItemReader, PassThrough, ReadScope, Step, StepContext,
+    StepOutcome, WriteOutcome,
 };
 use core_domain::models::PointBalance;
 use core_domain::{Database, DbConnection};
@@ -343,16 +343,8 @@ fn to_i64(v: &redis::Value) -> i64 {
 }
 
 #[async_trait]
-impl ItemWriter<PointBalance> for CacheWriter {
-    fn writes_to_database(&self) -> bool {
-        false
-    }
-
-    async fn write(
-        &self,
-        items: &[PointBalance],
-        _tx: Option<&mut DbConnection>,
-    ) -> anyhow::Result<WriteOutcome> {
+impl ExternalWriter<PointBalance> for CacheWriter {
+    async fn write(&self, items: &[PointBalance]) -> anyhow::Result<WriteOutcome> {
         if let Some(guard) = &self.guard {
             // Another chunk found the cache gone: the step starts over, this one is not needed.
             guard.unknown(&BTreeSet::new())?;
@@ -561,7 +553,7 @@ impl CacheGuard {
 /// **syncPointBalanceStep**: the chunk step (reader → script writer) that notices a lost cache
 /// and starts over (see the module docs and the crate README's "Cache loss").
 pub struct CacheSyncStep {
-    inner: ChunkStep<BalanceReader, PassThrough, CacheWriter, PointBalance>,
+    inner: ChunkStep<BalanceReader, PassThrough, External<CacheWriter>, PointBalance>,
     redis: RedisConn,
     guard: Arc<CacheGuard>,
     verify: bool,
@@ -579,7 +571,7 @@ impl CacheSyncStep {
         let guard = Arc::new(CacheGuard::default());
         let redis = writer.redis.clone();
         let verify = writer.verify;
-        let inner = ChunkStep::new(
+        let inner = ChunkStep::external(
             STEP_NAME,
             reader.with_guard(guard.clone()),
             PassThrough,

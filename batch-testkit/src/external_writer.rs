@@ -18,9 +18,9 @@ use batch_common::Transient;
 use batch_common::job::{Job, JobDescriptor, ParamKind, ParameterSpec};
 use batch_common::params::{JobParameters, ParameterError};
 use batch_common::step::{
-    ChunkStep, ItemReader, ItemWriter, PassThrough, ReadScope, Step, WriteOutcome,
+    ChunkStep, ExternalWriter as StepExternalWriter, ItemReader, PassThrough, ReadScope, Step,
+    WriteOutcome,
 };
-use core_domain::DbConnection;
 use tokio::sync::{Notify, Semaphore};
 
 /// The job's name.
@@ -301,17 +301,8 @@ impl ExternalWriter {
 }
 
 #[async_trait]
-impl ItemWriter<i64> for ExternalWriter {
-    fn writes_to_database(&self) -> bool {
-        false
-    }
-
-    async fn write(
-        &self,
-        items: &[i64],
-        tx: Option<&mut DbConnection>,
-    ) -> anyhow::Result<WriteOutcome> {
-        assert!(tx.is_none(), "an external writer gets no transaction");
+impl StepExternalWriter<i64> for ExternalWriter {
+    async fn write(&self, items: &[i64]) -> anyhow::Result<WriteOutcome> {
         let chunk = *items.first().expect("chunks are never empty");
         let mut action = Attempt::Ok;
         let mut attempt = 0;
@@ -379,7 +370,7 @@ impl Job for ExternalJob {
 
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {
         let items: i64 = params.get("items").map_or(Ok(50), str::parse)?;
-        Ok(vec![Arc::new(ChunkStep::new(
+        Ok(vec![Arc::new(ChunkStep::external(
             EXTERNAL_STEP,
             Numbers::new(items, self.store.clone()),
             PassThrough,

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use batch_common::job::{Job, JobDescriptor, ParamKind, ParameterSpec};
 use batch_common::params::{JobParameters, ParameterError, parse_pairs};
 use batch_common::step::{
-    ChunkStep, ItemReader, ItemWriter, PassThrough, ReadScope, Step, StepContext, StepOutcome,
-    Tasklet, TaskletStep, WriteOutcome,
+    ChunkStep, ItemReader, PassThrough, ReadScope, Step, StepContext, StepOutcome, Tasklet,
+    TaskletStep, TransactionalWriter, WriteOutcome,
 };
 use batch_common::{Transient, repository::ItemFailureRecord};
 use core_domain::DbConnection;
@@ -114,7 +114,7 @@ impl Job for CountingJob {
             .transpose()?
             .unwrap_or_default();
         Ok(vec![
-            Arc::new(ChunkStep::new(
+            Arc::new(ChunkStep::transactional(
                 "countStep",
                 NumberReader {
                     items,
@@ -199,17 +199,8 @@ pub struct PointWriter {
 }
 
 #[async_trait]
-impl ItemWriter<i64> for PointWriter {
-    fn writes_to_database(&self) -> bool {
-        true
-    }
-
-    async fn write(
-        &self,
-        items: &[i64],
-        tx: Option<&mut DbConnection>,
-    ) -> anyhow::Result<WriteOutcome> {
-        let tx = tx.expect("database writer gets the transaction");
+impl TransactionalWriter<i64> for PointWriter {
+    async fn write(&self, items: &[i64], tx: &mut DbConnection) -> anyhow::Result<WriteOutcome> {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }

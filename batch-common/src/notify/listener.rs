@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::model::{Notification, NotificationKind};
-use super::{Notifier, NotifyError};
 use super::slack::SlackNotifier;
+use super::{Notifier, NotifyError};
 use crate::config::NotifySettings;
 use crate::listener::{JobListener, JobRunInfo};
 use crate::result::BatchResult;

@@ -13,7 +13,6 @@
 //! Messages are sent inline (the listener awaits the send) so the last one is out before a
 //! `run` process exits; [`SlackNotifier`] bounds each send by `[notify] timeout`.
 
-
 mod listener;
 mod model;
 mod slack;

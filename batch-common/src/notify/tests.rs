@@ -21,13 +21,7 @@ fn run(execution_id: i64) -> JobRunInfo {
     }
 }
 
-fn step(
-    name: &str,
-    read: i64,
-    written: i64,
-    skipped: i64,
-    counters: &[(&str, i64)],
-) -> StepResult {
+fn step(name: &str, read: i64, written: i64, skipped: i64, counters: &[(&str, i64)]) -> StepResult {
     StepResult {
         name: name.into(),
         status: "COMPLETED".into(),
@@ -64,9 +58,7 @@ fn result(
 }
 
 /// A mock that records every notification and answers `answer`.
-fn recording(
-    answer: Result<(), NotifyError>,
-) -> (MockNotifier, Arc<StdMutex<Vec<Notification>>>) {
+fn recording(answer: Result<(), NotifyError>) -> (MockNotifier, Arc<StdMutex<Vec<Notification>>>) {
     let sent = Arc::new(StdMutex::new(Vec::new()));
     let seen = sent.clone();
     let mut mock = MockNotifier::new();
@@ -228,10 +220,7 @@ async fn failure_and_stop_messages_carry_the_error() {
     );
     let s = &sent[1];
     assert_eq!((s.kind, s.execution_id), (NotificationKind::Stopped, 8));
-    assert_eq!(
-        s.text.as_deref(),
-        Some("stopped during syncExampleStep")
-    );
+    assert_eq!(s.text.as_deref(), Some("stopped during syncExampleStep"));
 }
 
 #[tokio::test]

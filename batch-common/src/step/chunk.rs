@@ -2,14 +2,21 @@
 //! transaction, which also commits its checkpoint, while chunk *n+1* is read.
 
 use async_trait::async_trait;
-use core_domain::DbConnection;
 use tokio::sync::Mutex;
 
-use super::commit::{Attempted, CommitTarget, RetryEnv, finish_chunk, read_with_retry, with_retry};
-use super::{ItemProcessor, ItemReader, ItemWriter, Processed, Step, StepContext, StepOutcome};
+use tokio::sync::MutexGuard;
+
+use super::commit::{Attempted, CommitTarget, RetryEnv, read_with_retry, with_retry};
+use super::{
+    ChunkWriter, External, ExternalWriter, InTransaction, ItemProcessor, ItemReader, Processed,
+    Step, StepContext, StepOutcome, TransactionalWriter,
+};
 use crate::repository::StepProgress;
 
-/// A chunk-oriented step: `R` reads, `P` turns `R::Item`s into `O`s, `W` writes the `O`s.
+/// A chunk-oriented step: `R` reads, `P` turns `R::Item`s into `O`s, `W` writes the `O`s. The
+/// writer's type says how chunks commit: [`ChunkStep::transactional`] (an
+/// [`InTransaction`] writer: rows and checkpoint in one transaction) or
+/// [`ChunkStep::external`] (an [`External`] writer: pipelined, see `pipeline.rs`).
 pub struct ChunkStep<R, P, W, O> {
     pub(super) name: String,
     chunk_size: Option<usize>,
@@ -19,15 +26,29 @@ pub struct ChunkStep<R, P, W, O> {
     _out: std::marker::PhantomData<fn(O)>,
 }
 
-impl<R, P, W, O> ChunkStep<R, P, W, O>
+impl<R, P, W, O> ChunkStep<R, P, InTransaction<W>, O>
 where
-    R: ItemReader,
-    P: ItemProcessor<R::Item, O>,
-    W: ItemWriter<O>,
-    O: Send + Sync + 'static,
+    W: TransactionalWriter<O>,
 {
-    /// A step named `name` reading with `reader`, processing with `processor`, writing with `writer`.
-    pub fn new(name: impl Into<String>, reader: R, processor: P, writer: W) -> Self {
+    /// A step whose writer writes to the batch database in the chunk's transaction.
+    pub fn transactional(name: impl Into<String>, reader: R, processor: P, writer: W) -> Self {
+        ChunkStep::with_writer(name, reader, processor, InTransaction(writer))
+    }
+}
+
+impl<R, P, W, O> ChunkStep<R, P, External<W>, O>
+where
+    W: ExternalWriter<O>,
+{
+    /// A step whose writer writes elsewhere (idempotently); its checkpoints commit after the
+    /// writes, pipelined.
+    pub fn external(name: impl Into<String>, reader: R, processor: P, writer: W) -> Self {
+        ChunkStep::with_writer(name, reader, processor, External(writer))
+    }
+}
+
+impl<R, P, W, O> ChunkStep<R, P, W, O> {
+    fn with_writer(name: impl Into<String>, reader: R, processor: P, writer: W) -> Self {
         ChunkStep {
             name: name.into(),
             chunk_size: None,
@@ -46,11 +67,11 @@ where
     }
 }
 
-impl<R, P, W, O> ChunkStep<R, P, W, O>
+impl<R, P, W, O> ChunkStep<R, P, InTransaction<W>, O>
 where
     R: ItemReader,
     P: ItemProcessor<R::Item, O>,
-    W: ItemWriter<O>,
+    W: TransactionalWriter<O>,
     O: Send + Sync + 'static,
 {
     /// Database writer: writes a processed chunk and commits its progress in one transaction,
@@ -75,19 +96,9 @@ where
                 next.filter_count += processed.filtered as i64;
                 next.commit_count += 1;
                 next.context = checkpoint.clone();
-                let mut conn = shared.repo.database().get().await?;
-                let conn: &mut DbConnection = &mut conn;
-                conn.begin().await?;
-                let outcome = match self.writer.write(&processed.items, Some(&mut *conn)).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        let _ = conn.rollback().await;
-                        return Err(e);
-                    }
-                };
-                let mut failures = processed.failures.clone();
-                failures.extend(outcome.failures.iter().cloned());
-                finish_chunk(&target, conn, &failures, &outcome, &mut next).await?;
+                self.writer
+                    .write_and_commit(&processed.items, &target, &processed.failures, &mut next)
+                    .await?;
                 Ok(next)
             },
         )
@@ -105,6 +116,39 @@ where
         }
     }
 
+    /// The loop for a database writer: write chunk *n* (with its checkpoint, one transaction)
+    /// while reading chunk *n+1*.
+    async fn run_in_db(
+        &self,
+        ctx: &mut StepContext,
+        reader: &mut R,
+        mut items: Vec<R::Item>,
+        mut checkpoint: serde_json::Value,
+        total: Option<u64>,
+    ) -> anyhow::Result<StepOutcome> {
+        let settings = ctx.settings.clone();
+        let clock = ctx.clock.clone();
+        while !items.is_empty() {
+            if ctx.cancel.is_cancelled() {
+                return Ok(StepOutcome::Stopped);
+            }
+            let read = items.len();
+            let processed = self.processor.process(items).await?;
+            let (written, next) = tokio::join!(
+                self.write_chunk_in_db(ctx, &processed, read, &checkpoint),
+                read_with_retry(reader, &settings, clock.as_ref(), &self.name)
+            );
+            written?;
+            self.chunk_done(ctx, total).await?;
+            let ((next_items, next_checkpoint), retries) = next?;
+            ctx.progress.retry_count += retries;
+            items = next_items;
+            checkpoint = next_checkpoint;
+        }
+        Ok(StepOutcome::Completed)
+    }
+}
+impl<R: ItemReader, P, W, O> ChunkStep<R, P, W, O> {
     /// Takes the result of committing a chunk's checkpoint into the progress, then tells the
     /// listeners and checks the skip limit.
     pub(super) async fn committed(
@@ -145,51 +189,9 @@ where
         Ok(())
     }
 
-    /// The loop for a database writer: write chunk *n* (with its checkpoint, one transaction)
-    /// while reading chunk *n+1*.
-    async fn run_in_db(
-        &self,
-        ctx: &mut StepContext,
-        reader: &mut R,
-        mut items: Vec<R::Item>,
-        mut checkpoint: serde_json::Value,
-        total: Option<u64>,
-    ) -> anyhow::Result<StepOutcome> {
-        let settings = ctx.settings.clone();
-        let clock = ctx.clock.clone();
-        while !items.is_empty() {
-            if ctx.cancel.is_cancelled() {
-                return Ok(StepOutcome::Stopped);
-            }
-            let read = items.len();
-            let processed = self.processor.process(items).await?;
-            let (written, next) = tokio::join!(
-                self.write_chunk_in_db(ctx, &processed, read, &checkpoint),
-                read_with_retry(reader, &settings, clock.as_ref(), &self.name)
-            );
-            written?;
-            self.chunk_done(ctx, total).await?;
-            let ((next_items, next_checkpoint), retries) = next?;
-            ctx.progress.retry_count += retries;
-            items = next_items;
-            checkpoint = next_checkpoint;
-        }
-        Ok(StepOutcome::Completed)
-    }
-}
-#[async_trait]
-impl<R, P, W, O> Step for ChunkStep<R, P, W, O>
-where
-    R: ItemReader,
-    P: ItemProcessor<R::Item, O>,
-    W: ItemWriter<O>,
-    O: Send + Sync + 'static,
-{
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn execute(&self, ctx: &mut StepContext) -> anyhow::Result<StepOutcome> {
+    /// Opens the reader at the step's checkpoint and reads the first chunk: the reader (held),
+    /// the chunk, its checkpoint and the step's total if a listener wants it.
+    pub(super) async fn start(&self, ctx: &mut StepContext) -> anyhow::Result<Started<'_, R>> {
         if let Some(n) = self.chunk_size {
             ctx.settings.chunk_size = n;
         }
@@ -212,12 +214,38 @@ where
         let ((items, checkpoint), retries) =
             read_with_retry(&mut *reader, &settings, clock.as_ref(), &self.name).await?;
         ctx.progress.retry_count += retries;
-        if self.writer.writes_to_database() {
-            self.run_in_db(ctx, &mut reader, items, checkpoint, total)
-                .await
-        } else {
-            self.run_external(ctx, &mut reader, items, checkpoint, total)
-                .await
-        }
+        Ok(Started {
+            reader,
+            items,
+            checkpoint,
+            total,
+        })
+    }
+}
+
+/// A step's reader, opened, with its first chunk.
+pub(super) struct Started<'a, R: ItemReader> {
+    pub(super) reader: MutexGuard<'a, R>,
+    pub(super) items: Vec<R::Item>,
+    pub(super) checkpoint: serde_json::Value,
+    pub(super) total: Option<u64>,
+}
+
+#[async_trait]
+impl<R, P, W, O> Step for ChunkStep<R, P, InTransaction<W>, O>
+where
+    R: ItemReader,
+    P: ItemProcessor<R::Item, O>,
+    W: TransactionalWriter<O>,
+    O: Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn execute(&self, ctx: &mut StepContext) -> anyhow::Result<StepOutcome> {
+        let mut s = self.start(ctx).await?;
+        self.run_in_db(ctx, &mut s.reader, s.items, s.checkpoint, s.total)
+            .await
     }
 }

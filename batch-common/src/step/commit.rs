@@ -57,7 +57,7 @@ pub(super) struct Attempted<T> {
 
 /// What retrying needs, owned, so work in flight does not borrow the step's context.
 #[derive(Clone)]
-pub(super) struct RetryEnv {
+pub(crate) struct RetryEnv {
     pub(super) settings: ChunkSettings,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) step_name: String,
@@ -94,9 +94,10 @@ where
     }
 }
 
-/// Where a chunk's checkpoint goes, owned, so a commit can run while the step goes on.
+/// Where a chunk's checkpoint goes (the step execution, its run), owned, so a commit can run
+/// while the step goes on. Opaque outside the runtime.
 #[derive(Clone)]
-pub(super) struct CommitTarget {
+pub struct CommitTarget {
     pub(super) repo: JobRepository,
     pub(super) execution_id: i64,
     pub(super) job_instance_id: i64,
@@ -106,7 +107,7 @@ pub(super) struct CommitTarget {
 }
 
 impl CommitTarget {
-    pub(super) fn of(ctx: &StepContext) -> Self {
+    pub(crate) fn of(ctx: &StepContext) -> Self {
         CommitTarget {
             repo: ctx.repo.clone(),
             execution_id: ctx.run.execution_id,
@@ -120,7 +121,7 @@ impl CommitTarget {
 
 /// In an open transaction on `conn`: records the chunk's item failures and resolved keys, saves
 /// `next` (counters and checkpoint) and commits; rolls back on error.
-pub(super) async fn finish_chunk(
+pub(crate) async fn finish_chunk(
     ctx: &CommitTarget,
     conn: &mut DbConnection,
     failures: &[ItemFailureRecord],

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use core_domain::DbConnection;
 
 use super::ReadScope;
-use crate::repository::ItemFailureRecord;
+use super::commit::{CommitTarget, finish_chunk};
+use crate::repository::{ItemFailureRecord, StepProgress};
 
 /// Reads items chunk by chunk and knows its position.
 #[async_trait]
@@ -82,17 +83,103 @@ pub struct WriteOutcome {
     pub resolved_keys: Vec<String>,
 }
 
-/// Writes a chunk.
+/// Writes a chunk to the batch database, in the chunk's transaction: its rows, the chunk's item
+/// failures and the checkpoint commit together (or not at all). Use it as
+/// `ChunkStep::transactional(…)` or wrapped in [`InTransaction`].
 #[async_trait]
-pub trait ItemWriter<O>: Send + Sync {
-    /// True if the writer writes to the batch database: it then gets the chunk's transaction and
-    /// the checkpoint commits together with its rows.
-    fn writes_to_database(&self) -> bool;
+pub trait TransactionalWriter<O>: Send + Sync {
+    /// Writes the chunk with `tx`, the chunk's open transaction (never commit or roll it back).
+    async fn write(&self, items: &[O], tx: &mut DbConnection) -> anyhow::Result<WriteOutcome>;
+}
 
-    /// Writes the chunk. `tx` is the open transaction for database writers, `None` otherwise.
-    async fn write(
+/// Writes a chunk to a store other than the batch database (a cache, an API). The checkpoint
+/// commits after the write, so a crash between the two replays the chunk: the write must be
+/// idempotent. Use it as `ChunkStep::external(…)` or wrapped in [`External`].
+#[async_trait]
+pub trait ExternalWriter<O>: Send + Sync {
+    /// Writes the chunk.
+    async fn write(&self, items: &[O]) -> anyhow::Result<WriteOutcome>;
+}
+
+/// A [`TransactionalWriter`] as a step's writer.
+#[derive(Debug, Clone)]
+pub struct InTransaction<W>(pub W);
+
+/// An [`ExternalWriter`] as a step's writer.
+#[derive(Debug, Clone)]
+pub struct External<W>(pub W);
+
+mod sealed {
+    pub trait Sealed {}
+    impl<W> Sealed for super::InTransaction<W> {}
+    impl<W> Sealed for super::External<W> {}
+}
+
+/// A step's writer of either kind ([`InTransaction`] or [`External`]), for steps that commit
+/// the same way for both (`ConcurrentStep`). Sealed: implement [`TransactionalWriter`] or
+/// [`ExternalWriter`] instead.
+#[async_trait]
+pub trait ChunkWriter<O>: sealed::Sealed + Send + Sync {
+    /// Writes `items` and commits `next` (counters and checkpoint) with the chunk's item
+    /// `failures` (the processor's and the writer's) to `target`: in one transaction with the
+    /// rows of a transactional writer, or after an external write. Rolls back on error.
+    async fn write_and_commit(
         &self,
         items: &[O],
-        tx: Option<&mut DbConnection>,
-    ) -> anyhow::Result<WriteOutcome>;
+        target: &CommitTarget,
+        failures: &[ItemFailureRecord],
+        next: &mut StepProgress,
+    ) -> anyhow::Result<()>;
+}
+
+#[async_trait]
+impl<O: Sync, W: TransactionalWriter<O>> ChunkWriter<O> for InTransaction<W> {
+    async fn write_and_commit(
+        &self,
+        items: &[O],
+        target: &CommitTarget,
+        failures: &[ItemFailureRecord],
+        next: &mut StepProgress,
+    ) -> anyhow::Result<()> {
+        let mut conn = target.repo.database().get().await?;
+        let conn: &mut DbConnection = &mut conn;
+        conn.begin().await?;
+        let outcome = if items.is_empty() {
+            WriteOutcome::default()
+        } else {
+            match self.0.write(items, &mut *conn).await {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = conn.rollback().await;
+                    return Err(e);
+                }
+            }
+        };
+        let mut failures = failures.to_vec();
+        failures.extend(outcome.failures.iter().cloned());
+        finish_chunk(target, conn, &failures, &outcome, next).await
+    }
+}
+
+#[async_trait]
+impl<O: Sync, W: ExternalWriter<O>> ChunkWriter<O> for External<W> {
+    async fn write_and_commit(
+        &self,
+        items: &[O],
+        target: &CommitTarget,
+        failures: &[ItemFailureRecord],
+        next: &mut StepProgress,
+    ) -> anyhow::Result<()> {
+        let outcome = if items.is_empty() {
+            WriteOutcome::default()
+        } else {
+            self.0.write(items).await?
+        };
+        let mut failures = failures.to_vec();
+        failures.extend(outcome.failures.iter().cloned());
+        let mut conn = target.repo.database().get().await?;
+        let conn: &mut DbConnection = &mut conn;
+        conn.begin().await?;
+        finish_chunk(target, conn, &failures, &outcome, next).await
+    }
 }

@@ -27,7 +27,11 @@ use chrono::NaiveDateTime;
 use tokio_util::sync::CancellationToken;
 
 pub use chunk::ChunkStep;
-pub use item::{ItemProcessor, ItemReader, ItemWriter, PassThrough, Processed, WriteOutcome};
+pub use commit::CommitTarget;
+pub use item::{
+    ChunkWriter, External, ExternalWriter, InTransaction, ItemProcessor, ItemReader, PassThrough,
+    Processed, TransactionalWriter, WriteOutcome,
+};
 pub use tasklet::{Tasklet, TaskletStep};
 
 use crate::clock::{Clock, ClockExt};

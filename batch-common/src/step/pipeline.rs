@@ -13,14 +13,37 @@ use super::chunk::ChunkStep;
 use super::commit::{
     Attempted, CommitTarget, RetryEnv, Written, commit_written, read_with_retry, with_retry,
 };
-use super::{ItemProcessor, ItemReader, ItemWriter, Processed, StepContext, StepOutcome};
+use async_trait::async_trait;
+
+use super::{
+    External, ExternalWriter, ItemProcessor, ItemReader, Processed, Step, StepContext, StepOutcome,
+};
 use crate::repository::StepProgress;
 
-impl<R, P, W, O> ChunkStep<R, P, W, O>
+#[async_trait]
+impl<R, P, W, O> Step for ChunkStep<R, P, External<W>, O>
 where
     R: ItemReader,
     P: ItemProcessor<R::Item, O>,
-    W: ItemWriter<O>,
+    W: ExternalWriter<O>,
+    O: Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn execute(&self, ctx: &mut StepContext) -> anyhow::Result<StepOutcome> {
+        let mut s = self.start(ctx).await?;
+        self.run_external(ctx, &mut s.reader, s.items, s.checkpoint, s.total)
+            .await
+    }
+}
+
+impl<R, P, W, O> ChunkStep<R, P, External<W>, O>
+where
+    R: ItemReader,
+    P: ItemProcessor<R::Item, O>,
+    W: ExternalWriter<O>,
     O: Send + Sync + 'static,
 {
     /// External writer: writes a processed chunk, retrying transient errors. The checkpoint is
@@ -34,7 +57,7 @@ where
         checkpoint: serde_json::Value,
     ) -> Attempted<Written> {
         let done = with_retry(env, "writing a chunk", async |_, _| {
-            self.writer.write(&processed.items, None).await
+            self.writer.0.write(&processed.items).await
         })
         .await;
         Attempted {
@@ -59,7 +82,7 @@ where
     /// each chunk's checkpoint commits as soon as its own write succeeded and every earlier
     /// checkpoint is committed, strictly in order, one commit at a time. Writes and reads go on
     /// while a checkpoint commits.
-    pub(super) async fn run_external(
+    async fn run_external(
         &self,
         ctx: &mut StepContext,
         reader: &mut R,
