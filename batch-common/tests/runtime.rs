@@ -149,6 +149,34 @@ db_test!(async fn failed_run_restarts_at_the_failed_chunk(db) {
     Ok(())
 });
 
+db_test!(async fn a_checkpoint_that_cannot_be_read_fails_the_restart_clearly(db) {
+    let h = Harness::new(db, settings(5));
+    h.plan.fail_write_at_item.store(23, Ordering::SeqCst);
+    h.plan.write_failures_left.store(1, Ordering::SeqCst);
+    let first = h.launch(&["run=corrupt", "items=50"]).await;
+    assert_eq!(first.exit_code, ExitCode::Failed, "{first:#?}");
+    // The saved checkpoint is changed by hand into something the reader's type cannot hold.
+    db.conn()
+        .await
+        .batch_execute(
+            "UPDATE batch_step_execution SET execution_context = '{\"next\":\"x\"}' \
+             WHERE step_name = 'countStep'",
+        )
+        .await
+        .expect("corrupting the checkpoint");
+
+    let second = h.launch(&["run=corrupt", "items=50"]).await;
+    assert_eq!(second.exit_code, ExitCode::Failed, "{second:#?}");
+    let message = second.message.as_deref().unwrap_or_default();
+    assert!(message.contains("cannot be read") && message.contains("--rerun"), "{second:#?}");
+    assert_eq!(
+        written(db).await,
+        (1..=20).collect::<Vec<_>>(),
+        "nothing was redone from the start"
+    );
+    Ok(())
+});
+
 db_test!(async fn transient_chunk_errors_are_retried_with_backoff(db) {
     let h = Harness::new(db, settings(5));
     h.plan.fail_write_at_item.store(13, Ordering::SeqCst);

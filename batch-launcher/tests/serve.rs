@@ -733,10 +733,11 @@ async fn a_tick_during_a_running_instance_is_skipped() {
     let db = TestDb::new(Backend::Sqlite).await;
     let clock = Arc::new(ManualClock::new(utc(0, 59, 58)));
     let mut settings = DAILY_AT_ONE.to_vec();
-    // The kicked run's chunk retry waits an hour of the clock: it runs until the test says so.
+    // The kicked run's chunk retry waits a minute of the clock (the longest first backoff the
+    // settings allow): it runs until the test moves the clock past it.
     settings.extend([
-        ("BATCH__BATCH__CHUNK_RETRY_BACKOFF", "1h"),
-        ("BATCH__BATCH__CHUNK_RETRY_MAX_BACKOFF", "1h"),
+        ("BATCH__BATCH__CHUNK_RETRY_BACKOFF", "1m"),
+        ("BATCH__BATCH__CHUNK_RETRY_MAX_BACKOFF", "1m"),
         ("BATCH__BATCH__CHUNK_RETRY_MAX_ELAPSED", "2h"),
     ]);
     let held = Registration {

@@ -276,19 +276,10 @@ impl DailyReport {
             backend,
         );
         let date = self.date;
-        let t0 = std::time::Instant::now();
-        let timing = std::env::var_os("REPORT_TIMING").is_some();
-        let lap = move |what: &str| {
-            if timing {
-                eprintln!("TIMING {what} {:.1}", t0.elapsed().as_secs_f64() * 1000.0)
-            }
-        };
         let mut conn = self.db.get().await?;
-        lap("get");
         let conn: &mut DbConnection = &mut conn;
-        let r = conn.transaction(|c| {
+        conn.transaction(|c| {
             Box::pin(async move {
-                lap("begin");
                 // Stale rows first: on a first run there are none for the date, so this costs
                 // nothing, and the rows inserted next are never probed.
                 let deleted = dispatch!(&mut *c, c => diesel::sql_query(delete.as_str())
@@ -297,14 +288,12 @@ impl DailyReport {
                     .bind::<Timestamp, _>(to)
                     .execute(c)
                     .await)?;
-                lap("delete");
                 if backend == Backend::Postgres {
                     // The hash aggregate keeps one entry per user: in memory, not in batches on disk.
                     c.batch_execute(&format!("SET LOCAL work_mem = '{POSTGRES_WORK_MEM}'"))
                         .await?;
                 }
                 let scan = sqlite_scan(c, from, to).await?;
-                lap("scan");
                 // A first run (no row of the date, the usual case) inserts plainly: the conflict
                 // check of an upsert costs ~25% more per row. Rows that exist (a re-run) are
                 // upserted. A concurrent run of the same date makes the plain insert fail on the
@@ -313,7 +302,6 @@ impl DailyReport {
                     .bind::<Date, _>(date)
                     .get_result(c)
                     .await)?;
-                lap("existing");
                 let conflict = if existing.n > 0 { upsert.as_str() } else { "" };
                 let insert = placeholders(
                     &format!("{INSERT_INTO}{}{conflict}", aggregate_select(backend, scan)),
@@ -327,18 +315,14 @@ impl DailyReport {
                     .bind::<Timestamp, _>(to)
                     .execute(c)
                     .await)?;
-                lap("insert");
                 let totals: Summary = dispatch!(&mut *c, c => diesel::sql_query(summary.as_str())
                     .bind::<Date, _>(date)
                     .get_result(c)
                     .await)?;
-                lap("summary");
                 Ok::<_, DbError>((totals.report_rows, totals.transactions, deleted))
             })
         })
-        .await;
-        lap("commit");
-        r
+        .await
     }
 }
 

@@ -162,37 +162,46 @@ impl BalanceReader {
     }
 }
 
+/// The sync's checkpoint: the last balance id synced, and the cache it went to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BalanceCheckpoint {
+    /// Every balance up to this id is in the cache (0: none; a reset checkpoint has none).
+    #[serde(default)]
+    pub last_id: i64,
+    /// The cache identity (`{node: run_id}`) the chunks were written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheIdentity>,
+}
+
 #[async_trait]
 impl ItemReader for BalanceReader {
     type Item = PointBalance;
+    type Checkpoint = BalanceCheckpoint;
 
     async fn open(
         &mut self,
-        checkpoint: &serde_json::Value,
+        checkpoint: Option<BalanceCheckpoint>,
         _scope: &ReadScope,
     ) -> anyhow::Result<()> {
         // The sync records no item failures, so there is no failed-items scope to honour.
-        self.last_id = checkpoint
-            .get("last_id")
-            .and_then(serde_json::Value::as_i64)
-            .unwrap_or(0);
+        self.last_id = checkpoint.map_or(0, |c| c.last_id);
         Ok(())
     }
 
     async fn read_chunk(
         &mut self,
         max: usize,
-    ) -> anyhow::Result<(Vec<PointBalance>, serde_json::Value)> {
+    ) -> anyhow::Result<(Vec<PointBalance>, BalanceCheckpoint)> {
         let mut conn = self.db.get().await?;
         let conn: &mut DbConnection = &mut conn;
         let page = PointBalance::page_after(conn, self.last_id, max as i64).await?;
         if let Some(last) = page.last() {
             self.last_id = last.id;
         }
-        let mut checkpoint = serde_json::json!({ "last_id": self.last_id });
-        if let Some(guard) = &self.guard {
-            checkpoint["cache"] = identity_json(&guard.identity());
-        }
+        let checkpoint = BalanceCheckpoint {
+            last_id: self.last_id,
+            cache: self.guard.as_ref().map(|g| g.identity()),
+        };
         Ok((page, checkpoint))
     }
 

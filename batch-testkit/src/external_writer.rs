@@ -253,20 +253,21 @@ impl Numbers {
 #[async_trait]
 impl ItemReader for Numbers {
     type Item = i64;
+    type Checkpoint = crate::jobs::NextNumber;
 
     async fn open(
         &mut self,
-        checkpoint: &serde_json::Value,
+        checkpoint: Option<crate::jobs::NextNumber>,
         _scope: &ReadScope,
     ) -> anyhow::Result<()> {
-        self.next = checkpoint
-            .get("next")
-            .and_then(serde_json::Value::as_i64)
-            .unwrap_or(1);
+        self.next = checkpoint.map_or(1, |c| c.next);
         Ok(())
     }
 
-    async fn read_chunk(&mut self, max: usize) -> anyhow::Result<(Vec<i64>, serde_json::Value)> {
+    async fn read_chunk(
+        &mut self,
+        max: usize,
+    ) -> anyhow::Result<(Vec<i64>, crate::jobs::NextNumber)> {
         let chunk: Vec<i64> = (self.next..=self.items).take(max).collect();
         if let Some(&first) = chunk.first() {
             let mut fault = false;
@@ -279,7 +280,7 @@ impl ItemReader for Numbers {
             }
             self.next = first + chunk.len() as i64;
         }
-        Ok((chunk, serde_json::json!({ "next": self.next })))
+        Ok((chunk, crate::jobs::NextNumber { next: self.next }))
     }
 
     async fn total(&mut self, _scope: &ReadScope) -> anyhow::Result<Option<u64>> {

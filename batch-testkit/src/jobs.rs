@@ -145,19 +145,24 @@ pub struct NumberReader {
     only: Option<Vec<i64>>,
 }
 
+/// The number readers' checkpoint: the next number to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NextNumber {
+    /// The next number.
+    pub next: i64,
+}
+
 #[async_trait]
 impl ItemReader for NumberReader {
     type Item = i64;
+    type Checkpoint = NextNumber;
 
     async fn open(
         &mut self,
-        checkpoint: &serde_json::Value,
+        checkpoint: Option<NextNumber>,
         scope: &ReadScope,
     ) -> anyhow::Result<()> {
-        self.next = checkpoint
-            .get("next")
-            .and_then(serde_json::Value::as_i64)
-            .unwrap_or(1);
+        self.next = checkpoint.map_or(1, |c| c.next);
         self.only = match scope {
             ReadScope::All => None,
             ReadScope::FailedItems(keys) => {
@@ -167,7 +172,7 @@ impl ItemReader for NumberReader {
         Ok(())
     }
 
-    async fn read_chunk(&mut self, max: usize) -> anyhow::Result<(Vec<i64>, serde_json::Value)> {
+    async fn read_chunk(&mut self, max: usize) -> anyhow::Result<(Vec<i64>, NextNumber)> {
         let chunk: Vec<i64> = match &self.only {
             None => (self.next..=self.items).take(max).collect(),
             Some(only) => only
@@ -180,7 +185,7 @@ impl ItemReader for NumberReader {
         if let Some(last) = chunk.last() {
             self.next = last + 1;
         }
-        Ok((chunk, serde_json::json!({ "next": self.next })))
+        Ok((chunk, NextNumber { next: self.next }))
     }
 
     async fn total(&mut self, scope: &ReadScope) -> anyhow::Result<Option<u64>> {

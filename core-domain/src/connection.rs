@@ -47,9 +47,9 @@ pub enum DbConnection {
 macro_rules! dispatch {
     ($conn:expr, $c:ident => $body:expr) => {
         match $conn {
-            $crate::db::DbConnection::Postgres($c) => $body,
-            $crate::db::DbConnection::Mysql($c) => $body,
-            $crate::db::DbConnection::Sqlite($c) => $body,
+            $crate::DbConnection::Postgres($c) => $body,
+            $crate::DbConnection::Mysql($c) => $body,
+            $crate::DbConnection::Sqlite($c) => $body,
         }
     };
 }
@@ -63,13 +63,11 @@ macro_rules! dispatch {
 macro_rules! execute_owned {
     ($conn:expr, $query:expr) => {
         match $conn {
-            $crate::db::DbConnection::Postgres(c) => {
+            $crate::DbConnection::Postgres(c) => {
                 diesel_async::RunQueryDsl::execute($query, c).await
             }
-            $crate::db::DbConnection::Mysql(c) => {
-                diesel_async::RunQueryDsl::execute($query, c).await
-            }
-            $crate::db::DbConnection::Sqlite(c) => {
+            $crate::DbConnection::Mysql(c) => diesel_async::RunQueryDsl::execute($query, c).await,
+            $crate::DbConnection::Sqlite(c) => {
                 c.spawn_blocking(move |c| diesel::RunQueryDsl::execute($query, c))
                     .await
             }

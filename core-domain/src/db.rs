@@ -173,7 +173,7 @@ pub fn default_sqlite_path() -> PathBuf {
 macro_rules! upsert {
     ($conn:expr, $table:expr, $rows:expr, $target:expr, [$($col:path),+ $(,)?]) => {
         match $conn {
-            $crate::db::DbConnection::Postgres(c) => diesel_async::RunQueryDsl::execute(
+            $crate::DbConnection::Postgres(c) => diesel_async::RunQueryDsl::execute(
                 diesel::insert_into($table)
                     .values($rows)
                     .on_conflict($target)
@@ -183,7 +183,7 @@ macro_rules! upsert {
             )
             .await
             .map(|_| ()),
-            $crate::db::DbConnection::Mysql(c) => diesel_async::RunQueryDsl::execute(
+            $crate::DbConnection::Mysql(c) => diesel_async::RunQueryDsl::execute(
                 diesel::insert_into($table)
                     .values($rows)
                     .on_conflict(diesel::dsl::DuplicatedKeys)
@@ -199,7 +199,7 @@ macro_rules! upsert {
             )
             .await
             .map(|_| ()),
-            $crate::db::DbConnection::Sqlite(c) => {
+            $crate::DbConnection::Sqlite(c) => {
                 let rows = $rows;
                 c.spawn_blocking(move |c| {
                     diesel::Connection::transaction(c, |c| {

@@ -196,7 +196,8 @@ impl<R: ItemReader, P, W, O> ChunkStep<R, P, W, O> {
             ctx.settings.chunk_size = n;
         }
         let mut reader = self.reader.lock().await;
-        reader.open(&ctx.progress.context, &ctx.scope).await?;
+        let checkpoint = saved_checkpoint::<R::Checkpoint>(&self.name, &ctx.progress.context)?;
+        reader.open(checkpoint, &ctx.scope).await?;
         let total = if ctx.listeners.is_empty() {
             None
         } else {
@@ -221,6 +222,24 @@ impl<R: ItemReader, P, W, O> ChunkStep<R, P, W, O> {
             total,
         })
     }
+}
+
+/// The checkpoint saved by an earlier execution of step `step`, typed (`None`: none saved).
+/// One that does not deserialize is an error: resuming from the start instead would redo (or,
+/// with a non-idempotent writer, duplicate) everything before it.
+pub(super) fn saved_checkpoint<C: serde::de::DeserializeOwned>(
+    step: &str,
+    saved: &serde_json::Value,
+) -> anyhow::Result<Option<C>> {
+    if saved.is_null() {
+        return Ok(None);
+    }
+    serde_json::from_value(saved.clone()).map(Some).map_err(|e| {
+        anyhow::anyhow!(
+            "{step}: the saved checkpoint `{saved}` cannot be read as a {} ({e}); it was written by another version of the step or changed by hand. Run the job with --rerun to start the instance over",
+            std::any::type_name::<C>()
+        )
+    })
 }
 
 /// A step's reader, opened, with its first chunk.

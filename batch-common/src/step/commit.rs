@@ -20,7 +20,12 @@ pub(super) async fn read_with_retry<R: ItemReader>(
     let mut retries = 0;
     loop {
         match reader.read_chunk(settings.chunk_size).await {
-            Ok(chunk) => return Ok((chunk, retries)),
+            Ok((items, checkpoint)) => {
+                let checkpoint = serde_json::to_value(&checkpoint).map_err(|e| {
+                    anyhow::anyhow!("{step}: the reader's checkpoint cannot be saved as JSON: {e}")
+                })?;
+                return Ok(((items, checkpoint), retries));
+            }
             Err(e) => {
                 match crate::retry::next_delay(&mut schedule, &e, clock, step, "reading a chunk") {
                     Some(delay) => {

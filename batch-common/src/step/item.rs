@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use core_domain::DbConnection;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::ReadScope;
 use super::commit::{CommitTarget, finish_chunk};
@@ -15,10 +17,16 @@ pub trait ItemReader: Send {
     /// The item type.
     type Item: Send + Sync + 'static;
 
-    /// Positions the reader at `checkpoint` (JSON `null`: the start) for the given scope.
+    /// The reader's position, saved with every committed chunk (as JSON in the step
+    /// execution's context) and handed back to [`open`](Self::open) on a restart. A saved
+    /// checkpoint that does not deserialize fails the step with an error saying so (it is never
+    /// silently read as "from the start").
+    type Checkpoint: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// Positions the reader at `checkpoint` (`None`: the start) for the given scope.
     async fn open(
         &mut self,
-        checkpoint: &serde_json::Value,
+        checkpoint: Option<Self::Checkpoint>,
         scope: &ReadScope,
     ) -> anyhow::Result<()>;
 
@@ -27,7 +35,7 @@ pub trait ItemReader: Send {
     async fn read_chunk(
         &mut self,
         max: usize,
-    ) -> anyhow::Result<(Vec<Self::Item>, serde_json::Value)>;
+    ) -> anyhow::Result<(Vec<Self::Item>, Self::Checkpoint)>;
 
     /// How many items the whole step reads in `scope` (counting those before the checkpoint), if
     /// that is cheap to know; progress bars show it. Called once, after [`open`](Self::open).
