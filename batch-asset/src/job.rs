@@ -9,7 +9,7 @@ use batch_common::concurrent_step::{
     ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page,
 };
 use batch_common::job::{Job, JobDescriptor, ParamKind, ParameterSpec};
-use batch_common::params::{JobParameters, ParameterError, parse_date};
+use batch_common::params::{JobParameters, ParameterError};
 use batch_common::step::{InTransaction, ReadScope, Step, TransactionalWriter, WriteOutcome};
 use batch_common::{Clock, ClockExt};
 use chrono::NaiveDate;
@@ -77,14 +77,14 @@ impl Job for AssetRefreshJob {
         given: BTreeMap<String, String>,
     ) -> Result<JobParameters, ParameterError> {
         let mut params = JobParameters::from_declared(&DESCRIPTOR, given)?;
-        if params.get("date").is_none() {
-            params.set("date", self.clock.today_in(self.timezone).to_string(), true);
+        if !params.is_set("date") {
+            params.set("date", self.clock.today_in(self.timezone), true);
         }
         Ok(params)
     }
 
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {
-        let day = parse_date("date", params.get("date").unwrap_or_default())?;
+        let day = params.date("date")?;
         Ok(vec![Arc::new(ConcurrentStep::new(
             STEP_NAME,
             ActiveUserReader {

@@ -248,11 +248,11 @@ where
                 "committing results",
                 async |failures| {
                     let mut next = base.clone();
-                    next.retry_count += i64::from(failures);
-                    next.rollback_count += i64::from(failures);
-                    next.read_count += keys.len() as i64;
-                    next.filter_count += filtered as i64;
-                    next.commit_count += 1;
+                    next.counts.retry_count += i64::from(failures);
+                    next.counts.rollback_count += i64::from(failures);
+                    next.counts.read_count += keys.len() as i64;
+                    next.counts.filter_count += filtered as i64;
+                    next.counts.commit_count += 1;
                     next.context = context.clone();
                     self.writer
                         .write_and_commit(&items, &target.commit, &item_failures, &mut next)
@@ -438,7 +438,7 @@ where
                 let keys: Vec<i64> = batch.iter().map(|f| f.key).collect();
                 let checkpoint = ledger.checkpoint(&keys);
                 let mut base = ctx.progress.clone();
-                base.retry_count += std::mem::take(&mut unsaved_retries);
+                base.counts.retry_count += std::mem::take(&mut unsaved_retries);
                 committing = Some(Box::pin(self.commit(target, base, batch, checkpoint)));
             }
             if in_flight.is_empty()
@@ -496,19 +496,19 @@ where
                             }
                         }
                         Err(e) => {
-                            ctx.progress.retry_count += done.retries + unsaved_retries;
-                            ctx.progress.rollback_count += done.rollbacks;
+                            ctx.progress.counts.retry_count += done.retries + unsaved_retries;
+                            ctx.progress.counts.rollback_count += done.rollbacks;
                             return Err(e.context("committing finished items"));
                         }
                     }
                     for listener in ctx.listeners.iter() {
                         listener.on_chunk(&ctx.run, &ctx.step_name, &ctx.progress, total).await;
                     }
-                    if ctx.progress.skip_count as u64 > ctx.settings.skip_limit {
-                        ctx.progress.retry_count += unsaved_retries;
+                    if ctx.progress.counts.skip_count as u64 > ctx.settings.skip_limit {
+                        ctx.progress.counts.retry_count += unsaved_retries;
                         anyhow::bail!(
                             "skip limit exceeded: {} item failures (batch.skip_limit = {})",
-                            ctx.progress.skip_count,
+                            ctx.progress.counts.skip_count,
                             ctx.settings.skip_limit
                         );
                     }
@@ -524,7 +524,7 @@ where
                 reading = None;
             }
         }
-        ctx.progress.retry_count += unsaved_retries;
+        ctx.progress.counts.retry_count += unsaved_retries;
         match failure {
             Some(e) => Err(e),
             None if end && queue.is_empty() => Ok(StepOutcome::Completed),

@@ -30,7 +30,7 @@ pub use listener::{JobListener, JobRunInfo};
 #[cfg(any(test, feature = "mock"))]
 pub use notify::MockNotifier;
 pub use notify::{Notification, Notifier, NotifyListener, SlackNotifier};
-pub use params::{JobParameters, ParameterError};
+pub use params::{JobParameters, ParamValue, ParameterError};
 pub use result::{BatchResult, ExitCode, StepResult};
 pub use retry::{Retried, RetryPolicy, RetrySchedule};
 pub use secret::{RedactedUrl, Secret};

@@ -281,16 +281,16 @@ impl JobListener for Metrics {
             .or_default()
             .observe(step.duration_ms as f64 / 1000.0);
         for (kind, n) in [
-            ("read", step.read_count),
-            ("written", step.write_count),
-            ("filtered", step.filter_count),
-            ("skipped", step.skip_count),
+            ("read", step.counts.read_count),
+            ("written", step.counts.write_count),
+            ("filtered", step.counts.filter_count),
+            ("skipped", step.counts.skip_count),
         ] {
             *s.items
                 .entry((key.0.clone(), key.1.clone(), kind))
                 .or_insert(0) += n.max(0) as u64;
         }
-        for (counter, n) in &step.counters {
+        for (counter, n) in &step.counts.counters {
             *s.counters
                 .entry((key.0.clone(), key.1.clone(), counter.clone()))
                 .or_insert(0) += *n;
@@ -303,7 +303,7 @@ impl JobListener for Metrics {
             *n = (*n - 1).max(0);
         }
         *s.runs
-            .entry((job.job_name.clone(), result.status.clone()))
+            .entry((job.job_name.clone(), result.status.to_string()))
             .or_insert(0) += 1;
         s.job_duration
             .entry(job.job_name.clone())
@@ -325,6 +325,7 @@ impl JobListener for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repository::{BatchStatus, StepCounts};
     use crate::result::ExitCode;
 
     fn run() -> JobRunInfo {
@@ -346,14 +347,15 @@ mod tests {
                 .contains("batch_job_running{job=\"someJob\"} 1\n")
         );
         let step = StepResult {
-            name: "aStep".into(),
-            status: "COMPLETED".into(),
-            read_count: 10,
-            write_count: 9,
-            filter_count: 1,
-            counters: BTreeMap::from([("created".to_owned(), 4)]),
+            counts: StepCounts {
+                read_count: 10,
+                write_count: 9,
+                filter_count: 1,
+                counters: [("created".to_owned(), 4)].into(),
+                ..StepCounts::default()
+            },
             duration_ms: 2_500,
-            ..StepResult::default()
+            ..StepResult::new("aStep", BatchStatus::Completed)
         };
         m.after_step(&run(), &step).await;
         let ended = DateTime::from_timestamp(1_700_000_000, 500_000_000).unwrap();
@@ -362,7 +364,7 @@ mod tests {
             job_instance_id: Some(1),
             execution_id: Some(7),
             parameters: BTreeMap::new(),
-            status: "COMPLETED".into(),
+            status: BatchStatus::Completed.into(),
             exit_code: ExitCode::Completed,
             message: None,
             started_at: None,

@@ -1,6 +1,7 @@
 //! Job parameters: `key=value` pairs, the identifying ones hashed into the job instance key.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use chrono::NaiveDate;
 use sha2::{Digest, Sha256};
@@ -83,16 +84,101 @@ pub fn parse_bool(name: &str, value: &str) -> Result<bool, ParameterError> {
     }
 }
 
-/// The resolved parameters of one run: every value (defaults filled in) and which are identifying.
+/// One parameter's value, parsed once at the edge against its declared [`ParamKind`]; jobs read
+/// the typed value ([`JobParameters::date`], ...) and never re-parse text. Stored, hashed and
+/// shown in its canonical text ([`Display`](fmt::Display)): `2026-11-20`, `true`, `42`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamValue {
+    /// A calendar date.
+    Date(NaiveDate),
+    /// A flag.
+    Bool(bool),
+    /// A non-negative integer.
+    Count(u64),
+    /// Any text, as given.
+    Text(String),
+}
+
+impl ParamValue {
+    /// Parses `raw` as a value of `kind` for parameter `name`; the error names both.
+    pub fn parse(name: &str, kind: ParamKind, raw: &str) -> Result<Self, ParameterError> {
+        Ok(match kind {
+            ParamKind::Date => ParamValue::Date(parse_date(name, raw)?),
+            ParamKind::Bool => ParamValue::Bool(parse_bool(name, raw)?),
+            ParamKind::Count => ParamValue::Count(raw.trim().parse::<u64>().map_err(|_| {
+                ParameterError::new(
+                    name,
+                    format!("invalid number `{raw}` for parameter `{name}`; expected a non-negative integer"),
+                )
+            })?),
+            ParamKind::Text => ParamValue::Text(raw.to_owned()),
+        })
+    }
+
+    /// The kind of this value.
+    pub fn kind(&self) -> ParamKind {
+        match self {
+            ParamValue::Date(_) => ParamKind::Date,
+            ParamValue::Bool(_) => ParamKind::Bool,
+            ParamValue::Count(_) => ParamKind::Count,
+            ParamValue::Text(_) => ParamKind::Text,
+        }
+    }
+}
+
+impl fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamValue::Date(d) => write!(f, "{}", d.format("%Y-%m-%d")),
+            ParamValue::Bool(b) => write!(f, "{b}"),
+            ParamValue::Count(n) => write!(f, "{n}"),
+            ParamValue::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl From<NaiveDate> for ParamValue {
+    fn from(d: NaiveDate) -> Self {
+        ParamValue::Date(d)
+    }
+}
+
+impl From<bool> for ParamValue {
+    fn from(b: bool) -> Self {
+        ParamValue::Bool(b)
+    }
+}
+
+impl From<u64> for ParamValue {
+    fn from(n: u64) -> Self {
+        ParamValue::Count(n)
+    }
+}
+
+impl From<&str> for ParamValue {
+    fn from(t: &str) -> Self {
+        ParamValue::Text(t.to_owned())
+    }
+}
+
+impl From<String> for ParamValue {
+    fn from(t: String) -> Self {
+        ParamValue::Text(t)
+    }
+}
+
+/// The resolved parameters of one run: every value (defaults filled in), typed, and which are
+/// identifying.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JobParameters {
-    values: BTreeMap<String, String>,
+    values: BTreeMap<String, ParamValue>,
     identifying: BTreeSet<String>,
 }
 
 impl JobParameters {
     /// Checks `given` against the job's declared parameters (an unknown name is an error naming it
-    /// and listing the accepted ones) and starts a parameter set from them.
+    /// and listing the accepted ones; a value that is not of the declared kind is an error naming
+    /// the parameter and the value) and starts a parameter set from the parsed values.
     pub fn from_declared(
         descriptor: &JobDescriptor,
         given: BTreeMap<String, String>,
@@ -114,27 +200,14 @@ impl JobParameters {
                     ),
                 ));
             };
-            match spec.kind {
-                ParamKind::Date => {
-                    parse_date(&k, &v)?;
-                }
-                ParamKind::Bool => {
-                    parse_bool(&k, &v)?;
-                }
-                ParamKind::Count => {
-                    v.trim().parse::<u64>().map_err(|_| {
-                        ParameterError::new(&k, format!("invalid number `{v}` for parameter `{k}`"))
-                    })?;
-                }
-                ParamKind::Text => {}
-            }
-            params.set(&k, v, spec.identifying);
+            let value = ParamValue::parse(&k, spec.kind, &v)?;
+            params.set(&k, value, spec.identifying);
         }
         Ok(params)
     }
 
-    /// Sets a value.
-    pub fn set(&mut self, name: &str, value: impl Into<String>, identifying: bool) {
+    /// Sets a value (a default the job fills in, say).
+    pub fn set(&mut self, name: &str, value: impl Into<ParamValue>, identifying: bool) {
         self.values.insert(name.to_owned(), value.into());
         if identifying {
             self.identifying.insert(name.to_owned());
@@ -143,22 +216,92 @@ impl JobParameters {
         }
     }
 
-    /// A value, if set.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str)
+    /// True when `name` has a value.
+    pub fn is_set(&self, name: &str) -> bool {
+        self.values.contains_key(name)
     }
 
-    /// Every value.
-    pub fn values(&self) -> &BTreeMap<String, String> {
-        &self.values
+    /// The value of `name`, if set.
+    pub fn value(&self, name: &str) -> Option<&ParamValue> {
+        self.values.get(name)
     }
 
-    /// The identifying values only.
+    fn typed<'a, T>(
+        &'a self,
+        name: &str,
+        kind: &str,
+        pick: impl FnOnce(&'a ParamValue) -> Option<T>,
+    ) -> Result<T, ParameterError> {
+        let value = self
+            .values
+            .get(name)
+            .ok_or_else(|| ParameterError::new(name, format!("parameter `{name}` is not set")))?;
+        pick(value).ok_or_else(|| {
+            ParameterError::new(
+                name,
+                format!(
+                    "parameter `{name}` is {:?} (`{value}`), not {kind}",
+                    value.kind()
+                ),
+            )
+        })
+    }
+
+    /// The date `name` (an error if it is not set or not a date).
+    pub fn date(&self, name: &str) -> Result<NaiveDate, ParameterError> {
+        self.typed(name, "a date", |v| match v {
+            ParamValue::Date(d) => Some(*d),
+            _ => None,
+        })
+    }
+
+    /// The flag `name` (an error if it is not set or not a flag).
+    pub fn bool(&self, name: &str) -> Result<bool, ParameterError> {
+        self.typed(name, "a flag", |v| match v {
+            ParamValue::Bool(b) => Some(*b),
+            _ => None,
+        })
+    }
+
+    /// The count `name` (an error if it is not set or not a count).
+    pub fn count(&self, name: &str) -> Result<u64, ParameterError> {
+        self.typed(name, "a count", |v| match v {
+            ParamValue::Count(n) => Some(*n),
+            _ => None,
+        })
+    }
+
+    /// The count `name`, or `default` when it is not set (an error if it is not a count).
+    pub fn count_or(&self, name: &str, default: u64) -> Result<u64, ParameterError> {
+        if self.is_set(name) {
+            self.count(name)
+        } else {
+            Ok(default)
+        }
+    }
+
+    /// The text `name` (an error if it is not set or not text).
+    pub fn text(&self, name: &str) -> Result<&str, ParameterError> {
+        self.typed(name, "text", |v| match v {
+            ParamValue::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Every value in its canonical text (what is stored and shown).
+    pub fn to_strings(&self) -> BTreeMap<String, String> {
+        self.values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect()
+    }
+
+    /// The identifying values only, as text.
     pub fn identifying(&self) -> BTreeMap<String, String> {
         self.values
             .iter()
             .filter(|(k, _)| self.identifying.contains(*k))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), v.to_string()))
             .collect()
     }
 
@@ -172,7 +315,7 @@ impl JobParameters {
 
     /// Every value as JSON (stored with the execution).
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.values).expect("a string map serializes")
+        serde_json::to_string(&self.to_strings()).expect("a string map serializes")
     }
 
     /// The identifying values as JSON (stored with the instance).
@@ -262,6 +405,32 @@ mod tests {
         assert_eq!(a.job_key().len(), 64);
         assert_eq!(a.identifying_json(), r#"{"date":"2026-11-20"}"#);
         assert_eq!(a.to_json(), r#"{"date":"2026-11-20","verify":"true"}"#);
+    }
+
+    #[test]
+    fn values_are_parsed_once_into_their_kind_and_canonical() {
+        let p = JobParameters::from_declared(
+            &JOB,
+            parse_pairs(&["date= 2026-11-20", "verify=YES"]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.date("date").unwrap(),
+            NaiveDate::from_ymd_opt(2026, 11, 20).unwrap()
+        );
+        assert!(p.bool("verify").unwrap());
+        assert_eq!(p.to_json(), r#"{"date":"2026-11-20","verify":"true"}"#);
+        // The same date written differently is the same instance.
+        let q =
+            JobParameters::from_declared(&JOB, parse_pairs(&["date=2026-11-20"]).unwrap()).unwrap();
+        assert_eq!(p.job_key(), q.job_key());
+        let e = p.count("date").unwrap_err();
+        assert!(
+            e.message.contains("`date`") && e.message.contains("not a count"),
+            "{e}"
+        );
+        let e = q.bool("verify").unwrap_err();
+        assert!(e.message.contains("not set"), "{e}");
     }
 
     #[test]

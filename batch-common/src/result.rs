@@ -6,6 +6,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::repository::{BatchStatus, RunStatus, StepCounts};
+
 /// The process exit codes of the launcher (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -41,34 +43,34 @@ impl From<ExitCode> for std::process::ExitCode {
     }
 }
 
-/// Counters and outcome of one step.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Counts and outcome of one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepResult {
     /// Step name.
     pub name: String,
-    /// Final status (COMPLETED, FAILED, ...).
-    pub status: String,
-    /// Items read.
-    pub read_count: i64,
-    /// Items written.
-    pub write_count: i64,
-    /// Items filtered.
-    pub filter_count: i64,
-    /// Items skipped (item failures).
-    pub skip_count: i64,
-    /// Chunks committed.
-    pub commit_count: i64,
-    /// Chunks rolled back.
-    pub rollback_count: i64,
-    /// Retries.
-    pub retry_count: i64,
-    /// Domain counters, e.g. `created`, `corrected`, `unchanged`, `skipped_newer`.
-    pub counters: BTreeMap<String, i64>,
+    /// Final status.
+    pub status: BatchStatus,
+    /// Items read, written, ..., and the domain counters (fields of this object in JSON).
+    #[serde(flatten)]
+    pub counts: StepCounts,
     /// Wall time.
     pub duration_ms: u64,
     /// Error or summary, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+impl StepResult {
+    /// A step that has not ended yet: no counts, no time.
+    pub fn new(name: impl Into<String>, status: BatchStatus) -> Self {
+        StepResult {
+            name: name.into(),
+            status,
+            counts: StepCounts::default(),
+            duration_ms: 0,
+            message: None,
+        }
+    }
 }
 
 /// The summary of one launch of a job.
@@ -82,8 +84,9 @@ pub struct BatchResult {
     pub execution_id: Option<i64>,
     /// The parameters of the run.
     pub parameters: BTreeMap<String, String>,
-    /// Final status of the execution (COMPLETED, FAILED, ...), or NOOP when nothing ran.
-    pub status: String,
+    /// Final status of the execution (COMPLETED, FAILED, ...), or why nothing ran (NOOP,
+    /// ALREADY_RUNNING).
+    pub status: RunStatus,
     /// The launcher's exit code.
     pub exit_code: ExitCode,
     /// Error or summary text.
@@ -131,14 +134,14 @@ impl fmt::Display for BatchResult {
                 "\n  {}: {} read={} written={} skipped={} commits={} retries={} {} ms",
                 s.name,
                 s.status,
-                s.read_count,
-                s.write_count,
-                s.skip_count,
-                s.commit_count,
-                s.retry_count,
+                s.counts.read_count,
+                s.counts.write_count,
+                s.counts.skip_count,
+                s.counts.commit_count,
+                s.counts.retry_count,
                 s.duration_ms
             )?;
-            for (k, v) in &s.counters {
+            for (k, v) in s.counts.counters.iter() {
                 write!(f, " {k}={v}")?;
             }
         }
@@ -175,18 +178,19 @@ mod tests {
             job_instance_id: Some(1),
             execution_id: Some(7),
             parameters: [("date".to_string(), "2026-11-20".to_string())].into(),
-            status: "COMPLETED".into(),
+            status: BatchStatus::Completed.into(),
             exit_code: ExitCode::CompletedWithFailures,
             message: None,
             started_at: None,
             ended_at: None,
             duration_ms: 12,
             steps: vec![StepResult {
-                name: "syncExampleStep".into(),
-                status: "COMPLETED".into(),
-                read_count: 10,
-                counters: [("created".to_string(), 10)].into(),
-                ..StepResult::default()
+                counts: StepCounts {
+                    read_count: 10,
+                    counters: [("created".to_string(), 10)].into(),
+                    ..StepCounts::default()
+                },
+                ..StepResult::new("syncExampleStep", BatchStatus::Completed)
             }],
             item_failures: 2,
         };
@@ -195,6 +199,12 @@ mod tests {
             json.contains("\"exit_code\": \"COMPLETED_WITH_FAILURES\""),
             "{json}"
         );
+        // The counts are fields of the step object, as before StepCounts existed.
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["status"], "COMPLETED");
+        assert_eq!(value["steps"][0]["read_count"], 10);
+        assert_eq!(value["steps"][0]["counters"]["created"], 10);
+        assert_eq!(value["steps"][0]["status"], "COMPLETED");
         assert_eq!(serde_json::from_str::<BatchResult>(&json).unwrap(), r);
         let text = r.to_string();
         assert!(

@@ -284,11 +284,11 @@ mod tests {
             ("every day", "2 fields"),
             ("0 0 1 * * * * *", "8 fields"),
         ] {
-            let map = BTreeMap::from([("pointBalanceSyncJob".to_owned(), expr.to_owned())]);
+            let map = BTreeMap::from([("exampleSyncJob".to_owned(), expr.to_owned())]);
             let e = Scheduler::from_config(&map, Seoul, clock.clone()).unwrap_err();
             let text = e.to_string();
             assert!(
-                text.starts_with("schedule.pointBalanceSyncJob") && text.contains(needle),
+                text.starts_with("schedule.exampleSyncJob") && text.contains(needle),
                 "{text}"
             );
         }
@@ -299,8 +299,8 @@ mod tests {
         // FixedClock::sleep moves the clock forward and returns at once.
         let clock = Arc::new(FixedClock::new(kst(2026, 11, 21, 0, 59, 58)));
         let map = BTreeMap::from([
-            ("pointBalanceSyncJob".to_owned(), "0 0 1 * * *".to_owned()),
-            ("assetRefreshJob".to_owned(), "0 0 4 * * *".to_owned()),
+            ("exampleSyncJob".to_owned(), "0 0 1 * * *".to_owned()),
+            ("exampleRefreshJob".to_owned(), "0 0 4 * * *".to_owned()),
         ]);
         let scheduler = Scheduler::from_config(&map, Seoul, clock.clone()).unwrap();
         let fired = Mutex::new(Vec::new());
@@ -319,10 +319,10 @@ mod tests {
         assert_eq!(
             fired,
             vec![
-                ("pointBalanceSyncJob".to_owned(), kst(2026, 11, 21, 1, 0, 0)),
-                ("assetRefreshJob".to_owned(), kst(2026, 11, 21, 4, 0, 0)),
-                ("pointBalanceSyncJob".to_owned(), kst(2026, 11, 22, 1, 0, 0)),
-                ("assetRefreshJob".to_owned(), kst(2026, 11, 22, 4, 0, 0)),
+                ("exampleSyncJob".to_owned(), kst(2026, 11, 21, 1, 0, 0)),
+                ("exampleRefreshJob".to_owned(), kst(2026, 11, 21, 4, 0, 0)),
+                ("exampleSyncJob".to_owned(), kst(2026, 11, 22, 1, 0, 0)),
+                ("exampleRefreshJob".to_owned(), kst(2026, 11, 22, 4, 0, 0)),
             ]
         );
     }

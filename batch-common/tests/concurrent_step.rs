@@ -266,13 +266,13 @@ db_test!(async fn every_item_once_with_counts_failures_and_a_rerun_of_the_failed
     assert_eq!(first.exit_code, ExitCode::CompletedWithFailures, "{first:#?}");
     let s = &first.steps[0];
     assert_eq!(
-        (s.read_count, s.write_count, s.filter_count, s.skip_count),
+        (s.counts.read_count, s.counts.write_count, s.counts.filter_count, s.counts.skip_count),
         (120, 115, 2, 3),
         "{s:#?}"
     );
-    assert_eq!((s.retry_count, s.rollback_count), (1, 1), "one transient commit failure, retried");
-    assert!(s.commit_count >= 120 / 4 / 2, "small commits: {}", s.commit_count);
-    assert_eq!(s.counters["rows"], 115);
+    assert_eq!((s.counts.retry_count, s.counts.rollback_count), (1, 1), "one transient commit failure, retried");
+    assert!(s.counts.commit_count >= 120 / 4 / 2, "small commits: {}", s.counts.commit_count);
+    assert_eq!(s.counts.counters["rows"], 115);
     let expected: Vec<i64> = (1..=120).filter(|n| ![7, 20, 50, 51, 99].contains(n)).collect();
     assert_eq!(written(db).await, expected, "each written once, in spite of the rolled-back commit");
     assert!(plan.calls().values().all(|n| *n == 1));
@@ -286,7 +286,7 @@ db_test!(async fn every_item_once_with_counts_failures_and_a_rerun_of_the_failed
     plan.fail.lock().unwrap().clear();
     let second = launch(db, &job, 10).await;
     assert_eq!(second.exit_code, ExitCode::Completed, "{second:#?}");
-    assert_eq!((second.steps[0].read_count, second.steps[0].write_count), (3, 3));
+    assert_eq!((second.steps[0].counts.read_count, second.steps[0].counts.write_count), (3, 3));
     let calls = plan.calls();
     assert_eq!((calls[&7], calls[&50], calls[&51], calls[&8]), (2, 2, 2, 1));
     assert_eq!(written(db).await.len(), 118);
@@ -411,7 +411,7 @@ db_test!(async fn a_crash_reprocesses_only_the_items_in_flight(db) {
     let again: Vec<i64> = before.keys().copied().filter(|k| calls[k] > 1).collect();
     assert!(again.len() <= step.max_uncommitted(), "re-processed {again:?}");
     assert!(again.iter().all(|k| *k == 20 || *k > 60), "re-processed a committed item: {again:?}");
-    assert_eq!(ctx.progress.read_count, 200 - 59, "{:?}", ctx.progress);
+    assert_eq!(ctx.progress.counts.read_count, 200 - 59, "{:?}", ctx.progress);
     Ok(())
 });
 
@@ -448,7 +448,7 @@ db_test!(async fn the_next_page_is_processed_while_items_are_in_flight_and_a_sto
     let last = *done.last().unwrap();
     assert!(last > 40 && last < 100, "in-flight items committed, nothing new started: {last}");
     assert_eq!(done, (1..=last).collect::<Vec<_>>());
-    assert_eq!(saved(db, &ctx).await.read_count, last);
+    assert_eq!(saved(db, &ctx).await.counts.read_count, last);
 
     // The restart finishes the rest, without processing anything twice.
     let checkpoint = saved(db, &ctx).await.context;

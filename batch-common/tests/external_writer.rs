@@ -205,11 +205,11 @@ impl Harness {
         let context: serde_json::Value = serde_json::from_str(&row.execution_context).unwrap();
         Saved {
             next: next_of(&context),
-            commits: row.commit_count,
-            read: row.read_count,
-            written: row.write_count,
-            retries: row.retry_count,
-            rollbacks: row.rollback_count,
+            commits: row.counts.commit_count,
+            read: row.counts.read_count,
+            written: row.counts.write_count,
+            retries: row.counts.retry_count,
+            rollbacks: row.counts.rollback_count,
         }
     }
 }
@@ -242,11 +242,11 @@ fn step(r: &BatchResult) -> &StepResult {
 /// (read, written, commits, retries, rollbacks) of a step result.
 fn counts(s: &StepResult) -> (i64, i64, i64, i64, i64) {
     (
-        s.read_count,
-        s.write_count,
-        s.commit_count,
-        s.retry_count,
-        s.rollback_count,
+        s.counts.read_count,
+        s.counts.write_count,
+        s.counts.commit_count,
+        s.counts.retry_count,
+        s.counts.rollback_count,
     )
 }
 

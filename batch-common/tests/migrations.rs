@@ -5,7 +5,7 @@
 //! must be up to date for today's two sets and keep its rows and its migration history.
 
 use batch_common::repository::{
-    ALL_MIGRATIONS, CreateExecution, JobRepository, METADATA_MIGRATIONS, StepProgress,
+    ALL_MIGRATIONS, CreateExecution, JobRepository, METADATA_MIGRATIONS, StepCounts, StepProgress,
 };
 use batch_testkit::TestDb;
 use chrono::NaiveDate;
@@ -82,8 +82,11 @@ async fn a_database_of_the_2026_11_release_is_up_to_date(backend: Backend) {
         "COMPLETED",
         None,
         &StepProgress {
-            read_count: 7,
-            write_count: 7,
+            counts: StepCounts {
+                read_count: 7,
+                write_count: 7,
+                ..StepCounts::default()
+            },
             ..StepProgress::default()
         },
         at(2),
@@ -133,7 +136,10 @@ async fn a_database_of_the_2026_11_release_is_up_to_date(backend: Backend) {
     assert_eq!((e.status.as_str(), e.end_time), ("COMPLETED", Some(at(2))));
     let steps = repo.step_executions(execution.id).await.unwrap();
     assert_eq!(steps.len(), 1);
-    assert_eq!((steps[0].read_count, steps[0].write_count), (7, 7));
+    assert_eq!(
+        (steps[0].counts.read_count, steps[0].counts.write_count),
+        (7, 7)
+    );
     let mut conn = new.get().await.unwrap();
     assert_eq!(recorded_versions(&mut conn).await, versions_before);
 }

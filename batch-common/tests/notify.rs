@@ -285,16 +285,16 @@ fn outcome(r: &BatchResult) -> (String, ExitCode, Option<String>, i64, Vec<Strin
                 "{} {} read={} written={} skipped={} retries={} {:?}",
                 s.name,
                 s.status,
-                s.read_count,
-                s.write_count,
-                s.skip_count,
-                s.retry_count,
-                s.counters
+                s.counts.read_count,
+                s.counts.write_count,
+                s.counts.skip_count,
+                s.counts.retry_count,
+                s.counts.counters
             )
         })
         .collect();
     (
-        r.status.clone(),
+        r.status.to_string(),
         r.exit_code,
         r.message.clone(),
         r.item_failures,

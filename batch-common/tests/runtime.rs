@@ -55,7 +55,7 @@ impl JobListener for Recorder {
         self.0
             .lock()
             .unwrap()
-            .push(format!("chunk {step} {}/{total}", p.write_count));
+            .push(format!("chunk {step} {}/{total}", p.counts.write_count));
     }
     async fn on_step_retry(&self, _job: &JobRunInfo, step: &str, attempt: u32, _e: &str) {
         self.0
@@ -134,7 +134,7 @@ db_test!(async fn failed_run_restarts_at_the_failed_chunk(db) {
     assert_eq!(first.exit_code, ExitCode::Failed, "{first:#?}");
     assert_eq!(first.status, "FAILED");
     let count = step(&first, "countStep");
-    assert_eq!((count.status.as_str(), count.commit_count, count.rollback_count), ("FAILED", 4, 1));
+    assert_eq!((count.status.as_str(), count.counts.commit_count, count.counts.rollback_count), ("FAILED", 4, 1));
     assert!(first.message.as_deref().unwrap().contains("injected failure"), "{first:?}");
     assert_eq!(written(db).await, (1..=20).collect::<Vec<_>>(), "the failed chunk was rolled back");
     assert!(first.steps.iter().all(|s| s.name != "flakyStep"), "later steps do not run");
@@ -144,7 +144,7 @@ db_test!(async fn failed_run_restarts_at_the_failed_chunk(db) {
     assert_ne!(second.execution_id, first.execution_id);
     assert_eq!(second.job_instance_id, first.job_instance_id);
     let count = step(&second, "countStep");
-    assert_eq!((count.read_count, count.write_count, count.commit_count), (30, 30, 6), "resumed at chunk 5");
+    assert_eq!((count.counts.read_count, count.counts.write_count, count.counts.commit_count), (30, 30, 6), "resumed at chunk 5");
     assert_eq!(written(db).await, (1..=50).collect::<Vec<_>>(), "every item exactly once");
     Ok(())
 });
@@ -186,7 +186,7 @@ db_test!(async fn transient_chunk_errors_are_retried_with_backoff(db) {
     let r = h.launch(&["run=transient", "items=20"]).await;
     assert_eq!(r.exit_code, ExitCode::Completed, "{r:#?}");
     let count = step(&r, "countStep");
-    assert_eq!((count.retry_count, count.rollback_count, count.commit_count), (2, 2, 4));
+    assert_eq!((count.counts.retry_count, count.counts.rollback_count, count.counts.commit_count), (2, 2, 4));
     assert_eq!(written(db).await, (1..=20).collect::<Vec<_>>());
     // Backoff 200 ms then 400 ms, each with up to +100% jitter, waited on the injected clock.
     let waited = h.clock.now() - before;
@@ -210,7 +210,7 @@ db_test!(async fn a_long_outage_uses_the_chunk_retry_budget_then_fails_the_step(
     let waited = (h.clock.now() - before).to_std().unwrap();
     assert!(waited > Duration::from_secs(45) && waited <= Duration::from_secs(60), "{waited:?}");
     let count = step(&r, "countStep");
-    assert!((10..=20).contains(&count.retry_count), "{count:?}");
+    assert!((10..=20).contains(&count.counts.retry_count), "{count:?}");
     assert_eq!(written(db).await, Vec::<i64>::new(), "nothing of the failed chunk is written");
     Ok(())
 });
@@ -226,7 +226,7 @@ db_test!(async fn a_short_outage_is_ridden_out_by_chunk_retries(db) {
     let before = h.clock.now();
     let r = h.launch(&["run=blip", "items=10"]).await;
     assert_eq!(r.exit_code, ExitCode::Completed, "{r:#?}");
-    assert_eq!(step(&r, "countStep").retry_count, 8);
+    assert_eq!(step(&r, "countStep").counts.retry_count, 8);
     assert!(h.clock.now() - before < chrono::Duration::seconds(60), "no 5-minute step retry");
     assert!(!h.recorder.0.lock().unwrap().iter().any(|e| e.starts_with("retry countStep")));
     assert_eq!(written(db).await, (1..=10).collect::<Vec<_>>());
@@ -243,14 +243,14 @@ db_test!(async fn failing_step_is_retried_without_real_waiting(db) {
     let r = h.launch(&["run=stepretry", "items=10"]).await;
     assert_eq!(r.exit_code, ExitCode::Completed, "{r:#?}");
     let flaky = step(&r, "flakyStep");
-    assert_eq!(flaky.retry_count, 2);
-    assert_eq!(flaky.counters.get("flaky_ok"), Some(&1));
+    assert_eq!(flaky.counts.retry_count, 2);
+    assert_eq!(flaky.counts.counters.get("flaky_ok"), Some(&1));
     assert_eq!(h.plan.flaky_runs.load(Ordering::SeqCst), 3);
     assert_eq!(h.clock.now() - before, chrono::Duration::minutes(10), "two 5-minute waits");
     assert!(real.elapsed() < Duration::from_secs(60));
     // The retry count is in the step execution row too.
     let steps = h.repo().step_executions(r.execution_id.unwrap()).await?;
-    assert_eq!(steps.iter().find(|s| s.step_name == "flakyStep").unwrap().retry_count, 2);
+    assert_eq!(steps.iter().find(|s| s.step_name == "flakyStep").unwrap().counts.retry_count, 2);
     let events = h.recorder.0.lock().unwrap().clone();
     assert!(events.contains(&"retry flakyStep 1".to_owned()) && events.contains(&"retry flakyStep 2".to_owned()), "{events:?}");
     Ok(())
@@ -263,7 +263,7 @@ db_test!(async fn exhausted_step_retries_fail_the_job_and_notify(db) {
     h.plan.flaky_failures_left.store(10, Ordering::SeqCst);
     let r = h.launch(&["run=exhausted", "items=3"]).await;
     assert_eq!(r.exit_code, ExitCode::Failed);
-    assert_eq!(step(&r, "flakyStep").retry_count, 2);
+    assert_eq!(step(&r, "flakyStep").counts.retry_count, 2);
     assert_eq!(h.plan.flaky_runs.load(Ordering::SeqCst), 3);
     let events = h.recorder.0.lock().unwrap().clone();
     assert_eq!(
@@ -300,7 +300,7 @@ db_test!(async fn completed_instance_is_not_run_again_unless_rerun(db) {
 
     let rerun = h.launch_with(&["run=once", "items=5"], &LaunchOptions { rerun: true, ..Default::default() }).await;
     assert_eq!((rerun.exit_code, rerun.status.as_str()), (ExitCode::Completed, "COMPLETED"));
-    assert_eq!(step(&rerun, "countStep").write_count, 5, "a rerun starts from scratch");
+    assert_eq!(step(&rerun, "countStep").counts.write_count, 5, "a rerun starts from scratch");
     assert_eq!(h.repo().executions_of_instance(first.job_instance_id.unwrap()).await?.len(), 2);
     // Another identifying value is another instance.
     let other = h.launch(&["run=twice", "items=5"]).await;
@@ -321,7 +321,7 @@ db_test!(async fn item_failures_complete_with_exit_3_and_rerun_only_those(db) {
     // The same instance again: only the failed items are read, and their failures resolved.
     let retry = h.launch(&["run=partial", "items=10"]).await;
     assert_eq!(retry.exit_code, ExitCode::Completed, "{retry:#?}");
-    assert_eq!(step(&retry, "countStep").read_count, 2);
+    assert_eq!(step(&retry, "countStep").counts.read_count, 2);
     assert_eq!(written(db).await, (1..=10).collect::<Vec<_>>());
     assert!(h.repo().unresolved_failures(r.job_instance_id.unwrap(), "countStep").await?.is_empty());
     // And now it is complete.

@@ -83,6 +83,7 @@ fn rate(items: i64, elapsed: Duration) -> f64 {
 /// `created=3 corrected=1` from the domain counters.
 fn counters_text(progress: &StepProgress) -> String {
     progress
+        .counts
         .counters
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -131,7 +132,7 @@ impl JobListener for Progress {
             return;
         };
         state.chunks += 1;
-        let done = progress.read_count;
+        let done = progress.counts.read_count;
         match (&state.bar, self.mode) {
             (Some(bar), _) => {
                 if let Some(total) = total {
@@ -207,10 +208,8 @@ mod tests {
     async fn bars_follow_the_chunks() {
         let p = Progress::new(ProgressMode::Bars);
         p.before_step(&run(), "aStep").await;
-        let mut progress = StepProgress {
-            read_count: 250,
-            ..StepProgress::default()
-        };
+        let mut progress = StepProgress::default();
+        progress.counts.read_count = 250;
         progress.add_counter("created", 7);
         p.on_chunk(&run(), "aStep", &progress, Some(1000)).await;
         {
@@ -222,10 +221,7 @@ mod tests {
         }
         p.after_step(
             &run(),
-            &StepResult {
-                name: "aStep".into(),
-                ..StepResult::default()
-            },
+            &StepResult::new("aStep", batch_common::BatchStatus::Completed),
         )
         .await;
         assert!(p.states().is_empty());

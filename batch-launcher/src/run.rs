@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use batch_common::launcher::{LaunchOptions, Prepared};
 use batch_common::params::parse_pairs;
-use batch_common::repository::ALL_MIGRATIONS;
+use batch_common::repository::{ALL_MIGRATIONS, BatchStatus};
 use batch_common::{
     BatchProperties, BatchResult, Clock, ClockExt, ConfigError, ExitCode, JobEnv, JobRepository,
     SystemClock,
@@ -140,7 +140,7 @@ fn failed_result(
         job_instance_id: None,
         execution_id: None,
         parameters: given,
-        status: "FAILED".to_owned(),
+        status: BatchStatus::Failed.into(),
         exit_code: exit_code_for(err),
         message: Some(error_line(err)),
         started_at: Some(started_at),

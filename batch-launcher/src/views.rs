@@ -1,6 +1,7 @@
 //! What `history --json` and the HTTP API show of an execution: one view for both.
 
 use batch_common::JobRepository;
+use batch_common::repository::{BatchStatus, StepCounts};
 use core_domain::DbError;
 
 /// One execution with its steps as JSON: `history --json` and the HTTP API show the same view.
@@ -23,11 +24,15 @@ pub async fn execution_view(
         "start_time": e.start_time,
         "end_time": e.end_time,
         "last_updated": e.last_updated,
-        "steps": steps.iter().map(|s| serde_json::json!({
-            "name": s.step_name, "status": s.status, "read": s.read_count, "written": s.write_count,
-            "filtered": s.filter_count, "skipped": s.skip_count, "commits": s.commit_count,
-            "rollbacks": s.rollback_count, "retries": s.retry_count,
-            "counters": serde_json::from_str::<serde_json::Value>(&s.counters).unwrap_or_default(),
-        })).collect::<Vec<_>>(),
+        "steps": steps.iter().map(|s| step_view(&s.step_name, s.status, &s.counts)).collect::<Vec<_>>(),
     }))
+}
+
+/// One step in the view: its counts under the API's short names.
+fn step_view(name: &str, status: BatchStatus, c: &StepCounts) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "status": status, "read": c.read_count, "written": c.write_count,
+        "filtered": c.filter_count, "skipped": c.skip_count, "commits": c.commit_count,
+        "rollbacks": c.rollback_count, "retries": c.retry_count, "counters": c.counters,
+    })
 }

@@ -77,9 +77,9 @@ db_test!(async fn the_example_domain_runs_through_the_launcher(db) {
     assert_eq!(execution.status, "COMPLETED");
     let steps = repo.step_executions(execution.id).await?;
     assert_eq!(steps.len(), 1);
-    assert_eq!(steps[0].read_count, 5, "7 users, 2 inactive");
-    let counters: serde_json::Value = serde_json::from_str(&steps[0].counters)?;
-    assert_eq!(counters["active_users"], 5, "{counters}");
+    assert_eq!(steps[0].counts.read_count, 5, "7 users, 2 inactive");
+    let counters = &steps[0].counts.counters;
+    assert_eq!(counters.get("active_users"), Some(&5), "{counters:?}");
     // The same instance again: a no-op.
     let code = launch(
         &registry,

@@ -234,7 +234,7 @@ db_test!(async fn sigkill_mid_sync_then_relaunch_leaves_redis_equal_to_the_db(db
         assert!(start.elapsed() < Duration::from_secs(60), "the sync did not start");
         if let Some((e, _)) = repo.history(Some("pointBalanceSyncJob"), 1).await?.into_iter().next() {
             let steps = repo.step_executions(e.id).await?;
-            if steps.iter().any(|s| s.step_name == "syncPointBalanceStep" && s.commit_count >= 5) {
+            if steps.iter().any(|s| s.step_name == "syncPointBalanceStep" && s.counts.commit_count >= 5) {
                 break e.id;
             }
         }

@@ -330,9 +330,9 @@ impl DailyReport {
 impl Tasklet for DailyReport {
     async fn run(&self, ctx: &mut StepContext) -> anyhow::Result<()> {
         let (rows, transactions, deleted) = self.generate(ctx.now()).await?;
-        ctx.progress.read_count = transactions;
-        ctx.progress.write_count = rows;
-        ctx.progress.commit_count = 1;
+        ctx.progress.counts.read_count = transactions;
+        ctx.progress.counts.write_count = rows;
+        ctx.progress.counts.commit_count = 1;
         ctx.progress.add_counter("report_rows", rows);
         ctx.progress.add_counter("deleted_rows", deleted as i64);
         Ok(())

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use batch_common::config::SettingsSpec;
 use batch_common::job::{BuildFuture, Job, JobEnv, ParamKind};
 use batch_common::module::{HealthCheck, JobModule, JobRegistration};
-use batch_common::params::{JobParameters, ParameterError, parse_bool, parse_date};
+use batch_common::params::{JobParameters, ParameterError};
 use batch_common::redis::{RedisConn, RedisHealth};
 use batch_common::step::{Step, TaskletStep};
 use batch_common::{BatchProperties, Clock, ClockExt, JobDescriptor, ParameterSpec};
@@ -127,23 +127,20 @@ impl Job for PointBalanceSyncJob {
         given: BTreeMap<String, String>,
     ) -> Result<JobParameters, ParameterError> {
         let mut params = JobParameters::from_declared(&DESCRIPTOR, given)?;
-        if params.get("date").is_none() {
+        if !params.is_set("date") {
             let yesterday = self.clock.yesterday_in(self.props.batch.timezone);
-            params.set("date", yesterday.to_string(), true);
+            params.set("date", yesterday, true);
         }
         // `verify=false` and no `verify` are the same instance.
-        let verify = params
-            .get("verify")
-            .map(|v| parse_bool("verify", v))
-            .transpose()?
-            .unwrap_or(false);
-        params.set("verify", verify.to_string(), true);
+        if !params.is_set("verify") {
+            params.set("verify", false, true);
+        }
         Ok(params)
     }
 
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {
-        let date = parse_date("date", params.get("date").unwrap_or_default())?;
-        let verify = parse_bool("verify", params.get("verify").unwrap_or("false"))?;
+        let date = params.date("date")?;
+        let verify = params.bool("verify")?;
         let point = self.props.section::<PointSettings>()?;
         let sync: Arc<dyn Step> = Arc::new(CacheSyncStep::new(
             BalanceReader::new(self.db.clone()),

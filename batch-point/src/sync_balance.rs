@@ -623,6 +623,7 @@ impl CacheSyncStep {
         ctx.progress.add_counter(CACHE_RESETS, 1);
         let resets = ctx
             .progress
+            .counts
             .counters
             .get(CACHE_RESETS)
             .copied()
@@ -635,7 +636,7 @@ impl CacheSyncStep {
         );
         if self.verify {
             for name in COUNTERS {
-                ctx.progress.counters.insert(name.to_owned(), 0);
+                ctx.progress.counts.counters.insert(name.to_owned(), 0);
             }
         }
         ctx.progress.context = serde_json::json!({ "cache": identity_json(now) });
@@ -653,7 +654,7 @@ impl Step for CacheSyncStep {
     }
 
     async fn execute(&self, ctx: &mut StepContext) -> anyhow::Result<StepOutcome> {
-        if !ctx.progress.counters.contains_key(CACHE_RESETS) {
+        if !ctx.progress.counts.counters.contains_key(CACHE_RESETS) {
             ctx.progress.add_counter(CACHE_RESETS, 0);
         }
         let mut now = self.identity(ctx).await?;
@@ -692,7 +693,10 @@ impl Step for CacheSyncStep {
         let mut resets = 0u32;
         loop {
             self.guard.begin(now.clone());
-            let since = (ctx.progress.commit_count, ctx.progress.read_count);
+            let since = (
+                ctx.progress.counts.commit_count,
+                ctx.progress.counts.read_count,
+            );
             let lost = match self.inner.execute(ctx).await {
                 Ok(StepOutcome::Completed) => {
                     // The last chunks may have gone to a cache that restarted right after.
@@ -719,8 +723,8 @@ impl Step for CacheSyncStep {
             now = self.identity(ctx).await?;
             let why = format!(
                 "{lost}; the {} chunks ({} balances) synced to it in this pass may be lost",
-                ctx.progress.commit_count - since.0,
-                ctx.progress.read_count - since.1
+                ctx.progress.counts.commit_count - since.0,
+                ctx.progress.counts.read_count - since.1
             );
             self.start_over(ctx, &why, &now).await;
             if ctx.cancel.is_cancelled() {

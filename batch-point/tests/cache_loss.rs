@@ -155,7 +155,7 @@ async fn write_newer(url: &str, key: &str, balance: i64, version: i64) {
 }
 
 fn counter(s: &batch_common::StepResult, name: &str) -> i64 {
-    s.counters.get(name).copied().unwrap_or(0)
+    s.counts.counters.get(name).copied().unwrap_or(0)
 }
 
 db_test!(async fn a_restart_mid_sync_is_resynced_and_newer_versions_are_kept(db) {
@@ -241,7 +241,7 @@ db_test!(async fn verify_counts_again_after_a_restart(db) {
         (1, USERS, 0, 0),
         "{sync:#?}"
     );
-    assert_eq!(sync.write_count, 0);
+    assert_eq!(sync.counts.write_count, 0);
     assert_eq!(server.dbsize(), 0);
     Ok(())
 });
@@ -273,7 +273,7 @@ db_test!(async fn a_checkpoint_of_a_lost_cache_is_not_resumed(db) {
     let second = run_with(db, redis.clone(), props.clone(), &[DATE], None, &LaunchOptions::default()).await;
     assert_eq!(second.exit_code, ExitCode::Completed, "{second:#?}");
     let sync = step(&second, "syncPointBalanceStep");
-    assert_eq!((counter(sync, "cache_resets"), counter(sync, "created"), sync.read_count), (1, USERS, USERS), "{sync:#?}");
+    assert_eq!((counter(sync, "cache_resets"), counter(sync, "created"), sync.counts.read_count), (1, USERS, USERS), "{sync:#?}");
     assert_cache_matches_db(db, &redis, keys.prefix(), &[]).await;
 
     // Without a restart, a stopped run resumes after its checkpoint as before.
@@ -292,11 +292,11 @@ db_test!(async fn a_checkpoint_of_a_lost_cache_is_not_resumed(db) {
     let args = ["date=2026-11-21"];
     let first = run_with(db, redis.clone(), props.clone(), &args, Some(listener), &options).await;
     assert_eq!(first.status, "STOPPED", "{first:#?}");
-    let done = step(&first, "syncPointBalanceStep").read_count;
+    let done = step(&first, "syncPointBalanceStep").counts.read_count;
     let second = run_with(db, redis.clone(), props.clone(), &args, None, &LaunchOptions::default()).await;
     assert_eq!(second.exit_code, ExitCode::Completed, "{second:#?}");
     let sync = step(&second, "syncPointBalanceStep");
-    assert_eq!((counter(sync, "cache_resets"), sync.read_count), (0, USERS - done), "{sync:#?}");
+    assert_eq!((counter(sync, "cache_resets"), sync.counts.read_count), (0, USERS - done), "{sync:#?}");
     assert_cache_matches_db(db, &redis, keys.prefix(), &[]).await;
     Ok(())
 });

@@ -125,7 +125,7 @@ impl batch_common::JobListener for OnChunk {
         _total: Option<u64>,
     ) {
         if step == batch_point::sync_balance::STEP_NAME {
-            (self.0)(progress.read_count).await;
+            (self.0)(progress.counts.read_count).await;
         }
     }
 }

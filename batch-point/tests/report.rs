@@ -42,7 +42,7 @@ db_test!(async fn report_respects_day_edges_and_is_idempotent(db) {
     let first = run_job(db, single(&redis, &props).await, props.clone(), clock.clone(), &["date=2026-11-20"], false).await;
     assert_eq!(first.exit_code, ExitCode::Completed, "{first:#?}");
     let report = step(&first, "generateDailyReportStep");
-    assert_eq!((report.read_count, report.write_count), (5, 2), "{report:?}");
+    assert_eq!((report.counts.read_count, report.counts.write_count), (5, 2), "{report:?}");
 
     let mut conn = db.conn().await;
     let rows = DailyPointReport::for_date(&mut conn, "2026-11-20".parse()?).await?;
@@ -78,7 +78,7 @@ db_test!(async fn report_respects_day_edges_and_is_idempotent(db) {
     }
     clock.advance(chrono::Duration::hours(1));
     let changed = run_job(db, single(&redis, &props).await, props.clone(), clock.clone(), &["date=2026-11-20"], true).await;
-    assert_eq!(step(&changed, "generateDailyReportStep").counters["deleted_rows"], 1);
+    assert_eq!(step(&changed, "generateDailyReportStep").counts.counters["deleted_rows"], 1);
     let after = DailyPointReport::for_date(&mut conn, "2026-11-20".parse()?).await?;
     assert_eq!(after.len(), 1);
     let r1 = &after[0];

@@ -50,9 +50,9 @@ db_test!(async fn each_cache_case_ends_as_specified(db) {
     let result = run_job(db, conn, props.clone(), seoul("2026-11-21 09:00:00"), &[], false).await;
     assert_eq!(result.exit_code, ExitCode::Completed, "{result:#?}");
     let sync = step(&result, "syncPointBalanceStep");
-    let counters: Vec<i64> = ["created", "corrected", "unchanged", "skipped_newer"].iter().map(|c| sync.counters[*c]).collect();
+    let counters: Vec<i64> = ["created", "corrected", "unchanged", "skipped_newer"].iter().map(|c| sync.counts.counters[*c]).collect();
     assert_eq!(counters, vec![1, 2, 1, 1], "{sync:?}");
-    assert_eq!((sync.read_count, sync.commit_count), (5, 3));
+    assert_eq!((sync.counts.read_count, sync.counts.commit_count), (5, 3));
 
     for user in [1, 2, 3, 5] {
         let h = hash(&mut r, &redis.key(&format!("point:balance:{user}"))).await;
@@ -76,7 +76,7 @@ db_test!(async fn each_cache_case_ends_as_specified(db) {
     let conn = single(&redis, &props).await;
     let again = run_job(db, conn, props.clone(), seoul("2026-11-22 09:00:00"), &[], false).await;
     let sync = step(&again, "syncPointBalanceStep");
-    assert_eq!((sync.counters["unchanged"], sync.counters["skipped_newer"], sync.counters["created"]), (4, 1, 0));
+    assert_eq!((sync.counts.counters["unchanged"], sync.counts.counters["skipped_newer"], sync.counts.counters["created"]), (4, 1, 0));
     Ok(())
 });
 
@@ -93,10 +93,10 @@ db_test!(async fn verify_reports_drift_and_writes_nothing(db) {
     assert_eq!(result.exit_code, ExitCode::Completed, "{result:#?}");
     let sync = step(&result, "syncPointBalanceStep");
     assert_eq!(
-        (sync.counters["created"], sync.counters["corrected"], sync.counters["unchanged"], sync.counters["skipped_newer"]),
+        (sync.counts.counters["created"], sync.counts.counters["corrected"], sync.counts.counters["unchanged"], sync.counts.counters["skipped_newer"]),
         (1, 2, 1, 1)
     );
-    assert_eq!(sync.write_count, 0);
+    assert_eq!(sync.counts.write_count, 0);
     assert!(result.steps.iter().all(|s| s.name != "generateDailyReportStep"), "verify writes no report");
     for user in 1..=5 {
         assert_eq!(hash(&mut r, &redis.key(&format!("point:balance:{user}"))).await, before[user as usize - 1]);
@@ -131,12 +131,15 @@ async fn default_date_comes_from_the_injected_clock() {
         props,
     );
     let p = job.resolve_parameters(Default::default()).unwrap();
-    assert_eq!(p.get("date"), Some("2026-11-20"));
+    assert_eq!(p.to_strings()["date"], "2026-11-20");
     let given = batch_common::params::parse_pairs(&["date=2026-01-02", "verify=yes"]).unwrap();
     let p = job.resolve_parameters(given).unwrap();
     assert_eq!(
-        (p.get("date"), p.get("verify")),
-        (Some("2026-01-02"), Some("true"))
+        (
+            p.date("date").unwrap().to_string(),
+            p.bool("verify").unwrap()
+        ),
+        ("2026-01-02".to_owned(), true)
     );
     let bad = batch_common::params::parse_pairs(&["date=2026-1-32"]).unwrap();
     assert!(

@@ -113,7 +113,7 @@ impl Job for HelloUsersJob {
         given: BTreeMap<String, String>,
     ) -> Result<JobParameters, ParameterError> {
         let mut params = JobParameters::from_declared(&DESCRIPTOR, given)?;
-        if params.get("label").is_none() {
+        if !params.is_set("label") {
             params.set("label", "daily".to_owned(), true);
         }
         Ok(params)
@@ -149,7 +149,7 @@ impl Tasklet for CountActiveUsers {
             active += users.len() as i64;
         }
         tracing::info!(active, "{}, {active} active users", self.settings.greeting);
-        ctx.progress.read_count = active;
+        ctx.progress.counts.read_count = active;
         ctx.progress.add_counter("active_users", active);
         Ok(())
     }

@@ -363,14 +363,14 @@ impl Job for ExternalJob {
         given: BTreeMap<String, String>,
     ) -> Result<JobParameters, ParameterError> {
         let mut p = JobParameters::from_declared(&EXTERNAL, given)?;
-        if p.get("run").is_none() {
+        if !p.is_set("run") {
             p.set("run", "default", true);
         }
         Ok(p)
     }
 
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {
-        let items: i64 = params.get("items").map_or(Ok(50), str::parse)?;
+        let items = i64::try_from(params.count_or("items", 50)?)?;
         Ok(vec![Arc::new(ChunkStep::external(
             EXTERNAL_STEP,
             Numbers::new(items, self.store.clone()),

@@ -87,32 +87,25 @@ impl Job for CountingJob {
         given: BTreeMap<String, String>,
     ) -> Result<JobParameters, ParameterError> {
         let mut p = JobParameters::from_declared(&COUNTING, given)?;
-        if p.get("run").is_none() {
+        if !p.is_set("run") {
             p.set("run", "default", true);
-        }
-        for key in ["items", "delay_ms"] {
-            if let Some(v) = p.get(key) {
-                v.parse::<u64>().map_err(|_| {
-                    ParameterError::new(key, format!("`{key}` must be a number, got `{v}`"))
-                })?;
-            }
         }
         Ok(p)
     }
 
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {
-        let items: i64 = params.get("items").map_or(Ok(100), str::parse)?;
-        let delay = Duration::from_millis(params.get("delay_ms").map_or(Ok(0), str::parse)?);
-        let fail_items: Vec<i64> = params
-            .get("fail_items")
-            .map(|s| {
-                s.split(',')
-                    .filter(|x| !x.is_empty())
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()
-            })
-            .transpose()?
-            .unwrap_or_default();
+        let items = i64::try_from(params.count_or("items", 100)?)?;
+        let delay = Duration::from_millis(params.count_or("delay_ms", 0)?);
+        let fail_items: Vec<i64> = if params.is_set("fail_items") {
+            params
+                .text("fail_items")?
+                .split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::parse)
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         Ok(vec![
             Arc::new(ChunkStep::transactional(
                 "countStep",

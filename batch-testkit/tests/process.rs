@@ -87,7 +87,7 @@ async fn killed_launcher_is_recovered(backend: Backend) {
             let steps = repo.step_executions(exec.id).await.ok()?;
             steps
                 .iter()
-                .any(|s| s.step_name == "countStep" && s.commit_count >= 3)
+                .any(|s| s.step_name == "countStep" && s.counts.commit_count >= 3)
                 .then_some(exec.id)
         },
     )
@@ -145,7 +145,7 @@ async fn killed_launcher_is_recovered(backend: Backend) {
     let steps = repo.step_executions(latest.id).await.unwrap();
     let count = steps.iter().find(|s| s.step_name == "countStep").unwrap();
     assert_eq!(
-        count.read_count as usize,
+        count.counts.read_count as usize,
         100 - written_before.len(),
         "{count:?}"
     );

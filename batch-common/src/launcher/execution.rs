@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Claimed, JobLauncher, LaunchError, LaunchOptions, heartbeat, to_utc};
 use crate::clock::ClockExt;
 use crate::listener::JobRunInfo;
-use crate::repository::{BatchStatus, StepProgress, exit_codes, status_of};
+use crate::repository::{BatchStatus, StepProgress, exit_codes};
 use crate::result::{BatchResult, ExitCode, StepResult};
 use crate::step::{ChunkSettings, ReadScope, Step, StepContext, StepOutcome};
 
@@ -55,7 +55,7 @@ impl JobLauncher {
         heartbeat.abort();
 
         let ended = self.clock.now_naive_utc();
-        let failures: i64 = result.steps.iter().map(|s| s.skip_count).sum();
+        let failures: i64 = result.steps.iter().map(|s| s.counts.skip_count).sum();
         let (exit_code, code) = match status {
             BatchStatus::Completed if failures > 0 => (
                 ExitCode::CompletedWithFailures,
@@ -65,7 +65,7 @@ impl JobLauncher {
             BatchStatus::Stopped => (ExitCode::Failed, exit_codes::STOPPED),
             _ => (ExitCode::Failed, exit_codes::FAILED),
         };
-        result.status = status.as_str().to_owned();
+        result.status = status.into();
         result.exit_code = exit_code;
         result.message = message;
         result.item_failures = failures;
@@ -77,7 +77,7 @@ impl JobLauncher {
             .await
         {
             tracing::error!(error = %e, "could not record the end of the execution");
-            result.status = BatchStatus::Failed.as_str().to_owned();
+            result.status = BatchStatus::Failed.into();
             result.exit_code = ExitCode::Failed;
             result.message = Some(format!("could not record the end of the execution: {e}"));
         }
@@ -123,22 +123,19 @@ impl JobLauncher {
             // Decide how this step runs.
             let (progress, scope) = match &previous {
                 Some(prev)
-                    if status_of(&prev.status) == BatchStatus::Completed
-                        && prev.skip_count == 0 =>
+                    if prev.status == BatchStatus::Completed && prev.counts.skip_count == 0 =>
                 {
                     tracing::info!(step = %name, previous.execution = prev.job_execution_id, "step completed earlier; skipped");
                     result.steps.push(StepResult {
-                        name: name.clone(),
-                        status: BatchStatus::Completed.as_str().to_owned(),
                         message: Some(format!(
                             "skipped: completed in execution {}",
                             prev.job_execution_id
                         )),
-                        ..StepResult::default()
+                        ..StepResult::new(name.clone(), BatchStatus::Completed)
                     });
                     continue;
                 }
-                Some(prev) if status_of(&prev.status) == BatchStatus::Completed => {
+                Some(prev) if prev.status == BatchStatus::Completed => {
                     // Completed with item failures: retry just those items.
                     let keys = match self
                         .repo
@@ -155,13 +152,11 @@ impl JobLauncher {
                     };
                     if keys.is_empty() {
                         result.steps.push(StepResult {
-                            name: name.clone(),
-                            status: BatchStatus::Completed.as_str().to_owned(),
                             message: Some(format!(
                                 "skipped: its failed items were resolved since execution {}",
                                 prev.job_execution_id
                             )),
-                            ..StepResult::default()
+                            ..StepResult::new(name.clone(), BatchStatus::Completed)
                         });
                         continue;
                     }
@@ -171,7 +166,7 @@ impl JobLauncher {
                 Some(prev) => {
                     // FAILED or STOPPED: resume after its last committed chunk.
                     let p = StepProgress::from_row(prev);
-                    tracing::info!(step = %name, previous.execution = prev.job_execution_id, commits = prev.commit_count, "resuming after the last committed chunk");
+                    tracing::info!(step = %name, previous.execution = prev.job_execution_id, commits = prev.counts.commit_count, "resuming after the last committed chunk");
                     let resumed = StepProgress {
                         context: p.context,
                         ..StepProgress::default()
@@ -183,7 +178,7 @@ impl JobLauncher {
             let step_result = self
                 .run_step(run, step.as_ref(), progress, scope, cancel)
                 .await;
-            let status = step_result.status.clone();
+            let status = step_result.status;
             let message = step_result.message.clone();
             result.steps.push(step_result);
             match status.as_str() {
@@ -211,11 +206,7 @@ impl JobLauncher {
     ) -> StepResult {
         let name = step.name().to_owned();
         let started = Instant::now();
-        let mut out = StepResult {
-            name: name.clone(),
-            status: BatchStatus::Failed.as_str().to_owned(),
-            ..StepResult::default()
-        };
+        let mut out = StepResult::new(name.clone(), BatchStatus::Failed);
         let row = match self
             .repo
             .create_step_execution(
@@ -275,7 +266,7 @@ impl JobLauncher {
                         break (BatchStatus::Failed, exit_codes::FAILED, Some(error));
                     }
                     attempt += 1;
-                    ctx.progress.retry_count += 1;
+                    ctx.progress.counts.retry_count += 1;
                     let wait = self.settings.step_retry_interval;
                     tracing::warn!(step = %name, attempt, of = retries, wait_ms = wait.as_millis() as u64, error = %error, "step failed; retrying");
                     for l in self.listeners.iter() {
@@ -300,21 +291,14 @@ impl JobLauncher {
             tracing::error!(step = %name, error = %e, "could not record the end of the step");
         }
         let p = &ctx.progress;
-        out.status = status.as_str().to_owned();
-        out.read_count = p.read_count;
-        out.write_count = p.write_count;
-        out.filter_count = p.filter_count;
-        out.skip_count = p.skip_count;
-        out.commit_count = p.commit_count;
-        out.rollback_count = p.rollback_count;
-        out.retry_count = p.retry_count;
-        out.counters = p.counters.clone();
+        out.status = status;
+        out.counts = p.counts.clone();
         out.duration_ms = started.elapsed().as_millis() as u64;
         out.message = message;
         tracing::info!(
-            step = %name, status = %out.status, read = p.read_count, written = p.write_count,
-            skipped = p.skip_count, commits = p.commit_count, retries = p.retry_count,
-            counters = ?p.counters, duration_ms = out.duration_ms, "step ended"
+            step = %name, status = %out.status, read = p.counts.read_count, written = p.counts.write_count,
+            skipped = p.counts.skip_count, commits = p.counts.commit_count, retries = p.counts.retry_count,
+            counters = ?p.counts.counters, duration_ms = out.duration_ms, "step ended"
         );
         for l in self.listeners.iter() {
             l.after_step(run, &out).await;

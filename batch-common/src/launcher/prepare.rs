@@ -10,7 +10,7 @@ use super::{
 use crate::clock::ClockExt;
 use crate::job::Job;
 use crate::listener::JobRunInfo;
-use crate::repository::{BatchStatus, CreateExecution, exit_codes};
+use crate::repository::{BatchStatus, CreateExecution, NotRun, RunStatus, exit_codes};
 use crate::result::{BatchResult, ExitCode};
 
 impl JobLauncher {
@@ -41,8 +41,8 @@ impl JobLauncher {
             job_name: descriptor.name.to_owned(),
             job_instance_id: Some(instance.id),
             execution_id: None,
-            parameters: params.values().clone(),
-            status: "NOOP".to_owned(),
+            parameters: params.to_strings(),
+            status: RunStatus::NotRun(NotRun::Noop),
             exit_code: ExitCode::Completed,
             message: None,
             started_at: None,
@@ -68,7 +68,7 @@ impl JobLauncher {
         let execution = match created {
             CreateExecution::AlreadyRunning(live) => {
                 result.execution_id = Some(live.execution_id);
-                result.status = "ALREADY_RUNNING".to_owned();
+                result.status = RunStatus::NotRun(NotRun::AlreadyRunning);
                 result.exit_code = ExitCode::AlreadyRunning;
                 result.message = Some(format!(
                     "refused: {} {} is already running as execution {} on {} (heartbeat {} UTC)",
@@ -112,12 +112,10 @@ impl JobLauncher {
         let clean_completed = history
             .iter()
             .rev()
-            .find(|e| {
-                e.status == BatchStatus::Completed.as_str() && e.exit_code == exit_codes::COMPLETED
-            })
+            .find(|e| e.status == BatchStatus::Completed && e.exit_code == exit_codes::COMPLETED)
             .map_or(0, |e| e.id);
         if let Some(last) = last
-            && last.status == BatchStatus::Completed.as_str()
+            && last.status == BatchStatus::Completed
             && last.exit_code == exit_codes::COMPLETED
             && !options.rerun
         {
@@ -146,7 +144,7 @@ impl JobLauncher {
             job_name: descriptor.name.to_owned(),
             job_instance_id: instance.id,
             execution_id: execution.id,
-            parameters: params.values().clone(),
+            parameters: params.to_strings(),
         };
         let span = tracing::info_span!(
             "job",

@@ -231,23 +231,31 @@ pub(super) fn render_parameters(parameters: &std::collections::BTreeMap<String, 
 /// `COMPLETED · read 30 · written 28 · skipped 2 · 1s 20ms`, then the domain counters
 /// (`created=28 unchanged=0`) on a second line. A step skipped as completed earlier shows why.
 fn render_step(s: &StepResult) -> String {
-    let ran = s.read_count != 0 || s.write_count != 0 || s.commit_count != 0 || s.duration_ms != 0;
+    let ran = s.counts.read_count != 0
+        || s.counts.write_count != 0
+        || s.counts.commit_count != 0
+        || s.duration_ms != 0;
     if !ran && let Some(m) = &s.message {
         return format!("{} · {m}", s.status);
     }
     let mut line = format!(
         "{} · read {} · written {} · skipped {}",
-        s.status, s.read_count, s.write_count, s.skip_count
+        s.status, s.counts.read_count, s.counts.write_count, s.counts.skip_count
     );
-    if s.filter_count > 0 {
-        line.push_str(&format!(" · filtered {}", s.filter_count));
+    if s.counts.filter_count > 0 {
+        line.push_str(&format!(" · filtered {}", s.counts.filter_count));
     }
-    if s.retry_count > 0 {
-        line.push_str(&format!(" · retries {}", s.retry_count));
+    if s.counts.retry_count > 0 {
+        line.push_str(&format!(" · retries {}", s.counts.retry_count));
     }
     line.push_str(&format!(" · {}", format_ms(s.duration_ms)));
-    if !s.counters.is_empty() {
-        let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !s.counts.counters.is_empty() {
+        let counters: Vec<String> = s
+            .counts
+            .counters
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         line.push('\n');
         line.push_str(&counters.join(" "));
     }

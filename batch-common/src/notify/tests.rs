@@ -10,6 +10,7 @@ use super::slack::slack_payload;
 use super::*;
 use crate::config::BatchProperties;
 use crate::listener::{JobListener, JobRunInfo};
+use crate::repository::{BatchStatus, StepCounts};
 use crate::result::{BatchResult, ExitCode, StepResult};
 
 fn run(execution_id: i64) -> JobRunInfo {
@@ -23,15 +24,16 @@ fn run(execution_id: i64) -> JobRunInfo {
 
 fn step(name: &str, read: i64, written: i64, skipped: i64, counters: &[(&str, i64)]) -> StepResult {
     StepResult {
-        name: name.into(),
-        status: "COMPLETED".into(),
-        read_count: read,
-        write_count: written,
-        skip_count: skipped,
-        commit_count: 1,
-        counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        counts: StepCounts {
+            read_count: read,
+            write_count: written,
+            skip_count: skipped,
+            commit_count: 1,
+            counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..StepCounts::default()
+        },
         duration_ms: 1_500,
-        ..StepResult::default()
+        ..StepResult::new(name, BatchStatus::Completed)
     }
 }
 
@@ -46,13 +48,13 @@ fn result(
         job_instance_id: Some(3),
         execution_id: Some(7),
         parameters: [("date".to_string(), "2026-11-20".to_string())].into(),
-        status: status.into(),
+        status: status.parse().expect("a run status"),
         exit_code,
         message: message.map(str::to_owned),
         started_at: None,
         ended_at: None,
         duration_ms: 61_234,
-        item_failures: steps.iter().map(|s| s.skip_count).sum(),
+        item_failures: steps.iter().map(|s| s.counts.skip_count).sum(),
         steps,
     }
 }
@@ -115,10 +117,8 @@ async fn success_message_has_the_counts_of_every_step_and_the_duration() {
                 ],
             ),
             StepResult {
-                name: "warmCacheStep".into(),
-                status: "COMPLETED".into(),
                 message: Some("skipped: completed in execution 5".into()),
-                ..StepResult::default()
+                ..StepResult::new("warmCacheStep", BatchStatus::Completed)
             },
         ],
     );
@@ -154,7 +154,7 @@ async fn completed_with_failures_message_counts_the_item_failures() {
         "COMPLETED",
         ExitCode::CompletedWithFailures,
         None,
-        vec![step("refreshAssetStep", 30, 27, 3, &[("created", 27)])],
+        vec![step("refreshExampleStep", 30, 27, 3, &[("created", 27)])],
     );
     listener.after_job(&run(7), &r).await;
     let n = only(&sent);
@@ -173,7 +173,7 @@ async fn completed_with_failures_message_counts_the_item_failures() {
         "{n:?}"
     );
     assert!(
-        n.field("refreshAssetStep")
+        n.field("refreshExampleStep")
             .unwrap()
             .contains("read 30 · written 27 · skipped 3"),
         "{n:?}"
@@ -185,7 +185,7 @@ async fn failure_and_stop_messages_carry_the_error() {
     let (mock, sent) = recording(Ok(()));
     let listener = NotifyListener::new(Arc::new(mock));
     let mut failed_step = step("syncExampleStep", 100, 100, 0, &[]);
-    failed_step.status = "FAILED".into();
+    failed_step.status = BatchStatus::Failed;
     let failed = result(
         "FAILED",
         ExitCode::Failed,
@@ -380,10 +380,10 @@ async fn a_failing_notifier_is_logged_and_every_event_still_tries() {
 fn slack_payload_is_readable_and_escaped() {
     let n = Notification {
         kind: NotificationKind::Failed,
-        job_name: "assetRefreshJob".into(),
+        job_name: "exampleRefreshJob".into(),
         execution_id: 12,
-        title: "assetRefreshJob FAILED after 2s (execution 12)".into(),
-        text: Some("refreshAssetStep failed: <html> & ```oops```".into()),
+        title: "exampleRefreshJob FAILED after 2s (execution 12)".into(),
+        text: Some("refreshExampleStep failed: <html> & ```oops```".into()),
         fields: (0..12)
             .map(|i| NotificationField {
                 name: format!("field{i}"),
@@ -394,17 +394,17 @@ fn slack_payload_is_readable_and_escaped() {
     let p = slack_payload(&n);
     assert_eq!(
         p["text"],
-        ":x: assetRefreshJob FAILED after 2s (execution 12)\n\
-         refreshAssetStep failed: &lt;html&gt; &amp; ```oops```"
+        ":x: exampleRefreshJob FAILED after 2s (execution 12)\n\
+         refreshExampleStep failed: &lt;html&gt; &amp; ```oops```"
     );
     let blocks = p["blocks"].as_array().unwrap();
     assert_eq!(
         blocks[0]["text"]["text"],
-        ":x: *assetRefreshJob FAILED after 2s (execution 12)*"
+        ":x: *exampleRefreshJob FAILED after 2s (execution 12)*"
     );
     assert_eq!(
         blocks[1]["text"]["text"],
-        "```refreshAssetStep failed: &lt;html&gt; &amp; '''oops'''```"
+        "```refreshExampleStep failed: &lt;html&gt; &amp; '''oops'''```"
     );
     // 12 fields: a section of 10 and one of 2.
     assert_eq!(blocks[2]["fields"].as_array().unwrap().len(), 10);
@@ -413,7 +413,7 @@ fn slack_payload_is_readable_and_escaped() {
     assert_eq!(blocks[4]["type"], "context");
     assert_eq!(
         blocks[4]["elements"][0]["text"],
-        "job `assetRefreshJob` · execution 12 · FAILED"
+        "job `exampleRefreshJob` · execution 12 · FAILED"
     );
     assert_eq!(blocks.len(), 5);
 

@@ -36,8 +36,8 @@ use schema::{
     batch_item_failure as f, batch_job_execution as e, batch_job_instance as i,
     batch_step_execution as s,
 };
-pub use status::{BatchStatus, exit_codes, status_of};
-pub use step_execution::StepProgress;
+pub use status::{BatchStatus, NotRun, RunStatus, exit_codes};
+pub use step_execution::{DomainCounters, StepCounts, StepProgress};
 
 /// What `purge` deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

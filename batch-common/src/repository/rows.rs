@@ -7,6 +7,8 @@ use diesel::prelude::*;
 use super::schema::{
     batch_item_failure, batch_job_execution, batch_job_instance, batch_step_execution,
 };
+use super::status::BatchStatus;
+use super::step_execution::StepCounts;
 
 /// A job instance: job name + hash of the identifying parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]
@@ -15,7 +17,7 @@ use super::schema::{
 pub struct JobInstance {
     /// Primary key.
     pub id: i64,
-    /// The job's name, e.g. `pointBalanceSyncJob`.
+    /// The job's name, e.g. `exampleSyncJob`.
     pub job_name: String,
     /// Hash of the identifying parameters (unique with `job_name`).
     pub job_key: String,
@@ -34,8 +36,9 @@ pub struct JobExecution {
     pub id: i64,
     /// The instance.
     pub job_instance_id: i64,
-    /// STARTING, STARTED, STOPPING, STOPPED, COMPLETED, FAILED, ABANDONED.
-    pub status: String,
+    /// The execution's status.
+    #[diesel(deserialize_as = String)]
+    pub status: BatchStatus,
     /// COMPLETED, COMPLETED_WITH_FAILURES, FAILED, NOOP, ...
     pub exit_code: String,
     /// Error or summary text.
@@ -68,23 +71,11 @@ pub struct StepExecution {
     /// The step's name.
     pub step_name: String,
     /// Step status.
-    pub status: String,
-    /// Items read.
-    pub read_count: i64,
-    /// Items written.
-    pub write_count: i64,
-    /// Items filtered out by the processor.
-    pub filter_count: i64,
-    /// Items skipped (recorded as item failures).
-    pub skip_count: i64,
-    /// Chunks committed.
-    pub commit_count: i64,
-    /// Chunks rolled back.
-    pub rollback_count: i64,
-    /// Retries (chunk and step level).
-    pub retry_count: i64,
-    /// Domain counters as a JSON object.
-    pub counters: String,
+    #[diesel(deserialize_as = String)]
+    pub status: BatchStatus,
+    /// Its counts, domain counters included.
+    #[diesel(embed)]
+    pub counts: StepCounts,
     /// The checkpoint as JSON.
     pub execution_context: String,
     /// Exit code.

@@ -3,8 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Status of a job or step execution (Spring Batch's `BatchStatus`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+use serde::{Deserialize, Serialize};
+
+/// Status of a job or step execution (Spring Batch's `BatchStatus`). Stored, printed and
+/// serialised as the upper-case names (`COMPLETED`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum BatchStatus {
     /// Created, not yet running.
     Starting,
@@ -18,6 +22,9 @@ pub enum BatchStatus {
     Completed,
     /// Failed; restartable.
     Failed,
+    /// A stored value this version does not know (written by another version or by hand); not
+    /// live, and restartable like a failure.
+    Unknown,
 }
 
 impl BatchStatus {
@@ -30,6 +37,7 @@ impl BatchStatus {
             BatchStatus::Stopped => "STOPPED",
             BatchStatus::Completed => "COMPLETED",
             BatchStatus::Failed => "FAILED",
+            BatchStatus::Unknown => "UNKNOWN",
         }
     }
 
@@ -58,14 +66,91 @@ impl FromStr for BatchStatus {
             "STOPPED" => BatchStatus::Stopped,
             "COMPLETED" => BatchStatus::Completed,
             "FAILED" => BatchStatus::Failed,
+            "UNKNOWN" => BatchStatus::Unknown,
             other => return Err(format!("unknown batch status `{other}`")),
         })
     }
 }
 
-/// The status of a stored execution row (unknown values read as FAILED).
-pub fn status_of(stored: &str) -> BatchStatus {
-    stored.parse().unwrap_or(BatchStatus::Failed)
+/// How a stored status column is read: a value this version does not know reads as
+/// [`BatchStatus::Unknown`] instead of failing the whole query.
+impl From<String> for BatchStatus {
+    fn from(stored: String) -> Self {
+        stored.parse().unwrap_or(BatchStatus::Unknown)
+    }
+}
+
+impl PartialEq<&str> for BatchStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// Why a launch ran nothing (the status of its [`BatchResult`](crate::BatchResult)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NotRun {
+    /// The instance already completed; nothing to do (exit 0).
+    Noop,
+    /// The instance is running elsewhere (exit 4).
+    AlreadyRunning,
+}
+
+/// The status of one launch: its execution's [`BatchStatus`], or why none ran. Serialises as the
+/// bare upper-case name either way (`COMPLETED`, `NOOP`, `ALREADY_RUNNING`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RunStatus {
+    /// An execution ran (or was refused after it was created) and ended with this status.
+    Ran(BatchStatus),
+    /// No execution ran.
+    NotRun(NotRun),
+}
+
+impl RunStatus {
+    /// The printed and serialised value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Ran(s) => s.as_str(),
+            RunStatus::NotRun(NotRun::Noop) => "NOOP",
+            RunStatus::NotRun(NotRun::AlreadyRunning) => "ALREADY_RUNNING",
+        }
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = String;
+    fn from_str(v: &str) -> Result<Self, Self::Err> {
+        Ok(match v {
+            "NOOP" => RunStatus::NotRun(NotRun::Noop),
+            "ALREADY_RUNNING" => RunStatus::NotRun(NotRun::AlreadyRunning),
+            other => RunStatus::Ran(other.parse()?),
+        })
+    }
+}
+
+impl From<BatchStatus> for RunStatus {
+    fn from(s: BatchStatus) -> Self {
+        RunStatus::Ran(s)
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for RunStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<BatchStatus> for RunStatus {
+    fn eq(&self, other: &BatchStatus) -> bool {
+        *self == RunStatus::Ran(*other)
+    }
 }
 
 /// Exit codes stored with executions (Spring Batch's `ExitStatus` codes plus ours).
@@ -82,4 +167,45 @@ pub mod exit_codes {
     pub const EXECUTING: &str = "EXECUTING";
     /// The step was skipped because it completed in an earlier execution.
     pub const NOOP: &str = "NOOP";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_serialise_to_the_stored_strings() {
+        for s in [
+            BatchStatus::Starting,
+            BatchStatus::Started,
+            BatchStatus::Stopping,
+            BatchStatus::Stopped,
+            BatchStatus::Completed,
+            BatchStatus::Failed,
+            BatchStatus::Unknown,
+        ] {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+            assert_eq!(s.as_str().parse::<BatchStatus>(), Ok(s));
+            let run = RunStatus::from(s);
+            assert_eq!(serde_json::to_string(&run).unwrap(), json);
+            assert_eq!(serde_json::from_str::<RunStatus>(&json).unwrap(), run);
+        }
+        for (run, text) in [
+            (RunStatus::NotRun(NotRun::Noop), "NOOP"),
+            (RunStatus::NotRun(NotRun::AlreadyRunning), "ALREADY_RUNNING"),
+        ] {
+            assert_eq!(serde_json::to_string(&run).unwrap(), format!("\"{text}\""));
+            assert_eq!(run.to_string(), text);
+            assert_eq!(text.parse::<RunStatus>(), Ok(run));
+            assert_eq!(
+                serde_json::from_str::<RunStatus>(&format!("\"{text}\"")).unwrap(),
+                run
+            );
+        }
+        assert_eq!(
+            BatchStatus::from("ABANDONED".to_owned()),
+            BatchStatus::Unknown
+        );
+    }
 }

@@ -6,31 +6,103 @@ use chrono::NaiveDateTime;
 use core_domain::{DbConnection, DbError, dispatch};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use serde::{Deserialize, Serialize};
 
 use super::rows::StepExecution;
 use super::schema::{batch_job_execution as e, batch_step_execution as s};
 use super::status::{BatchStatus, exit_codes};
 use super::{JobRepository, truncate};
 
-/// Counters and checkpoint of a running step, saved after every committed chunk.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StepProgress {
+/// The counts of one step execution (Spring Batch's `StepExecution` counters) and the step's
+/// domain counters: the one type the metadata row, a running step's progress, the run's
+/// [`StepResult`](crate::StepResult) and the API's view all carry. Serialises with today's field
+/// names (`read_count`, ..., `counters`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Queryable, Selectable)]
+#[diesel(table_name = s)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
+pub struct StepCounts {
     /// Items read.
     pub read_count: i64,
     /// Items written.
     pub write_count: i64,
-    /// Items filtered.
+    /// Items filtered out by the processor.
     pub filter_count: i64,
-    /// Items skipped.
+    /// Items skipped (recorded as item failures).
     pub skip_count: i64,
     /// Chunks committed.
     pub commit_count: i64,
     /// Chunks rolled back.
     pub rollback_count: i64,
-    /// Retries.
+    /// Retries (chunk and step level).
     pub retry_count: i64,
-    /// Domain counters.
-    pub counters: BTreeMap<String, i64>,
+    /// Domain counters, e.g. `created`, `corrected`, `unchanged`; stored as a JSON object.
+    #[diesel(deserialize_as = String)]
+    pub counters: DomainCounters,
+}
+
+/// A step's domain counters by name (a JSON object in the metadata row).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DomainCounters(pub BTreeMap<String, i64>);
+
+impl DomainCounters {
+    /// Adds `delta` to counter `name`.
+    pub fn add(&mut self, name: &str, delta: i64) {
+        *self.0.entry(name.to_owned()).or_default() += delta;
+    }
+
+    /// As stored.
+    fn to_json(&self) -> String {
+        serde_json::to_string(&self.0).expect("a map of numbers serializes")
+    }
+}
+
+impl std::ops::Deref for DomainCounters {
+    type Target = BTreeMap<String, i64>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DomainCounters {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a DomainCounters {
+    type Item = (&'a String, &'a i64);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, i64>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<const N: usize> From<[(String, i64); N]> for DomainCounters {
+    fn from(pairs: [(String, i64); N]) -> Self {
+        DomainCounters(pairs.into())
+    }
+}
+
+impl FromIterator<(String, i64)> for DomainCounters {
+    fn from_iter<I: IntoIterator<Item = (String, i64)>>(iter: I) -> Self {
+        DomainCounters(iter.into_iter().collect())
+    }
+}
+
+/// How the stored column is read: text that is not a JSON object of numbers (changed by hand)
+/// reads as no counters rather than failing the query, as before.
+impl From<String> for DomainCounters {
+    fn from(stored: String) -> Self {
+        DomainCounters(serde_json::from_str(&stored).unwrap_or_default())
+    }
+}
+
+/// Counts and checkpoint of a running step, saved after every committed chunk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepProgress {
+    /// The counts so far.
+    pub counts: StepCounts,
     /// The checkpoint (reader state after the last committed chunk).
     pub context: serde_json::Value,
 }
@@ -39,14 +111,7 @@ impl StepProgress {
     /// Restores progress from a stored row.
     pub fn from_row(row: &StepExecution) -> Self {
         StepProgress {
-            read_count: row.read_count,
-            write_count: row.write_count,
-            filter_count: row.filter_count,
-            skip_count: row.skip_count,
-            commit_count: row.commit_count,
-            rollback_count: row.rollback_count,
-            retry_count: row.retry_count,
-            counters: serde_json::from_str(&row.counters).unwrap_or_default(),
+            counts: row.counts.clone(),
             context: serde_json::from_str(&row.execution_context)
                 .unwrap_or(serde_json::Value::Null),
         }
@@ -54,7 +119,7 @@ impl StepProgress {
 
     /// Adds `delta` to a domain counter.
     pub fn add_counter(&mut self, name: &str, delta: i64) {
-        *self.counters.entry(name.to_owned()).or_default() += delta;
+        self.counts.counters.add(name, delta);
     }
 }
 
@@ -104,20 +169,20 @@ impl JobRepository {
         now: NaiveDateTime,
     ) -> Result<StepExecution, DbError> {
         let mut conn = self.db.get().await?;
-        let counters = serde_json::to_string(&progress.counters).unwrap_or_else(|_| "{}".into());
+        let counters = progress.counts.counters.to_json();
         let context = progress.context.to_string();
         dispatch!(&mut *conn, c => diesel::insert_into(s::table)
             .values((
                 s::job_execution_id.eq(job_execution_id),
                 s::step_name.eq(step_name),
                 s::status.eq(BatchStatus::Started.as_str()),
-                s::read_count.eq(progress.read_count),
-                s::write_count.eq(progress.write_count),
-                s::filter_count.eq(progress.filter_count),
-                s::skip_count.eq(progress.skip_count),
-                s::commit_count.eq(progress.commit_count),
-                s::rollback_count.eq(progress.rollback_count),
-                s::retry_count.eq(progress.retry_count),
+                s::read_count.eq(progress.counts.read_count),
+                s::write_count.eq(progress.counts.write_count),
+                s::filter_count.eq(progress.counts.filter_count),
+                s::skip_count.eq(progress.counts.skip_count),
+                s::commit_count.eq(progress.counts.commit_count),
+                s::rollback_count.eq(progress.counts.rollback_count),
+                s::retry_count.eq(progress.counts.retry_count),
                 s::counters.eq(&counters),
                 s::execution_context.eq(&context),
                 s::exit_code.eq(exit_codes::EXECUTING),
@@ -142,17 +207,17 @@ impl JobRepository {
         progress: &StepProgress,
         now: NaiveDateTime,
     ) -> Result<(), DbError> {
-        let counters = serde_json::to_string(&progress.counters).unwrap_or_else(|_| "{}".into());
+        let counters = progress.counts.counters.to_json();
         let context = progress.context.to_string();
         dispatch!(conn, c => diesel::update(s::table.find(step_execution_id))
             .set((
-                s::read_count.eq(progress.read_count),
-                s::write_count.eq(progress.write_count),
-                s::filter_count.eq(progress.filter_count),
-                s::skip_count.eq(progress.skip_count),
-                s::commit_count.eq(progress.commit_count),
-                s::rollback_count.eq(progress.rollback_count),
-                s::retry_count.eq(progress.retry_count),
+                s::read_count.eq(progress.counts.read_count),
+                s::write_count.eq(progress.counts.write_count),
+                s::filter_count.eq(progress.counts.filter_count),
+                s::skip_count.eq(progress.counts.skip_count),
+                s::commit_count.eq(progress.counts.commit_count),
+                s::rollback_count.eq(progress.counts.rollback_count),
+                s::retry_count.eq(progress.counts.retry_count),
                 s::counters.eq(&counters),
                 s::execution_context.eq(&context),
                 s::last_updated.eq(now),

@@ -90,11 +90,11 @@ where
             "writing a chunk",
             async |retries, rollbacks| {
                 let mut next = shared.progress.clone();
-                next.retry_count += retries;
-                next.rollback_count += rollbacks;
-                next.read_count += read as i64;
-                next.filter_count += processed.filtered as i64;
-                next.commit_count += 1;
+                next.counts.retry_count += retries;
+                next.counts.rollback_count += rollbacks;
+                next.counts.read_count += read as i64;
+                next.counts.filter_count += processed.filtered as i64;
+                next.counts.commit_count += 1;
                 next.context = checkpoint.clone();
                 self.writer
                     .write_and_commit(&processed.items, &target, &processed.failures, &mut next)
@@ -109,8 +109,8 @@ where
                 Ok(())
             }
             Err(e) => {
-                ctx.progress.retry_count += done.retries;
-                ctx.progress.rollback_count += done.rollbacks;
+                ctx.progress.counts.retry_count += done.retries;
+                ctx.progress.counts.rollback_count += done.rollbacks;
                 Err(e)
             }
         }
@@ -141,7 +141,7 @@ where
             written?;
             self.chunk_done(ctx, total).await?;
             let ((next_items, next_checkpoint), retries) = next?;
-            ctx.progress.retry_count += retries;
+            ctx.progress.counts.retry_count += retries;
             items = next_items;
             checkpoint = next_checkpoint;
         }
@@ -160,8 +160,8 @@ impl<R: ItemReader, P, W, O> ChunkStep<R, P, W, O> {
         match done.result {
             Ok(next) => ctx.progress = next,
             Err(e) => {
-                ctx.progress.retry_count += done.retries;
-                ctx.progress.rollback_count += done.rollbacks;
+                ctx.progress.counts.retry_count += done.retries;
+                ctx.progress.counts.rollback_count += done.rollbacks;
                 return Err(e);
             }
         }
@@ -179,10 +179,10 @@ impl<R: ItemReader, P, W, O> ChunkStep<R, P, W, O> {
                 .on_chunk(&ctx.run, &ctx.step_name, &ctx.progress, total)
                 .await;
         }
-        if ctx.progress.skip_count as u64 > ctx.settings.skip_limit {
+        if ctx.progress.counts.skip_count as u64 > ctx.settings.skip_limit {
             anyhow::bail!(
                 "skip limit exceeded: {} item failures (batch.skip_limit = {})",
-                ctx.progress.skip_count,
+                ctx.progress.counts.skip_count,
                 ctx.settings.skip_limit
             );
         }
@@ -214,7 +214,7 @@ impl<R: ItemReader, P, W, O> ChunkStep<R, P, W, O> {
         let clock = ctx.clock.clone();
         let ((items, checkpoint), retries) =
             read_with_retry(&mut *reader, &settings, clock.as_ref(), &self.name).await?;
-        ctx.progress.retry_count += retries;
+        ctx.progress.counts.retry_count += retries;
         Ok(Started {
             reader,
             items,

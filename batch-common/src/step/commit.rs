@@ -134,8 +134,8 @@ pub(crate) async fn finish_chunk(
     next: &mut StepProgress,
 ) -> anyhow::Result<()> {
     let result = async {
-        next.write_count += outcome.written as i64;
-        next.skip_count += failures.len() as i64;
+        next.counts.write_count += outcome.written as i64;
+        next.counts.skip_count += failures.len() as i64;
         for (k, v) in &outcome.counters {
             next.add_counter(k, *v);
         }
@@ -191,11 +191,11 @@ pub(super) async fn commit_written(
         "committing a chunk",
         async |retries, rollbacks| {
             let mut next = base.clone();
-            next.retry_count += retries;
-            next.rollback_count += rollbacks;
-            next.read_count += chunk.read as i64;
-            next.filter_count += chunk.filtered as i64;
-            next.commit_count += 1;
+            next.counts.retry_count += retries;
+            next.counts.rollback_count += rollbacks;
+            next.counts.read_count += chunk.read as i64;
+            next.counts.filter_count += chunk.filtered as i64;
+            next.counts.commit_count += 1;
             next.context = chunk.checkpoint.clone();
             let mut conn = ctx.repo.database().get().await?;
             let conn: &mut DbConnection = &mut conn;

@@ -114,8 +114,8 @@ where
             if commit.running.is_none()
                 && let Some(written) = writes.done.pop_front()
             {
-                ctx.progress.retry_count += written.retries;
-                ctx.progress.rollback_count += written.rollbacks;
+                ctx.progress.counts.retry_count += written.retries;
+                ctx.progress.counts.rollback_count += written.rollbacks;
                 // A write that failed for good fails the step: the checkpoints before it stand,
                 // nothing after it commits.
                 let chunk = written.result?;
@@ -159,7 +159,7 @@ where
                 done = async { commit.running.as_mut().expect("a commit is running").await }, if commit.running.is_some() => {
                     commit.running = None;
                     self.committed(ctx, done, total).await?;
-                    ctx.progress.retry_count += std::mem::take(&mut commit.deferred_retries);
+                    ctx.progress.counts.retry_count += std::mem::take(&mut commit.deferred_retries);
                 }
                 // Drives every write in flight; the oldest comes out first once it is done.
                 Some(written) = writes.in_flight.next(), if !writes.in_flight.is_empty() => {
@@ -174,7 +174,7 @@ where
                             if commit.running.is_some() {
                                 commit.deferred_retries += retries;
                             } else {
-                                ctx.progress.retry_count += retries;
+                                ctx.progress.counts.retry_count += retries;
                             }
                             if items.is_empty() {
                                 end = true;
@@ -207,7 +207,7 @@ where
         if let Some(running) = commit.running.take() {
             let done = running.await;
             self.committed(ctx, done, total).await?;
-            ctx.progress.retry_count += std::mem::take(&mut commit.deferred_retries);
+            ctx.progress.counts.retry_count += std::mem::take(&mut commit.deferred_retries);
         }
         let target = CommitTarget::of(ctx);
         loop {
@@ -218,8 +218,8 @@ where
                     None => return Ok(()),
                 },
             };
-            ctx.progress.retry_count += written.retries;
-            ctx.progress.rollback_count += written.rollbacks;
+            ctx.progress.counts.retry_count += written.retries;
+            ctx.progress.counts.rollback_count += written.rollbacks;
             let chunk = written.result?;
             let done = commit_written(target.clone(), ctx.progress.clone(), chunk).await;
             self.committed(ctx, done, total).await?;
