@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+python3 scripts/module_cycles.py .
 cargo test --workspace --all-targets
