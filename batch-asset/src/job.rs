@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use batch_common::concurrent_step::{
+use batch_common::step::{
     ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page,
 };
 use batch_common::job::{Job, JobDescriptor, ParamKind, ParameterSpec};

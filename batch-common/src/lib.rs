@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 
 pub mod clock;
-pub mod concurrent_step;
 pub mod config;
 pub mod descriptor;
 pub mod error;
@@ -21,7 +20,6 @@ pub mod step;
 #[cfg(any(test, feature = "mock"))]
 pub use clock::MockClock;
 pub use clock::{Clock, ClockExt, FixedClock, SystemClock, day_window_utc};
-pub use concurrent_step::{ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page};
 pub use config::{BatchProperties, ConfigError};
 pub use error::{Transient, is_transient};
 pub use job::{Job, JobBuilder, JobDescriptor, JobEnv, ParamKind, ParameterSpec};

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use batch_common::concurrent_step::{
+use batch_common::step::{
     ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page,
 };
 use batch_common::job::{Job, JobDescriptor};

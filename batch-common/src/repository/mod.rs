@@ -11,6 +11,7 @@
 //! core-domain's. The queries are cut by aggregate: job instance, job execution (heartbeat,
 //! takeover, `recover`), step execution (the chunk checkpoint) and item failure.
 
+mod counts;
 mod execution;
 mod instance;
 mod item_failure;
@@ -37,7 +38,8 @@ use schema::{
     batch_step_execution as s,
 };
 pub use status::{BatchStatus, NotRun, RunStatus, exit_codes};
-pub use step_execution::{DomainCounters, StepCounts, StepProgress};
+pub use counts::{DomainCounters, StepCounts};
+pub use step_execution::StepProgress;
 
 /// What `purge` deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

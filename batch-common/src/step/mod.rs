@@ -12,10 +12,12 @@
 //! - `chunk.rs`: [`ChunkStep`] and the transactional chunk loop (database writers);
 //! - `pipeline.rs`: the pipelined loop for external writers;
 //! - `commit.rs`: a chunk's checkpoint commit and the chunk retry, shared by both loops;
-//! - `tasklet.rs`: [`TaskletStep`].
+//! - `tasklet.rs`: [`TaskletStep`];
+//! - `concurrent.rs`: [`ConcurrentStep`], per-item work in flight at once (slow remote calls).
 
 mod chunk;
 mod commit;
+mod concurrent;
 mod item;
 mod pipeline;
 mod tasklet;
@@ -28,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use chunk::ChunkStep;
 pub use commit::CommitTarget;
+pub use concurrent::{ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page};
 pub use item::{
     ChunkWriter, External, ExternalWriter, InTransaction, ItemProcessor, ItemReader, PassThrough,
     Processed, TransactionalWriter, WriteOutcome,

@@ -2,7 +2,7 @@
 //! bounded concurrency (calls to a slow external service), results committed in small
 //! transactions as they complete.
 //!
-//! A [`ChunkStep`](crate::step::ChunkStep) processes a chunk and waits for all of it before the
+//! A [`ChunkStep`](super::ChunkStep) processes a chunk and waits for all of it before the
 //! next one starts, so a step whose items are slow calls idles at every chunk boundary, and a
 //! crash loses the whole uncommitted chunk. This step never drains:
 //!
@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::repository::{ItemFailureRecord, StepProgress};
 use crate::retry::RetryPolicy;
-use crate::step::{ChunkWriter, CommitTarget, ReadScope, Step, StepContext, StepOutcome};
+use super::{ChunkWriter, CommitTarget, ReadScope, Step, StepContext, StepOutcome};
 
 /// A page of items in ascending key order.
 #[derive(Debug)]

@@ -1,0 +1,93 @@
+//! `StepCounts`: the counts of a step execution, one type from the metadata row to the API.
+
+use std::collections::BTreeMap;
+
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::schema::batch_step_execution as s;
+
+/// The counts of one step execution (Spring Batch's `StepExecution` counters) and the step's
+/// domain counters: the one type the metadata row, a running step's progress, the run's
+/// [`StepResult`](crate::StepResult) and the API's view all carry. Serialises with today's field
+/// names (`read_count`, ..., `counters`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Queryable, Selectable)]
+#[diesel(table_name = s)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
+pub struct StepCounts {
+    /// Items read.
+    pub read_count: i64,
+    /// Items written.
+    pub write_count: i64,
+    /// Items filtered out by the processor.
+    pub filter_count: i64,
+    /// Items skipped (recorded as item failures).
+    pub skip_count: i64,
+    /// Chunks committed.
+    pub commit_count: i64,
+    /// Chunks rolled back.
+    pub rollback_count: i64,
+    /// Retries (chunk and step level).
+    pub retry_count: i64,
+    /// Domain counters, e.g. `created`, `corrected`, `unchanged`; stored as a JSON object.
+    #[diesel(deserialize_as = String)]
+    pub counters: DomainCounters,
+}
+
+/// A step's domain counters by name (a JSON object in the metadata row).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DomainCounters(pub BTreeMap<String, i64>);
+
+impl DomainCounters {
+    /// Adds `delta` to counter `name`.
+    pub fn add(&mut self, name: &str, delta: i64) {
+        *self.0.entry(name.to_owned()).or_default() += delta;
+    }
+
+    /// As stored.
+    pub(super) fn to_json(&self) -> String {
+        serde_json::to_string(&self.0).expect("a map of numbers serializes")
+    }
+}
+
+impl std::ops::Deref for DomainCounters {
+    type Target = BTreeMap<String, i64>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DomainCounters {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a DomainCounters {
+    type Item = (&'a String, &'a i64);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, i64>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<const N: usize> From<[(String, i64); N]> for DomainCounters {
+    fn from(pairs: [(String, i64); N]) -> Self {
+        DomainCounters(pairs.into())
+    }
+}
+
+impl FromIterator<(String, i64)> for DomainCounters {
+    fn from_iter<I: IntoIterator<Item = (String, i64)>>(iter: I) -> Self {
+        DomainCounters(iter.into_iter().collect())
+    }
+}
+
+/// How the stored column is read: text that is not a JSON object of numbers (changed by hand)
+/// reads as no counters rather than failing the query, as before.
+impl From<String> for DomainCounters {
+    fn from(stored: String) -> Self {
+        DomainCounters(serde_json::from_str(&stored).unwrap_or_default())
+    }
+}
