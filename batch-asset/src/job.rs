@@ -5,11 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use batch_common::step::{
-    ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page,
-};
 use batch_common::job::{Job, JobDescriptor, ParamKind, ParameterSpec};
 use batch_common::params::{JobParameters, ParameterError};
+use batch_common::step::{ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page};
 use batch_common::step::{InTransaction, ReadScope, Step, TransactionalWriter, WriteOutcome};
 use batch_common::{Clock, ClockExt};
 use chrono::NaiveDate;

@@ -11,7 +11,8 @@ mod tests {
     #[test]
     fn default_matches_the_configuration_defaults() {
         let props =
-            batch_common::BatchProperties::load_from(None, Vec::new(), &[&crate::MODULE]).unwrap();
+            batch_common::config::BatchProperties::load_from(None, Vec::new(), &[&crate::MODULE])
+                .unwrap();
         assert_eq!(
             props.schedule_for(super::super::JOB_NAME),
             Some(super::DEFAULT_CRON)

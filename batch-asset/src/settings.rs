@@ -59,7 +59,7 @@ impl SettingsSection for AssetSettings {
 
 #[cfg(test)]
 mod tests {
-    use batch_common::BatchProperties;
+    use batch_common::config::BatchProperties;
 
     use super::*;
     use crate::MODULE;

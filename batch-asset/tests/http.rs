@@ -9,7 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use batch_asset::provider::{AssetProvider, FetchErrorKind, HttpAssetProvider};
-use batch_common::{BatchProperties, Clock, FixedClock};
+use batch_common::config::BatchProperties;
+use batch_common::{Clock, FixedClock};
 
 /// One scripted answer.
 #[derive(Clone)]

@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use batch_asset::provider::{AssetSnapshot, FetchError, FetchErrorKind};
 use batch_asset::{AssetProvider, AssetRefreshJob};
+use batch_common::config::BatchProperties;
 use batch_common::launcher::{JobLauncher, LaunchOptions};
-use batch_common::{BatchProperties, BatchResult, ExitCode, FixedClock, JobRepository};
+use batch_common::repository::JobRepository;
+use batch_common::{BatchResult, ExitCode, FixedClock};
 use batch_testkit::{TestDb, db_test};
 use chrono::{NaiveDate, NaiveDateTime};
 use chrono_tz::Asia::Seoul;

@@ -1,9 +1,12 @@
 #![doc = include_str!("../README.md")]
 
-pub mod clock;
+// Every type has one public path. The Spring Batch concepts are public modules whose items are
+// reached through them (`batch_common::step::ChunkStep`, `batch_common::repository::JobRepository`,
+// ...); the small shared types below live in private modules and are re-exported here.
+mod clock;
 pub mod config;
-pub mod descriptor;
-pub mod error;
+mod descriptor;
+mod error;
 pub mod job;
 pub mod launcher;
 pub mod listener;
@@ -11,27 +14,18 @@ pub mod metrics;
 pub mod module;
 pub mod notify;
 pub mod params;
-pub mod result;
-pub mod retry;
+pub mod redis;
+pub mod repository;
+mod result;
+mod retry;
 pub mod schedule;
-pub mod secret;
+mod secret;
 pub mod step;
 
 #[cfg(any(test, feature = "mock"))]
 pub use clock::MockClock;
-pub use clock::{Clock, ClockExt, FixedClock, SystemClock, day_window_utc};
-pub use config::{BatchProperties, ConfigError};
+pub use clock::{Clock, ClockExt, FixedClock, ManualClock, SystemClock, day_window_utc};
 pub use error::{Transient, is_transient};
-pub use job::{Job, JobBuilder, JobDescriptor, JobEnv, ParamKind, ParameterSpec};
-pub use launcher::{JobLauncher, LaunchError, LaunchOptions};
-pub use listener::{JobListener, JobRunInfo};
-#[cfg(any(test, feature = "mock"))]
-pub use notify::MockNotifier;
-pub use notify::{Notification, Notifier, NotifyListener, SlackNotifier};
-pub use params::{JobParameters, ParamValue, ParameterError};
 pub use result::{BatchResult, ExitCode, StepResult};
 pub use retry::{Retried, RetryPolicy, RetrySchedule};
 pub use secret::{RedactedUrl, Secret};
-pub mod redis;
-pub mod repository;
-pub use repository::{BatchStatus, JobRepository};

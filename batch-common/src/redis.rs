@@ -327,7 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_redis_says_where_it_looked() {
-        let mut settings = crate::BatchProperties::load_from(None, Vec::new(), &[])
+        let mut settings = crate::config::BatchProperties::load_from(None, Vec::new(), &[])
             .unwrap()
             .redis;
         settings.url = crate::RedactedUrl::parse("redis://:pw@127.0.0.1:1", &["redis"]).unwrap();

@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use batch_common::step::{
-    ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page,
-};
+use batch_common::config::BatchProperties;
 use batch_common::job::{Job, JobDescriptor};
 use batch_common::launcher::{JobLauncher, LaunchOptions};
 use batch_common::listener::JobRunInfo;
@@ -20,9 +18,8 @@ use batch_common::step::{
     ChunkSettings, InTransaction, ReadScope, Step, StepContext, StepOutcome, TransactionalWriter,
     WriteOutcome,
 };
-use batch_common::{
-    BatchProperties, BatchResult, Clock, ExitCode, FixedClock, RetryPolicy, Transient,
-};
+use batch_common::step::{ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page};
+use batch_common::{BatchResult, Clock, ExitCode, FixedClock, RetryPolicy, Transient};
 use batch_testkit::{TestDb, db_test};
 use chrono::{TimeZone, Utc};
 use core_domain::DbConnection;

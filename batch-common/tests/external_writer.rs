@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use batch_common::clock::ManualClock;
+use batch_common::ManualClock;
 use batch_common::config::RuntimeSettings;
 use batch_common::launcher::{JobLauncher, LaunchOptions};
 use batch_common::listener::{JobListener, JobRunInfo};

@@ -78,7 +78,7 @@ async fn a_database_of_the_2026_11_release_is_up_to_date(backend: Backend) {
         .unwrap();
     repo.finish_step(
         step.id,
-        batch_common::BatchStatus::Completed,
+        batch_common::repository::BatchStatus::Completed,
         "COMPLETED",
         None,
         &StepProgress {
@@ -95,7 +95,7 @@ async fn a_database_of_the_2026_11_release_is_up_to_date(backend: Backend) {
     .unwrap();
     repo.finish_execution(
         execution.id,
-        batch_common::BatchStatus::Completed,
+        batch_common::repository::BatchStatus::Completed,
         "COMPLETED",
         None,
         at(2),

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use batch_common::config::BatchProperties;
 use batch_common::config::NotifySettings;
 use batch_common::launcher::{JobLauncher, LaunchOptions};
 use batch_common::notify::{
     Notification, NotificationKind, Notifier, NotifyError, SlackNotifier, listener_from_settings,
 };
-use batch_common::{BatchProperties, BatchResult, ExitCode, FixedClock, JobRepository};
+use batch_common::repository::JobRepository;
+use batch_common::{BatchResult, ExitCode, FixedClock};
 use batch_testkit::jobs::{CountingJob, FailPlan};
 use batch_testkit::{TestBackend, TestDb};
 use chrono::{TimeZone, Utc};

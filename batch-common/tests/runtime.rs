@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use batch_common::config::BatchProperties;
 use batch_common::config::RuntimeSettings;
 use batch_common::launcher::{JobLauncher, LaunchError, LaunchOptions};
 use batch_common::listener::{JobListener, JobRunInfo};
 use batch_common::repository::{CreateExecution, JobRepository, StepProgress};
-use batch_common::{BatchProperties, BatchResult, Clock, ExitCode, FixedClock, StepResult};
+use batch_common::{BatchResult, Clock, ExitCode, FixedClock, StepResult};
 use batch_testkit::jobs::{CountingJob, FailPlan};
 use batch_testkit::{TestDb, db_test};
 use chrono::{TimeZone, Utc};

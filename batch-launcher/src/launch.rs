@@ -6,12 +6,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use batch_common::config::{BatchProperties, ConfigError};
+use batch_common::job::JobEnv;
 use batch_common::launcher::{JobLauncher, LaunchError, LaunchOptions, Prepared};
 use batch_common::module::JobRegistration;
 use batch_common::params::JobParameters;
-use batch_common::{
-    BatchProperties, Clock, ConfigError, ExitCode, JobEnv, JobRepository, ParameterError,
-};
+use batch_common::params::ParameterError;
+use batch_common::repository::JobRepository;
+use batch_common::{Clock, ExitCode};
 use core_domain::DbError;
 
 use crate::modules::Registry;

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use batch_common::config::{BatchProperties, ConfigError};
 use batch_common::module::{HealthCheck, JobModule, JobRegistration, all_jobs};
-use batch_common::{BatchProperties, ConfigError};
 
 /// Every domain module, in `list` order.
 pub const MODULES: &[&dyn JobModule] = &[&batch_point::MODULE, &batch_asset::MODULE];

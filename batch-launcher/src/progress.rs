@@ -11,9 +11,9 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use batch_common::StepResult;
 use batch_common::listener::{JobListener, JobRunInfo};
 use batch_common::repository::StepProgress;
-use batch_common::result::StepResult;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// The process's bars; logs are written through it (see [`LogWriter`]).
@@ -221,7 +221,7 @@ mod tests {
         }
         p.after_step(
             &run(),
-            &StepResult::new("aStep", batch_common::BatchStatus::Completed),
+            &StepResult::new("aStep", batch_common::repository::BatchStatus::Completed),
         )
         .await;
         assert!(p.states().is_empty());

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use batch_common::config::{BatchProperties, ConfigError};
+use batch_common::job::JobEnv;
 use batch_common::launcher::{LaunchOptions, Prepared};
 use batch_common::params::parse_pairs;
+use batch_common::repository::JobRepository;
 use batch_common::repository::{ALL_MIGRATIONS, BatchStatus};
-use batch_common::{
-    BatchProperties, BatchResult, Clock, ClockExt, ConfigError, ExitCode, JobEnv, JobRepository,
-    SystemClock,
-};
+use batch_common::{BatchResult, Clock, ClockExt, ExitCode, SystemClock};
 use core_domain::{Database, migrate};
 use tokio_util::sync::CancellationToken;
 

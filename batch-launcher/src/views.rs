@@ -1,6 +1,6 @@
 //! What `history --json` and the HTTP API show of an execution: one view for both.
 
-use batch_common::JobRepository;
+use batch_common::repository::JobRepository;
 use batch_common::repository::{BatchStatus, StepCounts};
 use core_domain::DbError;
 

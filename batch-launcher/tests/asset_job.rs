@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use batch_asset::fake_server::{FakeApiConfig, spawn};
-use batch_common::JobRepository;
+use batch_common::repository::JobRepository;
 use batch_testkit::db_test;
 use core_domain::models::{AssetHistory, User};
 

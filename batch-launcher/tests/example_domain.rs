@@ -5,8 +5,10 @@
 
 use std::io::Write as _;
 
+use batch_common::ExitCode;
+use batch_common::config::BatchProperties;
 use batch_common::module::JobModule;
-use batch_common::{BatchProperties, ExitCode, JobRepository};
+use batch_common::repository::JobRepository;
 use batch_launcher::cli::{Cli, normalize_args};
 use batch_launcher::modules::{MODULES, Registry};
 use batch_launcher::run::{error_line, execute, exit_code_for};

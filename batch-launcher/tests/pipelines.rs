@@ -525,7 +525,7 @@ struct Expectations {
 fn expectations() -> Expectations {
     let root = workspace_root();
     // The built-in defaults as the launcher merges them: the runtime's and every module's.
-    let defaults = batch_common::BatchProperties::load_from(
+    let defaults = batch_common::config::BatchProperties::load_from(
         None,
         Vec::new(),
         batch_launcher::modules::MODULES,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use batch_common::JobRepository;
+use batch_common::repository::JobRepository;
 use batch_testkit::{TestRedis, db_test};
 use core_domain::models::PointBalance;
 use redis::AsyncCommands;

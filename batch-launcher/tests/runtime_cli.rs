@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
+use batch_common::SystemClock;
+use batch_common::config::BatchProperties;
 use batch_common::launcher::{JobLauncher, LaunchOptions};
 use batch_common::repository::CreateExecution;
-use batch_common::{BatchProperties, JobRepository, SystemClock};
+use batch_common::repository::JobRepository;
 use batch_testkit::db_test;
 use batch_testkit::jobs::{CountingJob, FailPlan};
 

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use batch_common::clock::ManualClock;
+use batch_common::ManualClock;
+use batch_common::config::BatchProperties;
+use batch_common::job::JobEnv;
 use batch_common::job::{BuildFuture, Job};
 use batch_common::module::JobModule as _;
 use batch_common::module::JobRegistration as Registration;
-use batch_common::{BatchProperties, Clock, JobEnv, SystemClock};
+use batch_common::{Clock, SystemClock};
 use batch_launcher::serve::{Server, Service};
 use batch_testkit::jobs::{COUNTING, CountingJob, FailPlan};
 use batch_testkit::{TestDb, TestRedis, db_test};
@@ -420,7 +422,7 @@ fn utc(h: u32, m: u32, s: u32) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// Polls until countingJob has an execution; returns the newest.
-async fn first_run(repo: &batch_common::JobRepository) -> (i64, chrono::NaiveDateTime) {
+async fn first_run(repo: &batch_common::repository::JobRepository) -> (i64, chrono::NaiveDateTime) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let runs = repo.history(Some("countingJob"), 10).await.unwrap();
@@ -555,7 +557,7 @@ async fn shutdown_stops_running_executions_cleanly() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.shutdown().await.unwrap();
-    let repo = batch_common::JobRepository::new(db.db.clone());
+    let repo = batch_common::repository::JobRepository::new(db.db.clone());
     let e = repo.execution(id).await.unwrap().unwrap();
     assert_eq!(e.status, "STOPPED");
 

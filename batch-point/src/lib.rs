@@ -7,13 +7,15 @@ pub mod sync_balance;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use batch_common::config::BatchProperties;
 use batch_common::config::SettingsSpec;
 use batch_common::job::{BuildFuture, Job, JobEnv, ParamKind};
+use batch_common::job::{JobDescriptor, ParameterSpec};
 use batch_common::module::{HealthCheck, JobModule, JobRegistration};
 use batch_common::params::{JobParameters, ParameterError};
 use batch_common::redis::{RedisConn, RedisHealth};
 use batch_common::step::{Step, TaskletStep};
-use batch_common::{BatchProperties, Clock, ClockExt, JobDescriptor, ParameterSpec};
+use batch_common::{Clock, ClockExt};
 use core_domain::Database;
 
 use crate::daily_report::DailyReport;

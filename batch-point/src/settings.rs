@@ -44,7 +44,7 @@ impl SettingsSection for PointSettings {
 
 #[cfg(test)]
 mod tests {
-    use batch_common::BatchProperties;
+    use batch_common::config::BatchProperties;
 
     use super::*;
     use crate::MODULE;

@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use batch_common::ExitCode;
+use batch_common::config::BatchProperties;
 use batch_common::launcher::LaunchOptions;
-use batch_common::{BatchProperties, ExitCode, JobListener};
+use batch_common::listener::JobListener;
 use batch_testkit::{TestDb, TestRedis, db_test};
 use core_domain::models::{NewPointBalance, PointBalance};
 

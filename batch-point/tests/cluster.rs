@@ -286,7 +286,7 @@ batch_testkit::db_test!(async fn a_failover_to_a_replica_that_missed_writes_is_r
     let cut_off = Arc::new(AtomicBool::new(false));
     let failed_over = Arc::new(AtomicBool::new(false));
     let missed = Arc::new(AtomicI64::new(0));
-    let listener: Arc<dyn batch_common::JobListener> = {
+    let listener: Arc<dyn batch_common::listener::JobListener> = {
         let (cluster, cut_off, failed_over, missed, rc, newer_key) = (
             cluster.clone(),
             cut_off.clone(),

@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
+use batch_common::config::BatchProperties;
 use batch_common::launcher::{JobLauncher, LaunchOptions};
 use batch_common::redis::RedisConn;
-use batch_common::{BatchProperties, BatchResult, FixedClock, JobRepository, StepResult};
+use batch_common::repository::JobRepository;
+use batch_common::{BatchResult, FixedClock, StepResult};
 use batch_point::PointBalanceSyncJob;
 use batch_testkit::{TestDb, TestRedis};
 use chrono::NaiveDateTime;
@@ -116,10 +118,10 @@ pub type ChunkAction =
 pub struct OnChunk(pub ChunkAction);
 
 #[async_trait::async_trait]
-impl batch_common::JobListener for OnChunk {
+impl batch_common::listener::JobListener for OnChunk {
     async fn on_chunk(
         &self,
-        _job: &batch_common::JobRunInfo,
+        _job: &batch_common::listener::JobRunInfo,
         step: &str,
         progress: &batch_common::repository::StepProgress,
         _total: Option<u64>,
@@ -137,7 +139,7 @@ pub async fn run_with(
     redis: RedisConn,
     props: Arc<BatchProperties>,
     args: &[&str],
-    listener: Option<Arc<dyn batch_common::JobListener>>,
+    listener: Option<Arc<dyn batch_common::listener::JobListener>>,
     options: &LaunchOptions,
 ) -> BatchResult {
     let clock: Arc<dyn batch_common::Clock> = Arc::new(batch_common::SystemClock);

@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use batch_common::JobRepository;
+use batch_common::repository::JobRepository;
 use batch_testkit::TestDb;
 use core_domain::schema::point;
 use core_domain::{Backend, dispatch};

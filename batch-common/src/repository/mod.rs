@@ -29,6 +29,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::RunQueryDsl;
 
+pub use counts::{DomainCounters, StepCounts};
 pub use execution::{AlreadyRunning, CreateExecution};
 pub use item_failure::ItemFailureRecord;
 pub use migrations::{ALL_MIGRATIONS, METADATA_MIGRATIONS};
@@ -38,7 +39,6 @@ use schema::{
     batch_step_execution as s,
 };
 pub use status::{BatchStatus, NotRun, RunStatus, exit_codes};
-pub use counts::{DomainCounters, StepCounts};
 pub use step_execution::StepProgress;
 
 /// What `purge` deleted.

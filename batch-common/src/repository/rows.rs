@@ -4,11 +4,11 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+use super::counts::StepCounts;
 use super::schema::{
     batch_item_failure, batch_job_execution, batch_job_instance, batch_step_execution,
 };
 use super::status::BatchStatus;
-use super::counts::StepCounts;
 
 /// A job instance: job name + hash of the identifying parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]

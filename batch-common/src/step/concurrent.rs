@@ -37,10 +37,10 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::{ChunkWriter, CommitTarget, ReadScope, Step, StepContext, StepOutcome};
 use crate::clock::Clock;
 use crate::repository::{ItemFailureRecord, StepProgress};
 use crate::retry::RetryPolicy;
-use super::{ChunkWriter, CommitTarget, ReadScope, Step, StepContext, StepOutcome};
 
 /// A page of items in ascending key order.
 #[derive(Debug)]

@@ -17,9 +17,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use batch_common::config::BatchProperties;
 use batch_common::repository::ALL_MIGRATIONS;
 use batch_common::schedule::Scheduler;
-use batch_common::{BatchProperties, Clock, ExitCode};
+use batch_common::{Clock, ExitCode};
 use core_domain::Database;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -4,12 +4,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use batch_common::config::BatchProperties;
+use batch_common::job::JobEnv;
 use batch_common::launcher::{JobLauncher, LaunchOptions, Prepared};
 use batch_common::metrics::Metrics;
 use batch_common::module::{HealthCheck, JobRegistration};
 use batch_common::params::JobParameters;
+use batch_common::repository::JobRepository;
 use batch_common::schedule::{MissedTicks, Scheduler};
-use batch_common::{BatchProperties, BatchResult, Clock, ExitCode, JobEnv, JobRepository};
+use batch_common::{BatchResult, Clock, ExitCode};
 use chrono::{DateTime, Utc};
 use core_domain::Database;
 use tokio_util::sync::CancellationToken;

@@ -6,8 +6,11 @@
 
 use std::sync::Arc;
 
+use batch_common::SystemClock;
+use batch_common::config::BatchProperties;
+use batch_common::launcher::{JobLauncher, LaunchOptions};
 use batch_common::repository::ALL_MIGRATIONS;
-use batch_common::{BatchProperties, JobLauncher, JobRepository, LaunchOptions, SystemClock};
+use batch_common::repository::JobRepository;
 use batch_testkit::jobs::{CountingJob, FailPlan, parse_args};
 use core_domain::Database;
 
