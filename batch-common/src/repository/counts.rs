@@ -35,9 +35,16 @@ pub struct StepCounts {
 }
 
 /// A step's domain counters by name (a JSON object in the metadata row).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DomainCounters(pub BTreeMap<String, i64>);
+
+/// Shown as the map itself (`{"created": 3, ...}`), as in logs before the type existed.
+impl std::fmt::Debug for DomainCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 impl DomainCounters {
     /// Adds `delta` to counter `name`.
