@@ -10,8 +10,20 @@ use super::schema::batch_step_execution as s;
 /// The counts of one step execution (Spring Batch's `StepExecution` counters) and the step's
 /// domain counters: the one type the metadata row, a running step's progress, the run's
 /// [`StepResult`](crate::StepResult) and the API's view all carry. Serialises with today's field
-/// names (`read_count`, ..., `counters`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Queryable, Selectable)]
+/// names (`read_count`, ..., `counters`), and is read and written as the row's count columns.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Queryable,
+    Selectable,
+    Insertable,
+    AsChangeset,
+)]
 #[diesel(table_name = s)]
 #[diesel(check_for_backend(diesel::pg::Pg, diesel::mysql::Mysql, diesel::sqlite::Sqlite))]
 pub struct StepCounts {
@@ -30,7 +42,7 @@ pub struct StepCounts {
     /// Retries (chunk and step level).
     pub retry_count: i64,
     /// Domain counters, e.g. `created`, `corrected`, `unchanged`; stored as a JSON object.
-    #[diesel(deserialize_as = String)]
+    #[diesel(deserialize_as = String, serialize_as = String)]
     pub counters: DomainCounters,
 }
 
@@ -50,11 +62,6 @@ impl DomainCounters {
     /// Adds `delta` to counter `name`.
     pub fn add(&mut self, name: &str, delta: i64) {
         *self.0.entry(name.to_owned()).or_default() += delta;
-    }
-
-    /// As stored.
-    pub(super) fn to_json(&self) -> String {
-        serde_json::to_string(&self.0).expect("a map of numbers serializes")
     }
 }
 
@@ -88,6 +95,13 @@ impl<const N: usize> From<[(String, i64); N]> for DomainCounters {
 impl FromIterator<(String, i64)> for DomainCounters {
     fn from_iter<I: IntoIterator<Item = (String, i64)>>(iter: I) -> Self {
         DomainCounters(iter.into_iter().collect())
+    }
+}
+
+/// How the column is written: a JSON object.
+impl From<DomainCounters> for String {
+    fn from(c: DomainCounters) -> String {
+        serde_json::to_string(&c.0).expect("a map of numbers serializes")
     }
 }
 

@@ -82,21 +82,13 @@ impl JobRepository {
         now: NaiveDateTime,
     ) -> Result<StepExecution, DbError> {
         let mut conn = self.db.get().await?;
-        let counters = progress.counts.counters.to_json();
         let context = progress.context.to_string();
         dispatch!(&mut *conn, c => diesel::insert_into(s::table)
             .values((
                 s::job_execution_id.eq(job_execution_id),
                 s::step_name.eq(step_name),
                 s::status.eq(BatchStatus::Started.as_str()),
-                s::read_count.eq(progress.counts.read_count),
-                s::write_count.eq(progress.counts.write_count),
-                s::filter_count.eq(progress.counts.filter_count),
-                s::skip_count.eq(progress.counts.skip_count),
-                s::commit_count.eq(progress.counts.commit_count),
-                s::rollback_count.eq(progress.counts.rollback_count),
-                s::retry_count.eq(progress.counts.retry_count),
-                s::counters.eq(&counters),
+                progress.counts.clone(),
                 s::execution_context.eq(&context),
                 s::exit_code.eq(exit_codes::EXECUTING),
                 s::start_time.eq(now),
@@ -120,18 +112,10 @@ impl JobRepository {
         progress: &StepProgress,
         now: NaiveDateTime,
     ) -> Result<(), DbError> {
-        let counters = progress.counts.counters.to_json();
         let context = progress.context.to_string();
         dispatch!(conn, c => diesel::update(s::table.find(step_execution_id))
             .set((
-                s::read_count.eq(progress.counts.read_count),
-                s::write_count.eq(progress.counts.write_count),
-                s::filter_count.eq(progress.counts.filter_count),
-                s::skip_count.eq(progress.counts.skip_count),
-                s::commit_count.eq(progress.counts.commit_count),
-                s::rollback_count.eq(progress.counts.rollback_count),
-                s::retry_count.eq(progress.counts.retry_count),
-                s::counters.eq(&counters),
+                progress.counts.clone(),
                 s::execution_context.eq(&context),
                 s::last_updated.eq(now),
             ))
