@@ -8,20 +8,25 @@
 //! For each backend (PostgreSQL and MariaDB on loopback, SQLite in a temporary file) and each
 //! data shape — ~5, ~25 and ~200 transactions per user, with ids in time order (as an online
 //! service inserts them) or not — it seeds the report day (plus 10% on each neighbouring day),
-//! then, `REPORT_BENCH_RUNS` times in alternation, on an empty report table:
+//! then, `REPORT_BENCH_RUNS` rounds, each run on an empty report table after a checkpoint (so no
+//! checkpoint's writes land inside one measurement and not another), the step first in even
+//! rounds and last in odd ones:
 //! - every formulation as one plain `INSERT … SELECT … GROUP BY` filling every column of
 //!   `daily_point_report` (the window form the step used before, `DISTINCT ON` + join, ordered
-//!   aggregates, and each backend's own tricks);
+//!   aggregates, and each backend's own tricks), each in a new session of its own (connecting
+//!   is not timed), as the step runs in one;
 //! - the step itself, through its own code path (`DailyReport::generate`, the very call the
 //!   launcher's tasklet makes) in a child process of this bench, whose peak RSS is tracked.
 //!
-//! It prints the medians, the ratio of each to the fastest formulation, the step's peak RSS, and
-//! checks that every formulation wrote the same rows as the step.
+//! It prints each round's times (stderr), the medians, the ratio of each to the fastest
+//! formulation, the step's peak RSS, and checks that the step and every formulation wrote the
+//! same rows.
 //!
 //! Settings (environment): `REPORT_BENCH_BACKENDS` (default `postgres,mysql,sqlite`),
 //! `REPORT_BENCH_TX_POSTGRES` (default 2,000,000 transactions on the day),
 //! `REPORT_BENCH_TX_MYSQL` and `REPORT_BENCH_TX_SQLITE` (default 500,000 each: they are
-//! single-threaded and slower to seed), `REPORT_BENCH_RUNS` (default 3),
+//! single-threaded and slower to seed), `REPORT_BENCH_RUNS` (default 3), `REPORT_BENCH_SHAPES`
+//! (default all: a comma-separated list of shape numbers 1–6 in the order above),
 //! `BATCH_BENCH_POSTGRES_URL`, `REPORT_BENCH_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
 //!
 //! `cargo test --all-targets` builds this target and runs it without `--bench`: it then exits at once.
@@ -245,7 +250,30 @@ fn formulations(backend: Backend) -> Vec<(&'static str, String)> {
                 ),
             ),
             (
-                "MAX(ARRAY[µs, id, snapshot]) (step)",
+                "DISTINCT ON + join, ORDER BY user_id",
+                format!(
+                    "{} ORDER BY a.user_id",
+                    agg_join(
+                        "point",
+                        &format!(
+                            "SELECT DISTINCT ON (user_id) user_id, balance_snapshot FROM point WHERE {w} \
+                             ORDER BY user_id, created_at DESC, id DESC"
+                        ),
+                    )
+                ),
+            ),
+            (
+                "MAX(ARRAY[µs, id, snapshot]), hash order",
+                plain(
+                    "point",
+                    &format!(
+                        "(MAX(ARRAY[ROUND(date_part('epoch', created_at - {}) * 1000000)::BIGINT, id, balance_snapshot]))[3]",
+                        lit(backend, FROM)
+                    ),
+                ),
+            ),
+            (
+                "MAX(ARRAY[µs, id, snapshot]), ORDER BY user_id (step)",
                 step_select(backend, SqliteScan::CreatedAtRange),
             ),
         ],
@@ -422,13 +450,24 @@ async fn checksum(conn: &mut DbConnection, backend: Backend) -> anyhow::Result<C
     Ok(dispatch!(conn, c => diesel::sql_query(sql.as_str()).get_result::<Checksum>(c).await)?)
 }
 
+/// Before each timed run: the server's dirty pages and log are written out now, so that no
+/// checkpoint (each run writes ~150 MB of WAL on PostgreSQL at 400,000 users, and
+/// `max_wal_size` is 1 GB) lands inside one measurement and not another.
+async fn settle(conn: &mut DbConnection, backend: Backend) -> anyhow::Result<()> {
+    match backend {
+        Backend::Postgres => exec(conn, "CHECKPOINT").await,
+        Backend::Sqlite => exec(conn, "PRAGMA wal_checkpoint(TRUNCATE)").await,
+        // InnoDB has no statement that forces a checkpoint; its log is written at each commit.
+        Backend::Mysql => Ok(()),
+    }
+}
+
 /// Runs one formulation as an `INSERT … SELECT` on an empty report table; returns its time (ms).
 async fn run_formulation(
     conn: &mut DbConnection,
     backend: Backend,
     select: &str,
 ) -> anyhow::Result<f64> {
-    clear_report(conn, backend).await?;
     let insert = format!("{INSERT_INTO}{select}");
     let t = Instant::now();
     if backend == Backend::Postgres {
@@ -441,6 +480,24 @@ async fn run_formulation(
         exec(conn, &insert).await?;
     }
     Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Runs the step on an empty, settled report table and checks its rows; returns (ms, peak RSS kB).
+async fn timed_step(
+    conn: &mut DbConnection,
+    backend: Backend,
+    url: &str,
+    expected: Checksum,
+) -> anyhow::Result<(f64, u64)> {
+    clear_report(conn, backend).await?;
+    settle(conn, backend).await?;
+    let (ms, rss, rows) = run_step(url)?;
+    let got = checksum(conn, backend).await?;
+    anyhow::ensure!(
+        rows == got.report_rows && got == expected,
+        "the step wrote {rows} rows ({got:?}), expected {expected:?}"
+    );
+    Ok((ms, rss))
 }
 
 /// Runs the step in a child process; returns (ms inside `generate`, peak RSS kB, report rows).
@@ -556,6 +613,19 @@ async fn run() -> anyhow::Result<()> {
         })
         .collect::<Result<_, _>>()?;
     let runs = env_i64("REPORT_BENCH_RUNS", 3)?.max(1);
+    let shapes: Vec<usize> = match std::env::var("REPORT_BENCH_SHAPES") {
+        Ok(v) => v
+            .split(',')
+            .map(|s| match s.trim().parse::<usize>() {
+                Ok(n) if (1..=SHAPES.len()).contains(&n) => Ok(n),
+                _ => Err(anyhow::anyhow!(
+                    "REPORT_BENCH_SHAPES: {s:?} is not a shape number 1..={}",
+                    SHAPES.len()
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Err(_) => (1..=SHAPES.len()).collect(),
+    };
     let dir = tempfile::tempdir()?;
     let mut lines = Vec::new();
     for &backend in &backends {
@@ -565,6 +635,9 @@ async fn run() -> anyhow::Result<()> {
             Backend::Sqlite => env_i64("REPORT_BENCH_TX_SQLITE", 500_000)?,
         };
         for (shape_no, shape) in SHAPES.iter().copied().enumerate() {
+            if !shapes.contains(&(shape_no + 1)) {
+                continue;
+            }
             let url = fresh_database(backend, dir.path(), shape_no).await?;
             let mut conn = DbConnection::establish(&DatabaseUrl::parse(&url)?).await?;
             let t = Instant::now();
@@ -579,29 +652,59 @@ async fn run() -> anyhow::Result<()> {
             let mut form_ms: Vec<Vec<f64>> = vec![Vec::new(); forms.len()];
             let mut step_ms = Vec::new();
             let mut rss_kb = 0;
-            for _ in 0..runs {
-                // The step first, then every formulation, in the same order each round.
-                clear_report(&mut conn, backend).await?;
-                let (ms, rss, rows) = run_step(&url)?;
-                let expected = checksum(&mut conn, backend).await?;
-                anyhow::ensure!(
-                    rows == expected.report_rows && rows == tx / shape.per_user,
-                    "the step wrote {rows} rows ({expected:?}), expected {}",
-                    tx / shape.per_user
-                );
-                step_ms.push(ms);
-                rss_kb = rss_kb.max(rss);
+            // The expected rows: the first formulation's (every other one, and the step, must match).
+            run_formulation(&mut conn, backend, &forms[0].1).await?;
+            let expected = checksum(&mut conn, backend).await?;
+            anyhow::ensure!(
+                expected.report_rows == tx / shape.per_user,
+                "{} wrote {} rows, expected {}",
+                forms[0].0,
+                expected.report_rows,
+                tx / shape.per_user
+            );
+            for round in 0..runs {
+                // The step first in even rounds and last in odd ones, so that neither it nor any
+                // formulation always runs in the same place (after the seeding, say).
+                let step_first = round % 2 == 0;
+                let mut ms = 0.0;
+                if step_first {
+                    let (t, rss) = timed_step(&mut conn, backend, &url, expected).await?;
+                    ms = t;
+                    rss_kb = rss_kb.max(rss);
+                }
                 for (i, (name, select)) in forms.iter().enumerate() {
-                    let ms = run_formulation(&mut conn, backend, select).await?;
+                    clear_report(&mut conn, backend).await?;
+                    settle(&mut conn, backend).await?;
+                    // A session of its own, as the step has (and as a statement typed into psql
+                    // would): a long-lived backend is warmer (its memory already faulted in, JIT
+                    // already loaded) than the fresh one the step starts with.
+                    let mut own = DbConnection::establish(&DatabaseUrl::parse(&url)?).await?;
+                    let ms = run_formulation(&mut own, backend, select).await?;
+                    drop(own);
                     let got = checksum(&mut conn, backend).await?;
                     anyhow::ensure!(
                         got == expected,
-                        "{} {}: {name} wrote other rows than the step: {got:?} vs {expected:?}",
+                        "{} {}: {name} wrote other rows than the first formulation: {got:?} vs {expected:?}",
                         backend.as_str(),
                         shape.label()
                     );
                     form_ms[i].push(ms);
                 }
+                if !step_first {
+                    let (t, rss) = timed_step(&mut conn, backend, &url, expected).await?;
+                    ms = t;
+                    rss_kb = rss_kb.max(rss);
+                }
+                step_ms.push(ms);
+                // Each round's times, to see the spread behind the medians.
+                eprintln!(
+                    "  round: step {ms:.0} ms | {}",
+                    form_ms
+                        .iter()
+                        .map(|v| format!("{:.0}", v.last().copied().unwrap_or(0.0)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
             }
             // A re-run over the step's own rows (all unchanged), once.
             clear_report(&mut conn, backend).await?;

@@ -10,7 +10,9 @@
 //! The closing balance is taken in the same single pass over the day as the sums, with what each
 //! backend does fastest (measured by `benches/report_bench.rs`, see the crate's README):
 //! - PostgreSQL: `MAX(ARRAY[µs since the window's start, id, balance_snapshot])[3]`, a hash
-//!   aggregate (no sort), with `work_mem` raised for the transaction so it stays in memory;
+//!   aggregate (no sort of the transactions), with `work_mem` raised for the transaction so it
+//!   stays in memory, its one row per user sorted by `user_id` so the unique index is written in
+//!   key order;
 //! - MariaDB/MySQL: `GROUP_CONCAT(balance_snapshot ORDER BY created_at DESC, id DESC LIMIT 1)`,
 //!   with `idx_point_user_created_at` ignored (a full walk of it in user order, with a row
 //!   lookup per entry, is what the optimizer otherwise picks, and is 3–4× slower);
@@ -77,6 +79,14 @@ pub fn aggregate_select(backend: Backend, scan: SqliteScan) -> String {
             },
         ),
     };
+    // PostgreSQL's hash aggregate emits users in hash order; sorted (a quicksort of one row per
+    // user, in memory) the rows reach `uq_daily_point_report_user_date` in key order, which makes
+    // the insert ~20% cheaper at 400,000 users (measured; the other backends group by sorting).
+    let order = if backend == Backend::Postgres {
+        " ORDER BY user_id"
+    } else {
+        ""
+    };
     format!(
         "SELECT user_id, ?, \
          SUM(CASE WHEN type = 'EARN' THEN amount ELSE 0 END), \
@@ -87,7 +97,7 @@ pub fn aggregate_select(backend: Backend, scan: SqliteScan) -> String {
          SUM(CASE WHEN type = 'USE' THEN 1 ELSE 0 END), \
          SUM(CASE WHEN type = 'CANCEL' THEN 1 ELSE 0 END), \
          MIN(created_at), MAX(created_at), ?, ? \
-         FROM {from} WHERE created_at >= ? AND created_at < ? GROUP BY user_id "
+         FROM {from} WHERE created_at >= ? AND created_at < ? GROUP BY user_id{order} "
     )
 }
 
@@ -191,8 +201,10 @@ pub async fn sqlite_scan(
     if conn.backend() != Backend::Sqlite {
         return Ok(SqliteScan::CreatedAtRange);
     }
+    // Two subqueries: SQLite answers a lone MIN or MAX from the end of the rowid B-tree, but
+    // `MAX(id) - MIN(id)` in one SELECT scans the whole table (50–80 ms at 600,000 rows).
     let table: Count = dispatch!(conn, c => diesel::sql_query(
-        "SELECT COALESCE(MAX(id) - MIN(id) + 1, 0) AS n FROM point")
+        "SELECT COALESCE((SELECT MAX(id) FROM point) - (SELECT MIN(id) FROM point) + 1, 0) AS n")
         .get_result(c)
         .await)?;
     // Counting stops at the threshold: on a long history the day's entries are few, and when the
