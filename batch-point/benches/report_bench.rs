@@ -230,53 +230,44 @@ fn formulations(backend: Backend) -> Vec<(&'static str, String)> {
         )
     };
     match backend {
-        Backend::Postgres => vec![
-            ("window (ROW_NUMBER)", window("point")),
-            (
-                "ordered aggregate array_agg",
-                plain(
-                    "point",
-                    "(array_agg(balance_snapshot ORDER BY created_at DESC, id DESC))[1]",
+        Backend::Postgres => {
+            let distinct_on = agg_join(
+                "point",
+                &format!(
+                    "SELECT DISTINCT ON (user_id) user_id, balance_snapshot FROM point WHERE {w} \
+                     ORDER BY user_id, created_at DESC, id DESC"
                 ),
-            ),
-            (
-                "DISTINCT ON + join",
-                agg_join(
-                    "point",
-                    &format!(
-                        "SELECT DISTINCT ON (user_id) user_id, balance_snapshot FROM point WHERE {w} \
-                         ORDER BY user_id, created_at DESC, id DESC"
+            );
+            vec![
+                ("window (ROW_NUMBER)", window("point")),
+                (
+                    "ordered aggregate array_agg",
+                    plain(
+                        "point",
+                        "(array_agg(balance_snapshot ORDER BY created_at DESC, id DESC))[1]",
                     ),
                 ),
-            ),
-            (
-                "DISTINCT ON + join, ORDER BY user_id",
-                format!(
-                    "{} ORDER BY a.user_id",
-                    agg_join(
+                ("DISTINCT ON + join", distinct_on.clone()),
+                (
+                    "DISTINCT ON + join, ORDER BY user_id",
+                    format!("{distinct_on} ORDER BY a.user_id"),
+                ),
+                (
+                    "MAX(ARRAY[µs, id, snapshot]), hash order",
+                    plain(
                         "point",
                         &format!(
-                            "SELECT DISTINCT ON (user_id) user_id, balance_snapshot FROM point WHERE {w} \
-                             ORDER BY user_id, created_at DESC, id DESC"
+                            "(MAX(ARRAY[ROUND(date_part('epoch', created_at - {}) * 1000000)::BIGINT, id, balance_snapshot]))[3]",
+                            lit(backend, FROM)
                         ),
-                    )
-                ),
-            ),
-            (
-                "MAX(ARRAY[µs, id, snapshot]), hash order",
-                plain(
-                    "point",
-                    &format!(
-                        "(MAX(ARRAY[ROUND(date_part('epoch', created_at - {}) * 1000000)::BIGINT, id, balance_snapshot]))[3]",
-                        lit(backend, FROM)
                     ),
                 ),
-            ),
-            (
-                "MAX(ARRAY[µs, id, snapshot]), ORDER BY user_id (step)",
-                step_select(backend, SqliteScan::CreatedAtRange),
-            ),
-        ],
+                (
+                    "MAX(ARRAY[µs, id, snapshot]), ORDER BY user_id (step)",
+                    step_select(backend, SqliteScan::CreatedAtRange),
+                ),
+            ]
+        }
         Backend::Mysql => {
             let hint = "point IGNORE INDEX (idx_point_user_created_at)";
             vec![
