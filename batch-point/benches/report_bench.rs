@@ -27,6 +27,8 @@
 //! `REPORT_BENCH_TX_MYSQL` and `REPORT_BENCH_TX_SQLITE` (default 500,000 each: they are
 //! single-threaded and slower to seed), `REPORT_BENCH_RUNS` (default 3), `REPORT_BENCH_SHAPES`
 //! (default all: a comma-separated list of shape numbers 1–6 in the order above),
+//! `REPORT_BENCH_ONLY` (default all: only the formulations whose name contains one of these
+//! comma-separated parts, e.g. `MAX(ARRAY` — more rounds in the same time for the close ones),
 //! `BATCH_BENCH_POSTGRES_URL`, `REPORT_BENCH_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
 //!
 //! `cargo test --all-targets` builds this target and runs it without `--bench`: it then exits at once.
@@ -338,6 +340,30 @@ fn formulations(backend: Backend) -> Vec<(&'static str, String)> {
     }
 }
 
+/// [`formulations`] of `backend`, those whose name contains one of `only`'s comma-separated parts
+/// (all when `None`).
+fn selected(backend: Backend, only: Option<&str>) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let all = formulations(backend);
+    let Some(only) = only else {
+        return Ok(all);
+    };
+    let parts: Vec<&str> = only
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let chosen: Vec<_> = all
+        .into_iter()
+        .filter(|(name, _)| parts.iter().any(|p| name.contains(p)))
+        .collect();
+    anyhow::ensure!(
+        !chosen.is_empty(),
+        "REPORT_BENCH_ONLY: {only:?} names no formulation of {}",
+        backend.as_str()
+    );
+    Ok(chosen)
+}
+
 /// Seeds `n` transactions on the report day for `shape` (plus 10% on each neighbouring day).
 async fn seed(
     conn: &mut DbConnection,
@@ -617,6 +643,9 @@ async fn run() -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?,
         Err(_) => (1..=SHAPES.len()).collect(),
     };
+    // `REPORT_BENCH_ONLY=MAX(ARRAY` measures only the formulations whose name contains one of
+    // the comma-separated parts: more rounds in the same time for the close contenders.
+    let only = std::env::var("REPORT_BENCH_ONLY").ok();
     let dir = tempfile::tempdir()?;
     let mut lines = Vec::new();
     for &backend in &backends {
@@ -639,7 +668,7 @@ async fn run() -> anyhow::Result<()> {
                 shape.label(),
                 t.elapsed().as_secs_f64()
             );
-            let forms = formulations(backend);
+            let forms = selected(backend, only.as_deref())?;
             let mut form_ms: Vec<Vec<f64>> = vec![Vec::new(); forms.len()];
             let mut step_ms = Vec::new();
             let mut rss_kb = 0;

@@ -4,7 +4,9 @@
 //! day is aggregated by the database in one `INSERT … SELECT … GROUP BY` (an upsert on
 //! `(user_id, report_date)` when the date already has rows, else a plain insert) preceded by a `DELETE` of rows of users who no longer have activity
 //! that day, in one transaction: a crash leaves all or nothing, and re-running the date leaves
-//! exactly the same rows (a row whose values did not change keeps its `updated_at`).
+//! exactly the same rows (a row whose values did not change keeps its `updated_at`). The step's
+//! totals (rows, transactions) are then counted from the date's rows; on PostgreSQL a first run's
+//! insert returns them itself (a data-modifying CTE), sparing that second read.
 //! The last transaction of the day (by `created_at`, ties by id) gives `balance_snapshot`.
 //!
 //! The closing balance is taken in the same single pass over the day as the sums, with what each
@@ -184,6 +186,16 @@ fn summary_sql(backend: Backend) -> String {
     )
 }
 
+/// PostgreSQL: `insert` (a plain `INSERT … SELECT`) as a data-modifying CTE whose statement
+/// returns the totals of the rows it wrote, as [`summary_sql`] would count them.
+fn returning_totals(insert: &str) -> String {
+    format!(
+        "WITH written AS ({insert} RETURNING earn_count + use_count + cancel_count AS n) \
+         SELECT CAST(COUNT(*) AS BIGINT) AS report_rows, CAST(COALESCE(SUM(n), 0) AS BIGINT) AS transactions \
+         FROM written"
+    )
+}
+
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -314,11 +326,24 @@ impl DailyReport {
                     .bind::<Date, _>(date)
                     .get_result(c)
                     .await)?;
-                let conflict = if existing.n > 0 { upsert.as_str() } else { "" };
-                let insert = placeholders(
-                    &format!("{INSERT_INTO}{}{conflict}", aggregate_select(backend, scan)),
-                    backend,
-                );
+                let first_run = existing.n == 0;
+                let conflict = if first_run { "" } else { upsert.as_str() };
+                let insert = format!("{INSERT_INTO}{}{conflict}", aggregate_select(backend, scan));
+                if first_run && backend == Backend::Postgres {
+                    // The insert's own rows are the date's rows: their totals come back with it
+                    // (a data-modifying CTE), instead of a second read of the report table.
+                    let with_totals = placeholders(&returning_totals(&insert), backend);
+                    let totals: Summary = dispatch!(&mut *c, c => diesel::sql_query(with_totals.as_str())
+                        .bind::<Date, _>(date)
+                        .bind::<Timestamp, _>(now)
+                        .bind::<Timestamp, _>(now)
+                        .bind::<Timestamp, _>(from)
+                        .bind::<Timestamp, _>(to)
+                        .get_result(c)
+                        .await)?;
+                    return Ok((totals.report_rows, totals.transactions, deleted));
+                }
+                let insert = placeholders(&insert, backend);
                 dispatch!(&mut *c, c => diesel::sql_query(insert.as_str())
                     .bind::<Date, _>(date)
                     .bind::<Timestamp, _>(now)

@@ -208,7 +208,8 @@ db_test!(async fn report_matches_a_reference_on_every_plan(db) {
     if db.db.backend() == core_domain::Backend::Sqlite {
         assert_eq!(scan, SqliteScan::CreatedAtRange, "the day is a small part of the table");
     }
-    report.generate(ts("2026-11-21 02:00:00")).await?;
+    // A re-run (an upsert, its totals counted from the date's rows) reports the same totals.
+    assert_eq!(report.generate(ts("2026-11-21 02:00:00")).await?, (report_rows, transactions, 0));
     // Nothing changed: the very same rows, updated_at included.
     assert_eq!(DailyPointReport::for_date(c, date).await?, first);
     Ok(())
