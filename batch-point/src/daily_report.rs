@@ -326,6 +326,17 @@ impl DailyReport {
                     .bind::<Date, _>(date)
                     .get_result(c)
                     .await)?;
+                // A statement built on `aggregate_select`, with its five binds.
+                macro_rules! aggregation {
+                    ($sql:expr) => {
+                        diesel::sql_query($sql)
+                            .bind::<Date, _>(date)
+                            .bind::<Timestamp, _>(now)
+                            .bind::<Timestamp, _>(now)
+                            .bind::<Timestamp, _>(from)
+                            .bind::<Timestamp, _>(to)
+                    };
+                }
                 let first_run = existing.n == 0;
                 let conflict = if first_run { "" } else { upsert.as_str() };
                 let insert = format!("{INSERT_INTO}{}{conflict}", aggregate_select(backend, scan));
@@ -333,25 +344,12 @@ impl DailyReport {
                     // The insert's own rows are the date's rows: their totals come back with it
                     // (a data-modifying CTE), instead of a second read of the report table.
                     let with_totals = placeholders(&returning_totals(&insert), backend);
-                    let totals: Summary = dispatch!(&mut *c, c => diesel::sql_query(with_totals.as_str())
-                        .bind::<Date, _>(date)
-                        .bind::<Timestamp, _>(now)
-                        .bind::<Timestamp, _>(now)
-                        .bind::<Timestamp, _>(from)
-                        .bind::<Timestamp, _>(to)
-                        .get_result(c)
-                        .await)?;
+                    let totals: Summary = dispatch!(&mut *c, c =>
+                        aggregation!(with_totals.as_str()).get_result(c).await)?;
                     return Ok((totals.report_rows, totals.transactions, deleted));
                 }
                 let insert = placeholders(&insert, backend);
-                dispatch!(&mut *c, c => diesel::sql_query(insert.as_str())
-                    .bind::<Date, _>(date)
-                    .bind::<Timestamp, _>(now)
-                    .bind::<Timestamp, _>(now)
-                    .bind::<Timestamp, _>(from)
-                    .bind::<Timestamp, _>(to)
-                    .execute(c)
-                    .await)?;
+                dispatch!(&mut *c, c => aggregation!(insert.as_str()).execute(c).await)?;
                 let totals: Summary = dispatch!(&mut *c, c => diesel::sql_query(summary.as_str())
                     .bind::<Date, _>(date)
                     .get_result(c)
