@@ -13,14 +13,18 @@
 //! rounds and last in odd ones:
 //! - every formulation as one plain `INSERT … SELECT … GROUP BY` filling every column of
 //!   `daily_point_report` (the window form the step used before, `DISTINCT ON` + join, ordered
-//!   aggregates, and each backend's own tricks), each in a new session of its own (connecting
-//!   is not timed), as the step runs in one;
+//!   aggregates, the aggregate followed by one index probe per user, and each backend's own
+//!   tricks; the step's own statement under each of its plans among them), each in a new session
+//!   of its own (connecting is not timed), as the step runs in one;
 //! - the step itself, through its own code path (`DailyReport::generate`, the very call the
-//!   launcher's tasklet makes) in a child process of this bench, whose peak RSS is tracked.
+//!   launcher's tasklet makes, choosing its plan as it does there) in a child process of this
+//!   bench, whose peak RSS is tracked.
 //!
 //! It prints each round's times (stderr), the medians, the ratio of each to the fastest
-//! formulation, the step's peak RSS, and checks that the step and every formulation wrote the
-//! same rows.
+//! formulation, the step's ratio to the fastest both as a ratio of medians and as the median of
+//! the per-round ratios (the step and the formulation ran seconds apart in each round, so the
+//! VM's slower drift cancels out of those), the plan the step chose, its peak RSS, and checks
+//! that the step and every formulation wrote the same rows.
 //!
 //! Settings (environment): `REPORT_BENCH_BACKENDS` (default `postgres,mysql,sqlite`),
 //! `REPORT_BENCH_TX_POSTGRES` (default 2,000,000 transactions on the day),
@@ -36,7 +40,9 @@
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use batch_point::daily_report::{INSERT_INTO, POSTGRES_WORK_MEM, SqliteScan, aggregate_select};
+use batch_point::daily_report::{
+    Closing, INSERT_INTO, POSTGRES_WORK_MEM, Plan, SqliteScan, aggregate_select,
+};
 use batch_testkit::bench::{postgres_admin_url, wait_tracking};
 use chrono::NaiveDateTime;
 use core_domain::{Backend, Database, DatabaseUrl, DbConnection, PoolOptions, dispatch};
@@ -82,16 +88,31 @@ fn ts(s: &str) -> NaiveDateTime {
     NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").expect("a timestamp")
 }
 
-/// Runs the step as the launcher's tasklet does and prints `<ms> <report rows> <transactions>`.
+/// Runs the step as the launcher's tasklet does and prints `<ms> <report rows> <transactions>
+/// <plan>`, the plan being the one `Plan::choose` gives (asked before the timed run, in the same
+/// state; the step asks again inside it).
 async fn step_child(url: &str) -> anyhow::Result<()> {
     let url = DatabaseUrl::parse(url)?;
     let db = Database::connect_unchecked(&url, &PoolOptions::default()).await?;
-    let report =
-        batch_point::daily_report::DailyReport::new(db, DATE.parse()?, chrono_tz::Asia::Seoul);
+    let date = DATE.parse()?;
+    let plan = {
+        let mut conn = db.get().await?;
+        Plan::choose(&mut conn, date, ts(FROM), ts(TO)).await?
+    };
+    let report = batch_point::daily_report::DailyReport::new(db, date, chrono_tz::Asia::Seoul);
     let t = Instant::now();
     let (rows, transactions, _) = report.generate(ts(NOW)).await?;
-    println!("{} {rows} {transactions}", t.elapsed().as_millis());
+    println!(
+        "{} {rows} {transactions} {}",
+        t.elapsed().as_millis(),
+        plan_key(plan)
+    );
     Ok(())
+}
+
+/// A plan as one word (the step child's output).
+fn plan_key(plan: Plan) -> String {
+    format!("{:?}/{:?}", plan.closing, plan.scan)
 }
 
 /// One data shape.
@@ -172,9 +193,9 @@ fn date_lit(backend: Backend) -> String {
     }
 }
 
-/// The step's own `SELECT` with its binds written in as literals.
-fn step_select(backend: Backend, scan: SqliteScan) -> String {
-    let sql = aggregate_select(backend, scan)
+/// The step's own `SELECT` under `plan`, with its binds written in as literals.
+fn step_select(backend: Backend, plan: Plan) -> String {
+    let sql = aggregate_select(backend, plan)
         .replace("@FROM@", &lit(backend, FROM))
         .replace("@TO@", &lit(backend, TO));
     let values = [
@@ -196,8 +217,39 @@ fn step_select(backend: Backend, scan: SqliteScan) -> String {
     out
 }
 
-/// The formulations measured on `backend`: (name, `SELECT` feeding [`INSERT_INTO`]).
-fn formulations(backend: Backend) -> Vec<(&'static str, String)> {
+/// One formulation: a `SELECT` feeding [`INSERT_INTO`].
+struct Formulation {
+    name: &'static str,
+    select: String,
+    /// The step's plan whose statement this is, if it is one.
+    plan: Option<Plan>,
+}
+
+fn form(name: &'static str, select: String) -> Formulation {
+    Formulation {
+        name,
+        select,
+        plan: None,
+    }
+}
+
+/// The step's own statement under `plan`.
+fn step_form(
+    backend: Backend,
+    name: &'static str,
+    closing: Closing,
+    scan: SqliteScan,
+) -> Formulation {
+    let plan = Plan { closing, scan };
+    Formulation {
+        name,
+        select: step_select(backend, plan),
+        plan: Some(plan),
+    }
+}
+
+/// The formulations measured on `backend`.
+fn formulations(backend: Backend) -> Vec<Formulation> {
     let d = date_lit(backend);
     let now = lit(backend, NOW);
     let w = format!(
@@ -231,6 +283,17 @@ fn formulations(backend: Backend) -> Vec<(&'static str, String)> {
             "SELECT user_id, {d}, {sums}, {closing}, {counts}, {now}, {now} FROM {from} WHERE {w} GROUP BY user_id"
         )
     };
+    // The aggregate, then one probe per user at its last instant (the step's per-user plan
+    // without its ORDER BY user_id).
+    let probe = |from: &str| {
+        format!(
+            "SELECT a.user_id, {d}, a.e, a.u, a.c, (SELECT p.balance_snapshot FROM point p \
+             WHERE p.user_id = a.user_id AND p.created_at = a.l ORDER BY p.id DESC LIMIT 1), \
+             a.ec, a.uc, a.cc, a.f, a.l, {now}, {now} \
+             FROM (SELECT user_id, {sums}, {counts} FROM {from} WHERE {w} GROUP BY user_id) a"
+        )
+    };
+    let range = SqliteScan::CreatedAtRange;
     match backend {
         Backend::Postgres => {
             let distinct_on = agg_join(
@@ -241,20 +304,20 @@ fn formulations(backend: Backend) -> Vec<(&'static str, String)> {
                 ),
             );
             vec![
-                ("window (ROW_NUMBER)", window("point")),
-                (
+                form("window (ROW_NUMBER)", window("point")),
+                form(
                     "ordered aggregate array_agg",
                     plain(
                         "point",
                         "(array_agg(balance_snapshot ORDER BY created_at DESC, id DESC))[1]",
                     ),
                 ),
-                ("DISTINCT ON + join", distinct_on.clone()),
-                (
+                form("DISTINCT ON + join", distinct_on.clone()),
+                form(
                     "DISTINCT ON + join, ORDER BY user_id",
                     format!("{distinct_on} ORDER BY a.user_id"),
                 ),
-                (
+                form(
                     "MAX(ARRAY[µs, id, snapshot]), hash order",
                     plain(
                         "point",
@@ -264,18 +327,27 @@ fn formulations(backend: Backend) -> Vec<(&'static str, String)> {
                         ),
                     ),
                 ),
-                (
-                    "MAX(ARRAY[µs, id, snapshot]), ORDER BY user_id (step)",
-                    step_select(backend, SqliteScan::CreatedAtRange),
+                step_form(
+                    backend,
+                    "MAX(ARRAY[µs, id, snapshot]), ORDER BY user_id",
+                    Closing::InPass,
+                    range,
+                ),
+                form("probe per user, hash order", probe("point")),
+                step_form(
+                    backend,
+                    "probe per user, ORDER BY user_id",
+                    Closing::PerUser,
+                    range,
                 ),
             ]
         }
         Backend::Mysql => {
             let hint = "point IGNORE INDEX (idx_point_user_created_at)";
             vec![
-                ("window (ROW_NUMBER)", window("point")),
-                ("window, ignore (user_id, created_at)", window(hint)),
-                (
+                form("window (ROW_NUMBER)", window("point")),
+                form("window, ignore (user_id, created_at)", window(hint)),
+                form(
                     "window rn = 1 + join",
                     agg_join(
                         hint,
@@ -286,23 +358,31 @@ fn formulations(backend: Backend) -> Vec<(&'static str, String)> {
                         ),
                     ),
                 ),
-                (
+                form(
                     "GROUP_CONCAT(… LIMIT 1)",
                     plain(
                         "point",
                         "CAST(GROUP_CONCAT(balance_snapshot ORDER BY created_at DESC, id DESC LIMIT 1) AS SIGNED)",
                     ),
                 ),
-                (
+                form(
                     "MAX(CONCAT(time, id, snapshot)), ignore idx",
                     plain(
                         hint,
                         "CAST(SUBSTRING(MAX(CONCAT(DATE_FORMAT(created_at, '%Y%m%d%H%i%s%f'), LPAD(id, 20, '0'), balance_snapshot)), 41) AS SIGNED)",
                     ),
                 ),
-                (
-                    "GROUP_CONCAT(… LIMIT 1), ignore idx (step)",
-                    step_select(backend, SqliteScan::CreatedAtRange),
+                step_form(
+                    backend,
+                    "GROUP_CONCAT(… LIMIT 1), ignore idx",
+                    Closing::InPass,
+                    range,
+                ),
+                step_form(
+                    backend,
+                    "probe per user, ignore idx",
+                    Closing::PerUser,
+                    range,
                 ),
             ]
         }
@@ -317,23 +397,33 @@ fn formulations(backend: Backend) -> Vec<(&'static str, String)> {
                     ),
                 )
             };
-            let text_key = "CAST(substr(MAX(CASE WHEN length(created_at) = 19 THEN created_at || '.000000000' \
-                ELSE substr(created_at || '000000000', 1, 29) END || printf('%020d', id) || balance_snapshot), 50) AS INTEGER)";
             vec![
-                ("window (ROW_NUMBER)", window("point")),
-                ("window, full scan", window("point NOT INDEXED")),
-                (
+                form("window (ROW_NUMBER)", window("point")),
+                form("window, full scan", window("point NOT INDEXED")),
+                step_form(
+                    backend,
                     "MAX(time || id || snapshot), full scan",
-                    plain("point NOT INDEXED", text_key),
+                    Closing::InPass,
+                    SqliteScan::FullTable,
                 ),
-                ("correlated LIMIT 1, no hint", correlated("point")),
-                (
-                    "correlated LIMIT 1, created_at range (step)",
-                    step_select(backend, SqliteScan::CreatedAtRange),
+                step_form(
+                    backend,
+                    "MAX(time || id || snapshot), created_at range",
+                    Closing::InPass,
+                    range,
                 ),
-                (
-                    "correlated LIMIT 1, full scan (step)",
-                    step_select(backend, SqliteScan::FullTable),
+                form("correlated LIMIT 1, no hint", correlated("point")),
+                step_form(
+                    backend,
+                    "correlated LIMIT 1, created_at range",
+                    Closing::PerUser,
+                    range,
+                ),
+                step_form(
+                    backend,
+                    "correlated LIMIT 1, full scan",
+                    Closing::PerUser,
+                    SqliteScan::FullTable,
                 ),
             ]
         }
@@ -342,7 +432,7 @@ fn formulations(backend: Backend) -> Vec<(&'static str, String)> {
 
 /// [`formulations`] of `backend`, those whose name contains one of `only`'s comma-separated parts
 /// (all when `None`).
-fn selected(backend: Backend, only: Option<&str>) -> anyhow::Result<Vec<(&'static str, String)>> {
+fn selected(backend: Backend, only: Option<&str>) -> anyhow::Result<Vec<Formulation>> {
     let all = formulations(backend);
     let Some(only) = only else {
         return Ok(all);
@@ -354,7 +444,7 @@ fn selected(backend: Backend, only: Option<&str>) -> anyhow::Result<Vec<(&'stati
         .collect();
     let chosen: Vec<_> = all
         .into_iter()
-        .filter(|(name, _)| parts.iter().any(|p| name.contains(p)))
+        .filter(|f| parts.iter().any(|p| f.name.contains(p)))
         .collect();
     anyhow::ensure!(
         !chosen.is_empty(),
@@ -499,26 +589,36 @@ async fn run_formulation(
     Ok(t.elapsed().as_secs_f64() * 1000.0)
 }
 
-/// Runs the step on an empty, settled report table and checks its rows; returns (ms, peak RSS kB).
+/// One run of the step.
+struct StepRun {
+    /// Time inside `generate` (ms).
+    ms: f64,
+    /// Peak RSS of the child process (kB).
+    rss_kb: u64,
+    /// The plan it chose ([`plan_key`]).
+    plan: String,
+}
+
+/// Runs the step on an empty, settled report table and checks its rows.
 async fn timed_step(
     conn: &mut DbConnection,
     backend: Backend,
     url: &str,
     expected: Checksum,
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<StepRun> {
     clear_report(conn, backend).await?;
     settle(conn, backend).await?;
-    let (ms, rss, rows) = run_step(url)?;
+    let (run, rows) = run_step(url)?;
     let got = checksum(conn, backend).await?;
     anyhow::ensure!(
         rows == got.report_rows && got == expected,
         "the step wrote {rows} rows ({got:?}), expected {expected:?}"
     );
-    Ok((ms, rss))
+    Ok(run)
 }
 
-/// Runs the step in a child process; returns (ms inside `generate`, peak RSS kB, report rows).
-fn run_step(url: &str) -> anyhow::Result<(f64, u64, i64)> {
+/// Runs the step in a child process; returns its run and the report rows it counted.
+fn run_step(url: &str) -> anyhow::Result<(StepRun, i64)> {
     let dir = tempfile::tempdir()?;
     let out_path = dir.path().join("out");
     let child = Command::new(std::env::current_exe()?)
@@ -530,7 +630,16 @@ fn run_step(url: &str) -> anyhow::Result<(f64, u64, i64)> {
     let mut it = out.split_whitespace();
     let ms: f64 = it.next().unwrap_or("").parse()?;
     let rows: i64 = it.next().unwrap_or("").parse()?;
-    Ok((ms, stats.peak_rss_kb, rows))
+    let _transactions = it.next();
+    let plan = it.next().unwrap_or("?").to_owned();
+    Ok((
+        StepRun {
+            ms,
+            rss_kb: stats.peak_rss_kb,
+            plan,
+        },
+        rows,
+    ))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -605,15 +714,45 @@ async fn drop_database(backend: Backend) -> anyhow::Result<()> {
     }
 }
 
-/// One result line.
+/// One result line: a backend and shape, every round's times.
 struct Line {
     backend: Backend,
     shape: Shape,
     tx: i64,
-    step_ms: f64,
+    /// The step's time per round (ms).
+    step: Vec<f64>,
+    /// The plans the step chose (one, unless the choice changed between rounds).
+    plans: Vec<String>,
     rerun_ms: f64,
     rss_kb: u64,
-    forms: Vec<(&'static str, f64)>,
+    /// (name, the step's plan it is, its time per round).
+    forms: Vec<(&'static str, Option<Plan>, Vec<f64>)>,
+}
+
+impl Line {
+    /// The formulation with the lowest median, and that median.
+    fn fastest(&self) -> (usize, f64) {
+        self.forms
+            .iter()
+            .enumerate()
+            .map(|(i, (_, _, v))| (i, median(&mut v.clone())))
+            .fold(
+                (0, f64::INFINITY),
+                |best, x| if x.1 < best.1 { x } else { best },
+            )
+    }
+
+    /// The median over rounds of the step's time over formulation `i`'s in the same round: the
+    /// two ran seconds apart, so the VM's slower drift cancels out of each round's ratio.
+    fn paired(&self, i: usize) -> f64 {
+        let mut ratios: Vec<f64> = self
+            .step
+            .iter()
+            .zip(&self.forms[i].2)
+            .map(|(s, f)| s / f)
+            .collect();
+        median(&mut ratios)
+    }
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -671,14 +810,15 @@ async fn run() -> anyhow::Result<()> {
             let forms = selected(backend, only.as_deref())?;
             let mut form_ms: Vec<Vec<f64>> = vec![Vec::new(); forms.len()];
             let mut step_ms = Vec::new();
+            let mut plans: Vec<String> = Vec::new();
             let mut rss_kb = 0;
             // The expected rows: the first formulation's (every other one, and the step, must match).
-            run_formulation(&mut conn, backend, &forms[0].1).await?;
+            run_formulation(&mut conn, backend, &forms[0].select).await?;
             let expected = checksum(&mut conn, backend).await?;
             anyhow::ensure!(
                 expected.report_rows == tx / shape.per_user,
                 "{} wrote {} rows, expected {}",
-                forms[0].0,
+                forms[0].name,
                 expected.report_rows,
                 tx / shape.per_user
             );
@@ -686,39 +826,43 @@ async fn run() -> anyhow::Result<()> {
                 // The step first in even rounds and last in odd ones, so that neither it nor any
                 // formulation always runs in the same place (after the seeding, say).
                 let step_first = round % 2 == 0;
-                let mut ms = 0.0;
+                let mut step = None;
                 if step_first {
-                    let (t, rss) = timed_step(&mut conn, backend, &url, expected).await?;
-                    ms = t;
-                    rss_kb = rss_kb.max(rss);
+                    step = Some(timed_step(&mut conn, backend, &url, expected).await?);
                 }
-                for (i, (name, select)) in forms.iter().enumerate() {
+                for (i, f) in forms.iter().enumerate() {
                     clear_report(&mut conn, backend).await?;
                     settle(&mut conn, backend).await?;
                     // A session of its own, as the step has (and as a statement typed into psql
                     // would): a long-lived backend is warmer (its memory already faulted in, JIT
                     // already loaded) than the fresh one the step starts with.
                     let mut own = DbConnection::establish(&DatabaseUrl::parse(&url)?).await?;
-                    let ms = run_formulation(&mut own, backend, select).await?;
+                    let ms = run_formulation(&mut own, backend, &f.select).await?;
                     drop(own);
                     let got = checksum(&mut conn, backend).await?;
                     anyhow::ensure!(
                         got == expected,
-                        "{} {}: {name} wrote other rows than the first formulation: {got:?} vs {expected:?}",
+                        "{} {}: {} wrote other rows than the first formulation: {got:?} vs {expected:?}",
                         backend.as_str(),
-                        shape.label()
+                        shape.label(),
+                        f.name
                     );
                     form_ms[i].push(ms);
                 }
                 if !step_first {
-                    let (t, rss) = timed_step(&mut conn, backend, &url, expected).await?;
-                    ms = t;
-                    rss_kb = rss_kb.max(rss);
+                    step = Some(timed_step(&mut conn, backend, &url, expected).await?);
                 }
-                step_ms.push(ms);
+                let step = step.expect("the step ran in this round");
+                rss_kb = rss_kb.max(step.rss_kb);
+                if !plans.contains(&step.plan) {
+                    plans.push(step.plan.clone());
+                }
+                step_ms.push(step.ms);
                 // Each round's times, to see the spread behind the medians.
                 eprintln!(
-                    "  round: step {ms:.0} ms | {}",
+                    "  round: step {:.0} ms ({}) | {}",
+                    step.ms,
+                    step.plan,
                     form_ms
                         .iter()
                         .map(|v| format!("{:.0}", v.last().copied().unwrap_or(0.0)))
@@ -729,19 +873,20 @@ async fn run() -> anyhow::Result<()> {
             // A re-run over the step's own rows (all unchanged), once.
             clear_report(&mut conn, backend).await?;
             run_step(&url)?;
-            let (rerun_ms, rerun_rss, _) = run_step(&url)?;
-            rss_kb = rss_kb.max(rerun_rss);
+            let (rerun, _) = run_step(&url)?;
+            rss_kb = rss_kb.max(rerun.rss_kb);
             let line = Line {
                 backend,
                 shape,
                 tx,
-                step_ms: median(&mut step_ms),
-                rerun_ms,
+                step: step_ms,
+                plans,
+                rerun_ms: rerun.ms,
                 rss_kb,
                 forms: forms
                     .iter()
-                    .zip(form_ms.iter_mut())
-                    .map(|((name, _), v)| (*name, median(v)))
+                    .zip(form_ms)
+                    .map(|(f, v)| (f.name, f.plan, v))
                     .collect(),
             };
             print_line(&line);
@@ -751,7 +896,7 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     println!(
-        "\n=== generateDailyReportStep vs the fastest single statement (medians of {runs} runs) ==="
+        "\n=== generateDailyReportStep vs the fastest single statement (medians of {runs} rounds) ==="
     );
     for line in &lines {
         print_line(line);
@@ -760,32 +905,38 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn print_line(l: &Line) {
-    let fastest = l
-        .forms
-        .iter()
-        .map(|(_, ms)| *ms)
-        .fold(f64::INFINITY, f64::min);
+    let (fastest_i, fastest) = l.fastest();
+    let step = median(&mut l.step.clone());
     let target = if l.backend == Backend::Postgres {
         1.1
     } else {
         1.3
     };
     println!(
-        "{:<8} {} | {} tx, {} users | step {:>7.0} ms = {:.2}x the fastest (target <= {target}x), re-run {:.0} ms, peak RSS {:.1} MB",
+        "{:<8} {} | {} tx, {} users | step {:>7.0} ms = {:.2}x the fastest (paired by round {:.2}x; target <= {target}x), plan {}, re-run {:.0} ms, peak RSS {:.1} MB",
         l.backend.as_str(),
         l.shape.label(),
         l.tx,
         l.tx / l.shape.per_user,
-        l.step_ms,
-        l.step_ms / fastest,
+        step,
+        step / fastest,
+        l.paired(fastest_i),
+        l.plans.join(" then "),
         l.rerun_ms,
         l.rss_kb as f64 / 1024.0
     );
-    for (name, ms) in &l.forms {
+    for (i, (name, plan, v)) in l.forms.iter().enumerate() {
+        let ms = median(&mut v.clone());
+        let chosen = plan.is_some_and(|p| l.plans.contains(&plan_key(p)));
         println!(
-            "           {name:<45} {ms:>7.0} ms  {:.2}x{}",
+            "           {name:<50} {ms:>7.0} ms  {:.2}x{}{}",
             ms / fastest,
-            if *ms == fastest { "  (fastest)" } else { "" }
+            if i == fastest_i { "  (fastest)" } else { "" },
+            if chosen {
+                format!("  (the step's plan; step / it paired {:.2}x)", l.paired(i))
+            } else {
+                String::new()
+            }
         );
     }
 }

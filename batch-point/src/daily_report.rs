@@ -9,12 +9,15 @@
 //! insert returns them itself (a data-modifying CTE), sparing that second read.
 //! The last transaction of the day (by `created_at`, ties by id) gives `balance_snapshot`.
 //!
-//! The closing balance is taken in the same single pass over the day as the sums, with what each
-//! backend does fastest (measured by `benches/report_bench.rs`, see the crate's README):
-//! - PostgreSQL: `MAX(ARRAY[µs since the window's start, id, balance_snapshot])[3]`, a hash
-//!   aggregate (no sort of the transactions), with `work_mem` raised for the transaction so it
-//!   stays in memory, its one row per user sorted by `user_id` so the unique index is written in
-//!   key order;
+//! The closing balance is found with what each backend does fastest for the day's shape
+//! ([`Plan::choose`]; measured by `benches/report_bench.rs`, see the crate's README):
+//! - PostgreSQL, few transactions per user: in the aggregate's own pass,
+//!   `MAX(ARRAY[µs since the window's start, id, balance_snapshot])[3]`, a hash aggregate (no
+//!   sort of the transactions); many per user (the planner's estimate ≥
+//!   [`POSTGRES_PER_USER_MIN_TRANSACTIONS`]): the aggregate keeps only `MAX(created_at)` and one
+//!   probe of `idx_point_user_created_at` per user fetches that transaction. Either way `work_mem`
+//!   is raised for the transaction so the hash stays in memory, and the one row per user is
+//!   sorted by `user_id` so the unique index is written in key order;
 //! - MariaDB/MySQL: `GROUP_CONCAT(balance_snapshot ORDER BY created_at DESC, id DESC LIMIT 1)`,
 //!   with `idx_point_user_created_at` ignored (a full walk of it in user order, with a row
 //!   lookup per entry, is what the optimizer otherwise picks, and is 3–4× slower);
@@ -53,54 +56,244 @@ pub enum SqliteScan {
     FullTable,
 }
 
-/// The aggregation's `SELECT` for `backend` (SQLite: read as `scan` says).
+/// How the closing balance (the day's last transaction's `balance_snapshot`, by `created_at`,
+/// ties by id) is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// In the aggregate's own pass, one comparison per transaction: PostgreSQL
+    /// `MAX(ARRAY[µs since the window's start, id, balance_snapshot])`, MariaDB
+    /// `GROUP_CONCAT(… ORDER BY created_at DESC, id DESC LIMIT 1)`, SQLite a text key
+    /// `MAX(time || id || snapshot)`. Cheapest when users have few transactions.
+    InPass,
+    /// The aggregate keeps only `MAX(created_at)`; then one probe of `idx_point_user_created_at`
+    /// per user, at that instant (ties: the highest id). Cheapest when users have many
+    /// transactions: the per-transaction work is a plain `MAX`.
+    PerUser,
+}
+
+/// The report's plan: how the closing balance is found, and how SQLite reads the day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// How the closing balance is found.
+    pub closing: Closing,
+    /// How SQLite reads the day (ignored by the other backends, whose planners choose).
+    pub scan: SqliteScan,
+}
+
+/// PostgreSQL probes per user ([`Closing::PerUser`]) from this many transactions per user in the
+/// day. Measured (`benches/report_bench.rs`, 2,000,000 transactions): at 200 per user the probe
+/// is ~30% faster than the in-pass `MAX(ARRAY[…])`, at 25 they are even, at 10 the in-pass form
+/// is ~7% faster and at 5 ~20%.
+pub const POSTGRES_PER_USER_MIN_TRANSACTIONS: f64 = 20.0;
+
+/// How many report rows of the latest reported date [`postgres_transactions_per_user`] averages.
+const DENSITY_SAMPLE_ROWS: i64 = 10_000;
+
+impl Plan {
+    /// Every plan the report can run on `backend` (for tests and benchmarks).
+    pub fn all(backend: Backend) -> Vec<Plan> {
+        let scans: &[SqliteScan] = if backend == Backend::Sqlite {
+            &[SqliteScan::CreatedAtRange, SqliteScan::FullTable]
+        } else {
+            &[SqliteScan::CreatedAtRange]
+        };
+        [Closing::InPass, Closing::PerUser]
+            .into_iter()
+            .flat_map(|closing| scans.iter().map(move |&scan| Plan { closing, scan }))
+            .collect()
+    }
+
+    /// The plan for `date`, whose window is `[from, to)`, on `conn`'s backend, by what each does
+    /// fastest:
+    /// - PostgreSQL: [`Closing::PerUser`] when [`postgres_transactions_per_user`] reaches
+    ///   [`POSTGRES_PER_USER_MIN_TRANSACTIONS`], else [`Closing::InPass`];
+    /// - MariaDB/MySQL: [`Closing::InPass`] (its `GROUP_CONCAT … LIMIT 1` was as fast as the probe
+    ///   even at 1,000 transactions per user);
+    /// - SQLite: [`Closing::PerUser`] (its correlated `LIMIT 1`, reading the day as
+    ///   [`sqlite_scan`] says).
+    pub async fn choose(
+        conn: &mut DbConnection,
+        date: NaiveDate,
+        from: chrono::NaiveDateTime,
+        to: chrono::NaiveDateTime,
+    ) -> Result<Plan, DbError> {
+        let scan = sqlite_scan(conn, from, to).await?;
+        let closing = match conn.backend() {
+            Backend::Postgres => {
+                let density = postgres_transactions_per_user(conn, date, from, to).await?;
+                tracing::debug!(step = STEP_NAME, %date, ?density, "transactions per user");
+                if density.per_user >= POSTGRES_PER_USER_MIN_TRANSACTIONS {
+                    Closing::PerUser
+                } else {
+                    Closing::InPass
+                }
+            }
+            Backend::Mysql => Closing::InPass,
+            Backend::Sqlite => Closing::PerUser,
+        };
+        Ok(Plan { closing, scan })
+    }
+}
+
+/// An estimate of the day's transactions per user, and where it comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Density {
+    /// Transactions per user.
+    pub per_user: f64,
+    /// The report date it was read from, or `None` when the planner estimated it.
+    pub reported: Option<NaiveDate>,
+}
+
+#[derive(QueryableByName)]
+struct Reported {
+    #[diesel(sql_type = diesel::sql_types::Nullable<Date>)]
+    report_date: Option<NaiveDate>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+    per_user: Option<f64>,
+}
+
+/// PostgreSQL: the day's transactions per user, estimated without reading the day (a few ms):
+/// - from the latest report at or before `date` — a service's users keep their habits from one
+///   day to the next, and a re-run knows its own day — averaging the transaction counts of up to
+///   [`DENSITY_SAMPLE_ROWS`] of its rows (one row per user, so the mean is the day's ratio);
+/// - else (no report yet) from the planner: its estimated rows of the window over its estimated
+///   users in it, two `EXPLAIN`s. The planner only knows the whole table's distinct users, so on
+///   a long history where each day has other users it underestimates; the report is the better
+///   source, and is there from the second day on.
+pub async fn postgres_transactions_per_user(
+    conn: &mut DbConnection,
+    date: NaiveDate,
+    from: chrono::NaiveDateTime,
+    to: chrono::NaiveDateTime,
+) -> Result<Density, DbError> {
+    let sql = placeholders(
+        &format!(
+            "SELECT MAX(report_date) AS report_date, CAST(AVG(n) AS DOUBLE PRECISION) AS per_user \
+             FROM (SELECT report_date, earn_count + use_count + cancel_count AS n FROM daily_point_report \
+             WHERE report_date = (SELECT MAX(report_date) FROM daily_point_report WHERE report_date <= ?) \
+             LIMIT {DENSITY_SAMPLE_ROWS}) x"
+        ),
+        Backend::Postgres,
+    );
+    let reported: Reported = dispatch!(conn, c => diesel::sql_query(sql.as_str())
+        .bind::<Date, _>(date)
+        .get_result(c)
+        .await)?;
+    if let (Some(day), Some(per_user)) = (reported.report_date, reported.per_user) {
+        return Ok(Density {
+            per_user,
+            reported: Some(day),
+        });
+    }
+    // Literals, so the estimates are for these very bounds (they are formatted here, not input).
+    let window = format!(
+        "FROM point WHERE created_at >= TIMESTAMP '{}' AND created_at < TIMESTAMP '{}'",
+        from.format("%Y-%m-%d %H:%M:%S%.f"),
+        to.format("%Y-%m-%d %H:%M:%S%.f")
+    );
+    let rows = explained_rows(conn, &format!("EXPLAIN SELECT 1 {window}")).await?;
+    let users = explained_rows(
+        conn,
+        &format!("EXPLAIN SELECT user_id {window} GROUP BY user_id"),
+    )
+    .await?;
+    Ok(Density {
+        per_user: rows / users.max(1.0),
+        reported: None,
+    })
+}
+
+#[derive(QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+/// The estimated rows of an `EXPLAIN`'s top node (its first line's `rows=`).
+async fn explained_rows(conn: &mut DbConnection, explain: &str) -> Result<f64, DbError> {
+    let lines: Vec<PlanLine> = dispatch!(conn, c => diesel::sql_query(explain).load(c).await)?;
+    let top = lines
+        .as_slice()
+        .first()
+        .map(|l| l.line.as_str())
+        .unwrap_or_default();
+    top.split("rows=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .ok_or_else(|| DbError::Other(format!("no row estimate in the plan line {top:?}")))
+}
+
+/// The aggregation's `SELECT` for `backend` under `plan`.
 ///
 /// Binds, in order: report_date, now, now, window start, window end; `@FROM@` and `@TO@` mark
 /// where the window's bounds are used again ([`placeholders`] numbers them).
-pub fn aggregate_select(backend: Backend, scan: SqliteScan) -> String {
-    let (last, from) = match backend {
-        // Array comparison is element by element: the greatest (µs since the window's start,
-        // id) wins. The interval's seconds are below 86,400 × 2 (a day, a DST day at most), so
-        // the float product is exact to the microsecond.
-        Backend::Postgres => (
-            "(MAX(ARRAY[ROUND(date_part('epoch', created_at - @FROM@) * 1000000)::BIGINT, id, balance_snapshot]))[3]",
-            "point",
-        ),
-        Backend::Mysql => (
-            "CAST(GROUP_CONCAT(balance_snapshot ORDER BY created_at DESC, id DESC LIMIT 1) AS SIGNED)",
-            "point IGNORE INDEX (idx_point_user_created_at)",
-        ),
-        // One probe per user at the end of its range in `idx_point_user_created_at`, whose
-        // entries end with the rowid (= id): the last entry is the last transaction, ties by id.
-        Backend::Sqlite => (
-            "(SELECT p.balance_snapshot FROM point p WHERE p.user_id = point.user_id \
-             AND p.created_at >= @FROM@ AND p.created_at < @TO@ ORDER BY p.created_at DESC, p.id DESC LIMIT 1)",
-            match scan {
-                SqliteScan::CreatedAtRange => "point INDEXED BY idx_point_created_at",
-                SqliteScan::FullTable => "point NOT INDEXED",
-            },
-        ),
+pub fn aggregate_select(backend: Backend, plan: Plan) -> String {
+    let from = match backend {
+        Backend::Postgres => "point",
+        // Otherwise the optimizer walks that whole index in user order with a row lookup per
+        // entry, 3–4× slower than reading the day's range.
+        Backend::Mysql => "point IGNORE INDEX (idx_point_user_created_at)",
+        Backend::Sqlite => match plan.scan {
+            SqliteScan::CreatedAtRange => "point INDEXED BY idx_point_created_at",
+            SqliteScan::FullTable => "point NOT INDEXED",
+        },
     };
     // PostgreSQL's hash aggregate emits users in hash order; sorted (a quicksort of one row per
     // user, in memory) the rows reach `uq_daily_point_report_user_date` in key order, which makes
-    // the insert ~20% cheaper at 400,000 users (measured; the other backends group by sorting).
+    // the insert ~20% cheaper at 400,000 users (measured; the other backends group by sorting),
+    // and a per-user probe walks `idx_point_user_created_at` in its order.
     let order = if backend == Backend::Postgres {
         " ORDER BY user_id"
     } else {
         ""
     };
-    format!(
-        "SELECT user_id, ?, \
-         SUM(CASE WHEN type = 'EARN' THEN amount ELSE 0 END), \
-         SUM(CASE WHEN type = 'USE' THEN amount ELSE 0 END), \
-         SUM(CASE WHEN type = 'CANCEL' THEN amount ELSE 0 END), \
-         {last}, \
-         SUM(CASE WHEN type = 'EARN' THEN 1 ELSE 0 END), \
-         SUM(CASE WHEN type = 'USE' THEN 1 ELSE 0 END), \
-         SUM(CASE WHEN type = 'CANCEL' THEN 1 ELSE 0 END), \
-         MIN(created_at), MAX(created_at), ?, ? \
-         FROM {from} WHERE created_at >= ? AND created_at < ? GROUP BY user_id{order} "
-    )
+    const SUMS: &str = "SUM(CASE WHEN type = 'EARN' THEN amount ELSE 0 END) AS e, \
+        SUM(CASE WHEN type = 'USE' THEN amount ELSE 0 END) AS u, \
+        SUM(CASE WHEN type = 'CANCEL' THEN amount ELSE 0 END) AS c";
+    const COUNTS: &str = "SUM(CASE WHEN type = 'EARN' THEN 1 ELSE 0 END) AS ec, \
+        SUM(CASE WHEN type = 'USE' THEN 1 ELSE 0 END) AS uc, \
+        SUM(CASE WHEN type = 'CANCEL' THEN 1 ELSE 0 END) AS cc, \
+        MIN(created_at) AS f, MAX(created_at) AS l";
+    let last = match (backend, plan.closing) {
+        // Array comparison is element by element: the greatest (µs since the window's start, id)
+        // wins. The interval's seconds are below 86,400 × 2 (a day, a DST day at most), so the
+        // float product is exact to the microsecond.
+        (Backend::Postgres, Closing::InPass) => Some(
+            "(MAX(ARRAY[ROUND(date_part('epoch', created_at - @FROM@) * 1000000)::BIGINT, id, balance_snapshot]))[3]",
+        ),
+        (Backend::Mysql, Closing::InPass) => Some(
+            "CAST(GROUP_CONCAT(balance_snapshot ORDER BY created_at DESC, id DESC LIMIT 1) AS SIGNED)",
+        ),
+        // A text key that sorts as (created_at, id): the time padded to 9 fractional digits
+        // (SQLite stores it as text with 0 to 9 of them), the id to 20 digits, then the snapshot.
+        (Backend::Sqlite, Closing::InPass) => Some(
+            "CAST(substr(MAX(CASE WHEN length(created_at) = 19 THEN created_at || '.000000000' \
+             ELSE substr(created_at || '000000000', 1, 29) END || printf('%020d', id) || balance_snapshot), 50) AS INTEGER)",
+        ),
+        // SQLite: one probe at the end of the user's range in `idx_point_user_created_at`, whose
+        // entries end with the rowid (= id): the last entry is the last transaction, ties by id.
+        (Backend::Sqlite, Closing::PerUser) => Some(
+            "(SELECT p.balance_snapshot FROM point p WHERE p.user_id = point.user_id \
+             AND p.created_at >= @FROM@ AND p.created_at < @TO@ ORDER BY p.created_at DESC, p.id DESC LIMIT 1)",
+        ),
+        (Backend::Postgres | Backend::Mysql, Closing::PerUser) => None,
+    };
+    match last {
+        Some(last) => format!(
+            "SELECT user_id, ?, {SUMS}, {last}, {COUNTS}, ?, ? \
+             FROM {from} WHERE created_at >= ? AND created_at < ? GROUP BY user_id{order} "
+        ),
+        // The aggregate in a derived table (sorted by user on PostgreSQL), then one probe per
+        // user at its last instant; the transactions at that very instant are few, sorted by id.
+        None => format!(
+            "SELECT a.user_id, ?, a.e, a.u, a.c, \
+             (SELECT p.balance_snapshot FROM point p WHERE p.user_id = a.user_id AND p.created_at = a.l \
+             ORDER BY p.id DESC LIMIT 1), a.ec, a.uc, a.cc, a.f, a.l, ?, ? \
+             FROM (SELECT user_id, {SUMS}, {COUNTS} FROM {from} \
+             WHERE created_at >= ? AND created_at < ? GROUP BY user_id{order}) a "
+        ),
+    }
 }
 
 /// The report table's columns, in the order [`aggregate_select`] fills them.
@@ -273,12 +466,24 @@ pub struct DailyReport {
     db: Database,
     date: NaiveDate,
     tz: Tz,
+    plan: Option<Plan>,
 }
 
 impl DailyReport {
     /// The report of `date` (a business day in `tz`).
     pub fn new(db: Database, date: NaiveDate, tz: Tz) -> Self {
-        DailyReport { db, date, tz }
+        DailyReport {
+            db,
+            date,
+            tz,
+            plan: None,
+        }
+    }
+
+    /// Runs `plan` instead of the one [`Plan::choose`] picks (tests and benchmarks compare them).
+    pub fn with_plan(mut self, plan: Plan) -> Self {
+        self.plan = Some(plan);
+        self
     }
 
     /// Writes the report in one transaction; returns (report rows, transactions aggregated, rows deleted).
@@ -300,6 +505,7 @@ impl DailyReport {
             backend,
         );
         let date = self.date;
+        let forced = self.plan;
         let mut conn = self.db.get().await?;
         let conn: &mut DbConnection = &mut conn;
         conn.transaction(|c| {
@@ -317,7 +523,11 @@ impl DailyReport {
                     c.batch_execute(&format!("SET LOCAL work_mem = '{POSTGRES_WORK_MEM}'"))
                         .await?;
                 }
-                let scan = sqlite_scan(c, from, to).await?;
+                let plan = match forced {
+                    Some(plan) => plan,
+                    None => Plan::choose(c, date, from, to).await?,
+                };
+                tracing::debug!(step = STEP_NAME, %date, ?plan, "report plan");
                 // A first run (no row of the date, the usual case) inserts plainly: the conflict
                 // check of an upsert costs ~25% more per row. Rows that exist (a re-run) are
                 // upserted. A concurrent run of the same date makes the plain insert fail on the
@@ -339,7 +549,7 @@ impl DailyReport {
                 }
                 let first_run = existing.n == 0;
                 let conflict = if first_run { "" } else { upsert.as_str() };
-                let insert = format!("{INSERT_INTO}{}{conflict}", aggregate_select(backend, scan));
+                let insert = format!("{INSERT_INTO}{}{conflict}", aggregate_select(backend, plan));
                 if first_run && backend == Backend::Postgres {
                     // The insert's own rows are the date's rows: their totals come back with it
                     // (a data-modifying CTE), instead of a second read of the report table.

@@ -140,9 +140,10 @@ fn reference(
 
 // Closing balances with ids out of time order, identical instants, every fractional-second
 // format and negative snapshots; on SQLite both ways of reading the day (the whole table when the
-// day is most of it, the created_at range when it is not) give the same rows.
+// day is most of it, the created_at range when it is not) give the same rows, and so does every
+// plan (the closing balance in the aggregate's pass or probed per user), first run and re-run.
 db_test!(async fn report_matches_a_reference_on_every_plan(db) {
-    use batch_point::daily_report::{DailyReport, SqliteScan, sqlite_scan};
+    use batch_point::daily_report::{DailyReport, Plan, SqliteScan, sqlite_scan};
     use core_domain::schema::point;
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
@@ -212,5 +213,83 @@ db_test!(async fn report_matches_a_reference_on_every_plan(db) {
     assert_eq!(report.generate(ts("2026-11-21 02:00:00")).await?, (report_rows, transactions, 0));
     // Nothing changed: the very same rows, updated_at included.
     assert_eq!(DailyPointReport::for_date(c, date).await?, first);
+
+    // Every plan, forced: a first run on an empty date, then a re-run that changes nothing.
+    let points: Vec<Point> = core_domain::dispatch!(c, c => point::table.select(Point::as_select()).load(c).await)?;
+    let plans = Plan::all(db.db.backend());
+    assert!(plans.len() >= 2, "{plans:?}");
+    for plan in plans {
+        core_domain::dispatch!(c, c => diesel::sql_query("DELETE FROM daily_point_report").execute(c).await)?;
+        let forced = DailyReport::new(db.db.clone(), date, chrono_tz::Asia::Seoul).with_plan(plan);
+        assert_eq!(forced.generate(ts("2026-11-21 03:00:00")).await?, (report_rows, transactions, 0), "{plan:?}");
+        let rows = DailyPointReport::for_date(c, date).await?;
+        check(points.clone(), rows.clone());
+        assert_eq!(forced.generate(ts("2026-11-21 04:00:00")).await?, (report_rows, transactions, 0), "{plan:?}");
+        assert_eq!(DailyPointReport::for_date(c, date).await?, rows, "a re-run with {plan:?} changed rows");
+    }
+    Ok(())
+});
+
+// The plan follows the day's transactions per user on PostgreSQL: the planner's estimate while
+// there is no report, then the latest report at or before the date. MariaDB always aggregates the
+// closing balance in its pass and SQLite always probes per user.
+db_test!(async fn report_plan_follows_transactions_per_user(db) {
+    use batch_point::daily_report::{Closing, DailyReport, Plan};
+    use diesel_async::RunQueryDsl;
+
+    let backend = db.db.backend();
+    let day_a: chrono::NaiveDate = "2026-11-20".parse()?;
+    let day_b: chrono::NaiveDate = "2026-11-21".parse()?;
+    let (a_from, a_to) = batch_common::day_window_utc(day_a, chrono_tz::Asia::Seoul);
+    let (b_from, b_to) = batch_common::day_window_utc(day_b, chrono_tz::Asia::Seoul);
+    let mut conn = db.conn().await;
+    let c: &mut core_domain::DbConnection = &mut conn;
+    let analyze = match backend {
+        core_domain::Backend::Postgres => "ANALYZE point",
+        core_domain::Backend::Mysql => "ANALYZE TABLE point",
+        core_domain::Backend::Sqlite => "ANALYZE",
+    };
+    let expect = |pg: Closing| match backend {
+        core_domain::Backend::Postgres => pg,
+        core_domain::Backend::Mysql => Closing::InPass,
+        core_domain::Backend::Sqlite => Closing::PerUser,
+    };
+    // Day A: 10 users with 40 transactions each.
+    let mut rows = Vec::new();
+    for g in 0..400i64 {
+        let at = a_from + chrono::Duration::seconds(g * 200);
+        rows.push(tx(1 + g % 10, PointType::Earn, 1, g, &at.format("%Y-%m-%d %H:%M:%S").to_string()));
+    }
+    Point::insert_many(c, rows).await?;
+    c.batch_execute(analyze).await?;
+    // No report yet: the planner knows the table is 40 transactions per user.
+    assert_eq!(Plan::choose(c, day_a, a_from, a_to).await?.closing, expect(Closing::PerUser));
+    DailyReport::new(db.db.clone(), day_a, chrono_tz::Asia::Seoul).generate(ts("2026-11-21 01:00:00")).await?;
+
+    // Day B: 2,000 users with one transaction each.
+    let mut rows = Vec::new();
+    for g in 0..2_000i64 {
+        let at = b_from + chrono::Duration::seconds(g * 40);
+        rows.push(tx(1 + g, PointType::Use, 1, g, &at.format("%Y-%m-%d %H:%M:%S").to_string()));
+    }
+    Point::insert_many(c, rows).await?;
+    c.batch_execute(analyze).await?;
+    // Day B's first run goes by the latest report, day A's (40 per user).
+    assert_eq!(Plan::choose(c, day_b, b_from, b_to).await?.closing, expect(Closing::PerUser));
+    let (b_rows, b_transactions, _) =
+        DailyReport::new(db.db.clone(), day_b, chrono_tz::Asia::Seoul).generate(ts("2026-11-22 01:00:00")).await?;
+    assert_eq!((b_rows, b_transactions), (2_000, 2_000));
+    // A re-run of day B knows its own day (1 per user); day A still has its own report.
+    assert_eq!(Plan::choose(c, day_b, b_from, b_to).await?.closing, expect(Closing::InPass));
+    assert_eq!(Plan::choose(c, day_a, a_from, a_to).await?.closing, expect(Closing::PerUser));
+    if backend == core_domain::Backend::Postgres {
+        let density = batch_point::daily_report::postgres_transactions_per_user(c, day_b, b_from, b_to).await?;
+        assert_eq!((density.per_user, density.reported), (1.0, Some(day_b)));
+        // Without reports, the planner's estimate for day B: one transaction per user.
+        core_domain::dispatch!(c, c => diesel::sql_query("DELETE FROM daily_point_report").execute(c).await)?;
+        let density = batch_point::daily_report::postgres_transactions_per_user(c, day_b, b_from, b_to).await?;
+        assert_eq!(density.reported, None);
+        assert!(density.per_user < 2.0, "{density:?}");
+    }
     Ok(())
 });
