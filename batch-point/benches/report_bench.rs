@@ -31,6 +31,8 @@
 //! `REPORT_BENCH_TX_MYSQL` and `REPORT_BENCH_TX_SQLITE` (default 500,000 each: they are
 //! single-threaded and slower to seed), `REPORT_BENCH_RUNS` (default 3), `REPORT_BENCH_SHAPES`
 //! (default all: a comma-separated list of shape numbers 1–6 in the order above),
+//! `REPORT_BENCH_PER_USER` (default `5,25,200`: the transactions per user of the shapes, each
+//! in both id orders),
 //! `REPORT_BENCH_ONLY` (default all: only the formulations whose name contains one of these
 //! comma-separated parts, e.g. `MAX(ARRAY` — more rounds in the same time for the close ones),
 //! `BATCH_BENCH_POSTGRES_URL`, `REPORT_BENCH_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
@@ -136,32 +138,31 @@ impl Shape {
     }
 }
 
-const SHAPES: [Shape; 6] = [
-    Shape {
-        per_user: 5,
-        time_ordered: true,
-    },
-    Shape {
-        per_user: 5,
-        time_ordered: false,
-    },
-    Shape {
-        per_user: 25,
-        time_ordered: true,
-    },
-    Shape {
-        per_user: 25,
-        time_ordered: false,
-    },
-    Shape {
-        per_user: 200,
-        time_ordered: true,
-    },
-    Shape {
-        per_user: 200,
-        time_ordered: false,
-    },
-];
+/// The shapes: each of `per_user` (default 5, 25, 200 transactions per user, or
+/// `REPORT_BENCH_PER_USER`) with ids in time order, then scattered.
+fn shapes() -> anyhow::Result<Vec<Shape>> {
+    let per_user: Vec<i64> = match std::env::var("REPORT_BENCH_PER_USER") {
+        Ok(v) => v
+            .split(',')
+            .map(|s| match s.trim().parse::<i64>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err(anyhow::anyhow!(
+                    "REPORT_BENCH_PER_USER: {s:?} is not a count of transactions per user (>= 1)"
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Err(_) => vec![5, 25, 200],
+    };
+    Ok(per_user
+        .into_iter()
+        .flat_map(|per_user| {
+            [true, false].map(|time_ordered| Shape {
+                per_user,
+                time_ordered,
+            })
+        })
+        .collect())
+}
 
 fn env_i64(name: &str, default: i64) -> anyhow::Result<i64> {
     match std::env::var(name) {
@@ -769,18 +770,19 @@ async fn run() -> anyhow::Result<()> {
         })
         .collect::<Result<_, _>>()?;
     let runs = env_i64("REPORT_BENCH_RUNS", 3)?.max(1);
+    let all_shapes = shapes()?;
     let shapes: Vec<usize> = match std::env::var("REPORT_BENCH_SHAPES") {
         Ok(v) => v
             .split(',')
             .map(|s| match s.trim().parse::<usize>() {
-                Ok(n) if (1..=SHAPES.len()).contains(&n) => Ok(n),
+                Ok(n) if (1..=all_shapes.len()).contains(&n) => Ok(n),
                 _ => Err(anyhow::anyhow!(
                     "REPORT_BENCH_SHAPES: {s:?} is not a shape number 1..={}",
-                    SHAPES.len()
+                    all_shapes.len()
                 )),
             })
             .collect::<Result<_, _>>()?,
-        Err(_) => (1..=SHAPES.len()).collect(),
+        Err(_) => (1..=all_shapes.len()).collect(),
     };
     // `REPORT_BENCH_ONLY=MAX(ARRAY` measures only the formulations whose name contains one of
     // the comma-separated parts: more rounds in the same time for the close contenders.
@@ -793,7 +795,7 @@ async fn run() -> anyhow::Result<()> {
             Backend::Mysql => env_i64("REPORT_BENCH_TX_MYSQL", 500_000)?,
             Backend::Sqlite => env_i64("REPORT_BENCH_TX_SQLITE", 500_000)?,
         };
-        for (shape_no, shape) in SHAPES.iter().copied().enumerate() {
+        for (shape_no, shape) in all_shapes.iter().copied().enumerate() {
             if !shapes.contains(&(shape_no + 1)) {
                 continue;
             }

@@ -13,8 +13,8 @@
 //! ([`Plan::choose`]; measured by `benches/report_bench.rs`, see the crate's README):
 //! - PostgreSQL, few transactions per user: in the aggregate's own pass,
 //!   `MAX(ARRAY[µs since the window's start, id, balance_snapshot])[3]`, a hash aggregate (no
-//!   sort of the transactions); many per user (the planner's estimate ≥
-//!   [`POSTGRES_PER_USER_MIN_TRANSACTIONS`]): the aggregate keeps only `MAX(created_at)` and one
+//!   sort of the transactions); many per user (≥ [`POSTGRES_PER_USER_MIN_TRANSACTIONS`], estimated
+//!   from a sample of the day, [`postgres_transactions_per_user`]): the aggregate keeps only `MAX(created_at)` and one
 //!   probe of `idx_point_user_created_at` per user fetches that transaction. Either way `work_mem`
 //!   is raised for the transaction so the hash stays in memory, and the one row per user is
 //!   sorted by `user_id` so the unique index is written in key order;
@@ -81,13 +81,17 @@ pub struct Plan {
 }
 
 /// PostgreSQL probes per user ([`Closing::PerUser`]) from this many transactions per user in the
-/// day. Measured (`benches/report_bench.rs`, 2,000,000 transactions): at 200 per user the probe
-/// is ~30% faster than the in-pass `MAX(ARRAY[…])`, at 25 they are even, at 10 the in-pass form
-/// is ~7% faster and at 5 ~20%.
-pub const POSTGRES_PER_USER_MIN_TRANSACTIONS: f64 = 20.0;
+/// day. Measured (`benches/report_bench.rs`, 2,000,000 transactions, ids in time order /
+/// scattered, probe vs the in-pass `MAX(ARRAY[…])`): at 200 per user the probe takes 0.66 / 0.73
+/// of the time, at 50 0.77 / 0.82, at 25 0.97 / 1.07, at 12 1.08 / 1.25, at 5 1.19 / 1.36.
+pub const POSTGRES_PER_USER_MIN_TRANSACTIONS: f64 = 30.0;
 
-/// How many report rows of the latest reported date [`postgres_transactions_per_user`] averages.
-const DENSITY_SAMPLE_ROWS: i64 = 10_000;
+/// How many instants of the day [`postgres_transactions_per_user`] samples.
+pub const DENSITY_SAMPLES: i64 = 256;
+
+/// A sampled user's transactions are counted up to this many: enough to tell either side of
+/// [`POSTGRES_PER_USER_MIN_TRANSACTIONS`], and a bounded read however busy the user.
+pub const DENSITY_COUNT_CAP: i64 = 100;
 
 impl Plan {
     /// Every plan the report can run on `backend` (for tests and benchmarks).
@@ -120,7 +124,7 @@ impl Plan {
         let scan = sqlite_scan(conn, from, to).await?;
         let closing = match conn.backend() {
             Backend::Postgres => {
-                let density = postgres_transactions_per_user(conn, date, from, to).await?;
+                let density = postgres_transactions_per_user(conn, from, to).await?;
                 tracing::debug!(step = STEP_NAME, %date, ?density, "transactions per user");
                 if density.per_user >= POSTGRES_PER_USER_MIN_TRANSACTIONS {
                     Closing::PerUser
@@ -135,93 +139,60 @@ impl Plan {
     }
 }
 
-/// An estimate of the day's transactions per user, and where it comes from.
+/// An estimate of the day's transactions per user.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Density {
-    /// Transactions per user.
+    /// Transactions per user (the mean over the day's users; `0` for a day without any).
     pub per_user: f64,
-    /// The report date it was read from, or `None` when the planner estimated it.
-    pub reported: Option<NaiveDate>,
+    /// How many sampled instants found a transaction.
+    pub picks: i64,
 }
 
 #[derive(QueryableByName)]
-struct Reported {
-    #[diesel(sql_type = diesel::sql_types::Nullable<Date>)]
-    report_date: Option<NaiveDate>,
+struct Sampled {
+    #[diesel(sql_type = BigInt)]
+    picks: i64,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
-    per_user: Option<f64>,
+    inverse_sum: Option<f64>,
 }
 
-/// PostgreSQL: the day's transactions per user, estimated without reading the day (a few ms):
-/// - from the latest report at or before `date` — a service's users keep their habits from one
-///   day to the next, and a re-run knows its own day — averaging the transaction counts of up to
-///   [`DENSITY_SAMPLE_ROWS`] of its rows (one row per user, so the mean is the day's ratio);
-/// - else (no report yet) from the planner: its estimated rows of the window over its estimated
-///   users in it, two `EXPLAIN`s. The planner only knows the whole table's distinct users, so on
-///   a long history where each day has other users it underestimates; the report is the better
-///   source, and is there from the second day on.
+/// PostgreSQL: the day's transactions per user, estimated from the day itself in a few ms,
+/// whatever the table's statistics (none yet after a bulk load) or history.
+///
+/// At [`DENSITY_SAMPLES`] instants spread evenly over `[from, to)`, the first transaction at or
+/// after it (one probe of `idx_point_created_at`) picks a user, whose transactions in the
+/// window are then counted (a range of `idx_point_user_created_at`, at most
+/// [`DENSITY_COUNT_CAP`]). A transaction picks its user in proportion to the user's `k`
+/// transactions, so the mean of `1/k` over the picks is users / transactions: its inverse (the
+/// harmonic mean of the picks' `k`) is the mean transactions per user.
 pub async fn postgres_transactions_per_user(
     conn: &mut DbConnection,
-    date: NaiveDate,
     from: chrono::NaiveDateTime,
     to: chrono::NaiveDateTime,
 ) -> Result<Density, DbError> {
-    let sql = placeholders(
-        &format!(
-            "SELECT MAX(report_date) AS report_date, CAST(AVG(n) AS DOUBLE PRECISION) AS per_user \
-             FROM (SELECT report_date, earn_count + use_count + cancel_count AS n FROM daily_point_report \
-             WHERE report_date = (SELECT MAX(report_date) FROM daily_point_report WHERE report_date <= ?) \
-             LIMIT {DENSITY_SAMPLE_ROWS}) x"
-        ),
-        Backend::Postgres,
+    let sql = format!(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS picks, CAST(SUM(1.0 / k) AS DOUBLE PRECISION) AS inverse_sum FROM \
+         (SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM point q WHERE q.user_id = s.user_id \
+         AND q.created_at >= $1 AND q.created_at < $2 LIMIT {DENSITY_COUNT_CAP}) c) AS k \
+         FROM (SELECT (SELECT p.user_id FROM point p \
+         WHERE p.created_at >= $1 + ($2 - $1) * CAST((i + 0.5) / {DENSITY_SAMPLES} AS DOUBLE PRECISION) \
+         AND p.created_at < $2 ORDER BY p.created_at LIMIT 1) AS user_id \
+         FROM generate_series(0, {last}) AS i) s WHERE s.user_id IS NOT NULL) x",
+        last = DENSITY_SAMPLES - 1
     );
-    let reported: Reported = dispatch!(conn, c => diesel::sql_query(sql.as_str())
-        .bind::<Date, _>(date)
+    let sampled: Sampled = dispatch!(conn, c => diesel::sql_query(sql.as_str())
+        .bind::<Timestamp, _>(from)
+        .bind::<Timestamp, _>(to)
         .get_result(c)
         .await)?;
-    if let (Some(day), Some(per_user)) = (reported.report_date, reported.per_user) {
-        return Ok(Density {
-            per_user,
-            reported: Some(day),
-        });
-    }
-    // Literals, so the estimates are for these very bounds (they are formatted here, not input).
-    let window = format!(
-        "FROM point WHERE created_at >= TIMESTAMP '{}' AND created_at < TIMESTAMP '{}'",
-        from.format("%Y-%m-%d %H:%M:%S%.f"),
-        to.format("%Y-%m-%d %H:%M:%S%.f")
-    );
-    let rows = explained_rows(conn, &format!("EXPLAIN SELECT 1 {window}")).await?;
-    let users = explained_rows(
-        conn,
-        &format!("EXPLAIN SELECT user_id {window} GROUP BY user_id"),
-    )
-    .await?;
+    let per_user = match sampled.inverse_sum {
+        Some(inverse) if inverse > 0.0 => sampled.picks as f64 / inverse,
+        _ => 0.0,
+    };
     Ok(Density {
-        per_user: rows / users.max(1.0),
-        reported: None,
+        per_user,
+        picks: sampled.picks,
     })
-}
-
-#[derive(QueryableByName)]
-struct PlanLine {
-    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
-    line: String,
-}
-
-/// The estimated rows of an `EXPLAIN`'s top node (its first line's `rows=`).
-async fn explained_rows(conn: &mut DbConnection, explain: &str) -> Result<f64, DbError> {
-    let lines: Vec<PlanLine> = dispatch!(conn, c => diesel::sql_query(explain).load(c).await)?;
-    let top = lines
-        .as_slice()
-        .first()
-        .map(|l| l.line.as_str())
-        .unwrap_or_default();
-    top.split("rows=")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse::<f64>().ok())
-        .ok_or_else(|| DbError::Other(format!("no row estimate in the plan line {top:?}")))
 }
 
 /// The aggregation's `SELECT` for `backend` under `plan`.

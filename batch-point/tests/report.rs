@@ -230,66 +230,67 @@ db_test!(async fn report_matches_a_reference_on_every_plan(db) {
     Ok(())
 });
 
-// The plan follows the day's transactions per user on PostgreSQL: the planner's estimate while
-// there is no report, then the latest report at or before the date. MariaDB always aggregates the
-// closing balance in its pass and SQLite always probes per user.
+// The plan follows the day's transactions per user on PostgreSQL, estimated from a sample of the
+// day itself: without statistics (no ANALYZE after the load), whatever other days hold, and the
+// same on a first run and a re-run. MariaDB always aggregates the closing balance in its pass and
+// SQLite always probes per user.
 db_test!(async fn report_plan_follows_transactions_per_user(db) {
-    use batch_point::daily_report::{Closing, DailyReport, Plan};
-    use diesel_async::RunQueryDsl;
+    use batch_point::daily_report::{Closing, DailyReport, Plan, postgres_transactions_per_user};
 
     let backend = db.db.backend();
-    let day_a: chrono::NaiveDate = "2026-11-20".parse()?;
-    let day_b: chrono::NaiveDate = "2026-11-21".parse()?;
-    let (a_from, a_to) = batch_common::day_window_utc(day_a, chrono_tz::Asia::Seoul);
-    let (b_from, b_to) = batch_common::day_window_utc(day_b, chrono_tz::Asia::Seoul);
     let mut conn = db.conn().await;
     let c: &mut core_domain::DbConnection = &mut conn;
-    let analyze = match backend {
-        core_domain::Backend::Postgres => "ANALYZE point",
-        core_domain::Backend::Mysql => "ANALYZE TABLE point",
-        core_domain::Backend::Sqlite => "ANALYZE",
-    };
     let expect = |pg: Closing| match backend {
         core_domain::Backend::Postgres => pg,
         core_domain::Backend::Mysql => Closing::InPass,
         core_domain::Backend::Sqlite => Closing::PerUser,
     };
-    // Day A: 10 users with 40 transactions each.
-    let mut rows = Vec::new();
-    for g in 0..400i64 {
-        let at = a_from + chrono::Duration::seconds(g * 200);
-        rows.push(tx(1 + g % 10, PointType::Earn, 1, g, &at.format("%Y-%m-%d %H:%M:%S").to_string()));
+    // Three days: (date, transactions, the user of transaction g). A: 10 users with 40 each; B:
+    // 2,000 users with one each (users 1-10 among them: A's transactions are not B's); C: 20
+    // users with 100 each interleaved with 2,000 users with one each (4,000 / 2,020 = 1.98).
+    type Day = (&'static str, i64, fn(i64) -> i64);
+    let days: [Day; 3] = [
+        ("2026-11-20", 400, |g| 1 + g % 10),
+        ("2026-11-21", 2_000, |g| 1 + g),
+        ("2026-11-22", 4_000, |g| if g % 2 == 0 { 10_001 + (g / 2) % 20 } else { 20_001 + g / 2 }),
+    ];
+    for (date, n, user) in days {
+        let (from, _) = batch_common::day_window_utc(date.parse()?, chrono_tz::Asia::Seoul);
+        let step = 86_400 / n;
+        let rows = (0..n)
+            .map(|g| {
+                let at = from + chrono::Duration::seconds(g * step);
+                tx(user(g), PointType::Earn, 1, g, &at.format("%Y-%m-%d %H:%M:%S").to_string())
+            })
+            .collect();
+        Point::insert_many(c, rows).await?;
     }
-    Point::insert_many(c, rows).await?;
-    c.batch_execute(analyze).await?;
-    // No report yet: the planner knows the table is 40 transactions per user.
-    assert_eq!(Plan::choose(c, day_a, a_from, a_to).await?.closing, expect(Closing::PerUser));
-    DailyReport::new(db.db.clone(), day_a, chrono_tz::Asia::Seoul).generate(ts("2026-11-21 01:00:00")).await?;
-
-    // Day B: 2,000 users with one transaction each.
-    let mut rows = Vec::new();
-    for g in 0..2_000i64 {
-        let at = b_from + chrono::Duration::seconds(g * 40);
-        rows.push(tx(1 + g, PointType::Use, 1, g, &at.format("%Y-%m-%d %H:%M:%S").to_string()));
+    let expected = [(40.0, Closing::PerUser), (1.0, Closing::InPass), (1.98, Closing::InPass)];
+    for ((date, n, _), (per_user, closing)) in days.into_iter().zip(expected) {
+        let day: chrono::NaiveDate = date.parse()?;
+        let (from, to) = batch_common::day_window_utc(day, chrono_tz::Asia::Seoul);
+        assert_eq!(Plan::choose(c, day, from, to).await?.closing, expect(closing), "{date}");
+        let report = DailyReport::new(db.db.clone(), day, chrono_tz::Asia::Seoul);
+        assert_eq!(report.generate(ts("2026-11-23 01:00:00")).await?.1, n, "{date}");
+        // A re-run reads the same day: the same plan.
+        assert_eq!(Plan::choose(c, day, from, to).await?.closing, expect(closing), "{date} re-run");
+        if backend == core_domain::Backend::Postgres {
+            let density = postgres_transactions_per_user(c, from, to).await?;
+            // Every instant but those after the day's last transaction (at most 3% of the day
+            // here) found one.
+            assert!(density.picks >= batch_point::daily_report::DENSITY_SAMPLES * 96 / 100, "{date}: {density:?}");
+            // Exact when every user has the same count, a sample's estimate when they differ.
+            let tolerance = if date == "2026-11-22" { 0.25 } else { 1e-9 };
+            assert!((density.per_user - per_user).abs() <= tolerance * per_user, "{date}: {density:?}");
+        }
     }
-    Point::insert_many(c, rows).await?;
-    c.batch_execute(analyze).await?;
-    // Day B's first run goes by the latest report, day A's (40 per user).
-    assert_eq!(Plan::choose(c, day_b, b_from, b_to).await?.closing, expect(Closing::PerUser));
-    let (b_rows, b_transactions, _) =
-        DailyReport::new(db.db.clone(), day_b, chrono_tz::Asia::Seoul).generate(ts("2026-11-22 01:00:00")).await?;
-    assert_eq!((b_rows, b_transactions), (2_000, 2_000));
-    // A re-run of day B knows its own day (1 per user); day A still has its own report.
-    assert_eq!(Plan::choose(c, day_b, b_from, b_to).await?.closing, expect(Closing::InPass));
-    assert_eq!(Plan::choose(c, day_a, a_from, a_to).await?.closing, expect(Closing::PerUser));
+    // A day without transactions.
+    let empty: chrono::NaiveDate = "2026-11-25".parse()?;
+    let (from, to) = batch_common::day_window_utc(empty, chrono_tz::Asia::Seoul);
     if backend == core_domain::Backend::Postgres {
-        let density = batch_point::daily_report::postgres_transactions_per_user(c, day_b, b_from, b_to).await?;
-        assert_eq!((density.per_user, density.reported), (1.0, Some(day_b)));
-        // Without reports, the planner's estimate for day B: one transaction per user.
-        core_domain::dispatch!(c, c => diesel::sql_query("DELETE FROM daily_point_report").execute(c).await)?;
-        let density = batch_point::daily_report::postgres_transactions_per_user(c, day_b, b_from, b_to).await?;
-        assert_eq!(density.reported, None);
-        assert!(density.per_user < 2.0, "{density:?}");
+        let density = postgres_transactions_per_user(c, from, to).await?;
+        assert_eq!((density.per_user, density.picks), (0.0, 0));
     }
+    assert_eq!(Plan::choose(c, empty, from, to).await?.closing, expect(Closing::InPass));
     Ok(())
 });
