@@ -13,17 +13,19 @@
 //! ([`Plan::choose`]; measured by `benches/report_bench.rs`, see the crate's README):
 //! - PostgreSQL, few transactions per user: in the aggregate's own pass,
 //!   `MAX(ARRAY[µs since the window's start, id, balance_snapshot])[3]`, a hash aggregate (no
-//!   sort of the transactions); many per user (≥ [`POSTGRES_PER_USER_MIN_TRANSACTIONS`], estimated
-//!   from a sample of the day, [`postgres_transactions_per_user`]): the aggregate keeps only `MAX(created_at)` and one
-//!   probe of `idx_point_user_created_at` per user fetches that transaction. Either way `work_mem`
+//!   sort of the transactions); many per user (≥ [`POSTGRES_PER_USER_MIN_TRANSACTIONS`],
+//!   estimated from a sample of the day, [`transactions_per_user`]): the aggregate keeps only
+//!   `MAX(created_at)` and one probe of `idx_point_user_created_at` per user fetches that transaction. Either way `work_mem`
 //!   is raised for the transaction so the hash stays in memory, and the one row per user is
 //!   sorted by `user_id` so the unique index is written in key order;
 //! - MariaDB/MySQL: `GROUP_CONCAT(balance_snapshot ORDER BY created_at DESC, id DESC LIMIT 1)`,
 //!   with `idx_point_user_created_at` ignored (a full walk of it in user order, with a row
 //!   lookup per entry, is what the optimizer otherwise picks, and is 3–4× slower);
-//! - SQLite: per user, one probe of `idx_point_user_created_at` for the last transaction (a
-//!   correlated `ORDER BY created_at DESC, id DESC LIMIT 1`), reading the window through
-//!   `idx_point_created_at`, or the whole table when the day is most of it.
+//! - SQLite: with few transactions per user (< [`SQLITE_PER_USER_MIN_TRANSACTIONS`]) a text key
+//!   `MAX(time || id || snapshot)` in the pass, else per user one probe of
+//!   `idx_point_user_created_at` for the last transaction (a correlated `ORDER BY created_at DESC,
+//!   id DESC LIMIT 1`); either way reading the window through `idx_point_created_at`, or the
+//!   whole table when the day is most of it.
 
 use async_trait::async_trait;
 use batch_common::step::{StepContext, Tasklet};
@@ -86,11 +88,17 @@ pub struct Plan {
 /// of the time, at 50 0.77 / 0.82, at 25 0.97 / 1.07, at 12 1.08 / 1.25, at 5 1.19 / 1.36.
 pub const POSTGRES_PER_USER_MIN_TRANSACTIONS: f64 = 30.0;
 
-/// How many instants of the day [`postgres_transactions_per_user`] samples.
+/// SQLite probes per user (its correlated `LIMIT 1`) from this many transactions per user in the
+/// day, else it takes the text key `MAX(time || id || snapshot)` in the pass. Measured (500,000
+/// transactions, full scans, ids in time order / scattered, probe vs pass): 1.02 / 1.15 at 5 per
+/// user, 0.85 / 0.88 at 25, 0.75 / 0.75 at 200.
+pub const SQLITE_PER_USER_MIN_TRANSACTIONS: f64 = 10.0;
+
+/// How many instants of the day [`transactions_per_user`] samples.
 pub const DENSITY_SAMPLES: i64 = 256;
 
-/// A sampled user's transactions are counted up to this many: enough to tell either side of
-/// [`POSTGRES_PER_USER_MIN_TRANSACTIONS`], and a bounded read however busy the user.
+/// On PostgreSQL a sampled user's transactions are counted up to this many: enough to tell
+/// either side of [`POSTGRES_PER_USER_MIN_TRANSACTIONS`], and a bounded read however busy the user.
 pub const DENSITY_COUNT_CAP: i64 = 100;
 
 impl Plan {
@@ -109,12 +117,11 @@ impl Plan {
 
     /// The plan for `date`, whose window is `[from, to)`, on `conn`'s backend, by what each does
     /// fastest:
-    /// - PostgreSQL: [`Closing::PerUser`] when [`postgres_transactions_per_user`] reaches
-    ///   [`POSTGRES_PER_USER_MIN_TRANSACTIONS`], else [`Closing::InPass`];
-    /// - MariaDB/MySQL: [`Closing::InPass`] (its `GROUP_CONCAT … LIMIT 1` was as fast as the probe
-    ///   even at 1,000 transactions per user);
-    /// - SQLite: [`Closing::PerUser`] (its correlated `LIMIT 1`, reading the day as
-    ///   [`sqlite_scan`] says).
+    /// - PostgreSQL and SQLite: [`Closing::PerUser`] when [`transactions_per_user`] reaches
+    ///   [`POSTGRES_PER_USER_MIN_TRANSACTIONS`] / [`SQLITE_PER_USER_MIN_TRANSACTIONS`], else
+    ///   [`Closing::InPass`]; SQLite reads the day as [`sqlite_scan`] says;
+    /// - MariaDB/MySQL: [`Closing::InPass`] (its `GROUP_CONCAT … LIMIT 1` is as fast as the probe
+    ///   at 200 transactions per user, and faster below).
     pub async fn choose(
         conn: &mut DbConnection,
         date: NaiveDate,
@@ -122,18 +129,23 @@ impl Plan {
         to: chrono::NaiveDateTime,
     ) -> Result<Plan, DbError> {
         let scan = sqlite_scan(conn, from, to).await?;
-        let closing = match conn.backend() {
-            Backend::Postgres => {
-                let density = postgres_transactions_per_user(conn, from, to).await?;
+        let backend = conn.backend();
+        let closing = match backend {
+            Backend::Postgres | Backend::Sqlite => {
+                let density = transactions_per_user(conn, from, to).await?;
                 tracing::debug!(step = STEP_NAME, %date, ?density, "transactions per user");
-                if density.per_user >= POSTGRES_PER_USER_MIN_TRANSACTIONS {
+                let threshold = if backend == Backend::Postgres {
+                    POSTGRES_PER_USER_MIN_TRANSACTIONS
+                } else {
+                    SQLITE_PER_USER_MIN_TRANSACTIONS
+                };
+                if density.per_user >= threshold {
                     Closing::PerUser
                 } else {
                     Closing::InPass
                 }
             }
             Backend::Mysql => Closing::InPass,
-            Backend::Sqlite => Closing::PerUser,
         };
         Ok(Plan { closing, scan })
     }
@@ -156,30 +168,59 @@ struct Sampled {
     inverse_sum: Option<f64>,
 }
 
-/// PostgreSQL: the day's transactions per user, estimated from the day itself in a few ms,
-/// whatever the table's statistics (none yet after a bulk load) or history.
+/// The day's transactions per user, estimated from the day itself in a few ms, whatever the
+/// table's statistics (none yet after a bulk load) or history (PostgreSQL and SQLite; MariaDB's
+/// plan does not depend on it, and there it answers an error).
 ///
 /// At [`DENSITY_SAMPLES`] instants spread evenly over `[from, to)`, the first transaction at or
 /// after it (one probe of `idx_point_created_at`) picks a user, whose transactions in the
-/// window are then counted (a range of `idx_point_user_created_at`, at most
-/// [`DENSITY_COUNT_CAP`]). A transaction picks its user in proportion to the user's `k`
-/// transactions, so the mean of `1/k` over the picks is users / transactions: its inverse (the
-/// harmonic mean of the picks' `k`) is the mean transactions per user.
-pub async fn postgres_transactions_per_user(
+/// window are then counted (a range of `idx_point_user_created_at`; at most
+/// [`DENSITY_COUNT_CAP`] on PostgreSQL). A transaction picks its user in proportion to the
+/// user's `k` transactions, so the mean of `1/k` over the picks is users / transactions: its
+/// inverse (the harmonic mean of the picks' `k`) is the mean transactions per user.
+pub async fn transactions_per_user(
     conn: &mut DbConnection,
     from: chrono::NaiveDateTime,
     to: chrono::NaiveDateTime,
 ) -> Result<Density, DbError> {
-    let sql = format!(
-        "SELECT CAST(COUNT(*) AS BIGINT) AS picks, CAST(SUM(1.0 / k) AS DOUBLE PRECISION) AS inverse_sum FROM \
-         (SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM point q WHERE q.user_id = s.user_id \
-         AND q.created_at >= $1 AND q.created_at < $2 LIMIT {DENSITY_COUNT_CAP}) c) AS k \
-         FROM (SELECT (SELECT p.user_id FROM point p \
-         WHERE p.created_at >= $1 + ($2 - $1) * CAST((i + 0.5) / {DENSITY_SAMPLES} AS DOUBLE PRECISION) \
-         AND p.created_at < $2 ORDER BY p.created_at LIMIT 1) AS user_id \
-         FROM generate_series(0, {last}) AS i) s WHERE s.user_id IS NOT NULL) x",
-        last = DENSITY_SAMPLES - 1
-    );
+    let sql = match conn.backend() {
+        Backend::Postgres => format!(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS picks, CAST(SUM(1.0 / k) AS DOUBLE PRECISION) AS inverse_sum FROM \
+             (SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM point q WHERE q.user_id = s.user_id \
+             AND q.created_at >= $1 AND q.created_at < $2 LIMIT {DENSITY_COUNT_CAP}) c) AS k \
+             FROM (SELECT (SELECT p.user_id FROM point p \
+             WHERE p.created_at >= $1 + ($2 - $1) * CAST((i + 0.5) / {DENSITY_SAMPLES} AS DOUBLE PRECISION) \
+             AND p.created_at < $2 ORDER BY p.created_at LIMIT 1) AS user_id \
+             FROM generate_series(0, {last}) AS i) s WHERE s.user_id IS NOT NULL) x",
+            last = DENSITY_SAMPLES - 1
+        ),
+        // SQLite has neither generate_series nor timestamp arithmetic: the instants are written
+        // in as literals (formatted here from the window, not input). Its subqueries in FROM
+        // cannot see the outer row, so the count has no cap (a range of the index, in process).
+        Backend::Sqlite => {
+            let span = to - from;
+            let instants: Vec<String> = (0..DENSITY_SAMPLES)
+                .map(|i| {
+                    let at = from + span * (2 * i as i32 + 1) / (2 * DENSITY_SAMPLES as i32);
+                    format!("('{}')", at.format("%Y-%m-%d %H:%M:%S%.f"))
+                })
+                .collect();
+            format!(
+                "WITH t(at) AS (VALUES {}), \
+                 s(user_id) AS (SELECT (SELECT p.user_id FROM point p INDEXED BY idx_point_created_at \
+                 WHERE p.created_at >= t.at AND p.created_at < ?2 ORDER BY p.created_at LIMIT 1) FROM t) \
+                 SELECT COUNT(*) AS picks, SUM(1.0 / (SELECT COUNT(*) FROM point q \
+                 WHERE q.user_id = s.user_id AND q.created_at >= ?1 AND q.created_at < ?2)) AS inverse_sum \
+                 FROM s WHERE s.user_id IS NOT NULL",
+                instants.join(", ")
+            )
+        }
+        Backend::Mysql => {
+            return Err(DbError::Other(
+                "transactions_per_user: MariaDB/MySQL's report plan does not use it".to_owned(),
+            ));
+        }
+    };
     let sampled: Sampled = dispatch!(conn, c => diesel::sql_query(sql.as_str())
         .bind::<Timestamp, _>(from)
         .bind::<Timestamp, _>(to)

@@ -230,21 +230,18 @@ db_test!(async fn report_matches_a_reference_on_every_plan(db) {
     Ok(())
 });
 
-// The plan follows the day's transactions per user on PostgreSQL, estimated from a sample of the
-// day itself: without statistics (no ANALYZE after the load), whatever other days hold, and the
-// same on a first run and a re-run. MariaDB always aggregates the closing balance in its pass and
-// SQLite always probes per user.
+// The plan follows the day's transactions per user on PostgreSQL and SQLite, estimated from a
+// sample of the day itself: without statistics (no ANALYZE after the load), whatever other days
+// hold, and the same on a first run and a re-run. MariaDB always aggregates the closing balance in
+// its pass.
 db_test!(async fn report_plan_follows_transactions_per_user(db) {
-    use batch_point::daily_report::{Closing, DailyReport, Plan, postgres_transactions_per_user};
+    use batch_point::daily_report::{Closing, DailyReport, Plan, transactions_per_user};
 
     let backend = db.db.backend();
     let mut conn = db.conn().await;
     let c: &mut core_domain::DbConnection = &mut conn;
-    let expect = |pg: Closing| match backend {
-        core_domain::Backend::Postgres => pg,
-        core_domain::Backend::Mysql => Closing::InPass,
-        core_domain::Backend::Sqlite => Closing::PerUser,
-    };
+    let sampled = backend != core_domain::Backend::Mysql;
+    let expect = |by_density: Closing| if sampled { by_density } else { Closing::InPass };
     // Three days: (date, transactions, the user of transaction g). A: 10 users with 40 each; B:
     // 2,000 users with one each (users 1-10 among them: A's transactions are not B's); C: 20
     // users with 100 each interleaved with 2,000 users with one each (4,000 / 2,020 = 1.98).
@@ -274,8 +271,8 @@ db_test!(async fn report_plan_follows_transactions_per_user(db) {
         assert_eq!(report.generate(ts("2026-11-23 01:00:00")).await?.1, n, "{date}");
         // A re-run reads the same day: the same plan.
         assert_eq!(Plan::choose(c, day, from, to).await?.closing, expect(closing), "{date} re-run");
-        if backend == core_domain::Backend::Postgres {
-            let density = postgres_transactions_per_user(c, from, to).await?;
+        if sampled {
+            let density = transactions_per_user(c, from, to).await?;
             // Every instant but those after the day's last transaction (at most 3% of the day
             // here) found one.
             assert!(density.picks >= batch_point::daily_report::DENSITY_SAMPLES * 96 / 100, "{date}: {density:?}");
@@ -287,8 +284,8 @@ db_test!(async fn report_plan_follows_transactions_per_user(db) {
     // A day without transactions.
     let empty: chrono::NaiveDate = "2026-11-25".parse()?;
     let (from, to) = batch_common::day_window_utc(empty, chrono_tz::Asia::Seoul);
-    if backend == core_domain::Backend::Postgres {
-        let density = postgres_transactions_per_user(c, from, to).await?;
+    if sampled {
+        let density = transactions_per_user(c, from, to).await?;
         assert_eq!((density.per_user, density.picks), (0.0, 0));
     }
     assert_eq!(Plan::choose(c, empty, from, to).await?.closing, expect(Closing::InPass));
