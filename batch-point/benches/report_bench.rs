@@ -42,9 +42,8 @@
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use batch_point::daily_report::{
-    Closing, INSERT_INTO, POSTGRES_WORK_MEM, Plan, SqliteScan, aggregate_select,
-};
+use batch_point::daily_report::{INSERT_INTO, POSTGRES_WORK_MEM, aggregate_select};
+use batch_point::report_plan::{Closing, Plan, SqliteScan};
 use batch_testkit::bench::{postgres_admin_url, wait_tracking};
 use chrono::NaiveDateTime;
 use core_domain::{Backend, Database, DatabaseUrl, DbConnection, PoolOptions, dispatch};

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod daily_report;
+pub mod report_plan;
 pub mod settings;
 pub mod sync_balance;
 

@@ -143,7 +143,8 @@ fn reference(
 // day is most of it, the created_at range when it is not) give the same rows, and so does every
 // plan (the closing balance in the aggregate's pass or probed per user), first run and re-run.
 db_test!(async fn report_matches_a_reference_on_every_plan(db) {
-    use batch_point::daily_report::{DailyReport, Plan, SqliteScan, sqlite_scan};
+    use batch_point::daily_report::DailyReport;
+    use batch_point::report_plan::{Plan, SqliteScan, sqlite_scan};
     use core_domain::schema::point;
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
@@ -235,7 +236,8 @@ db_test!(async fn report_matches_a_reference_on_every_plan(db) {
 // hold, and the same on a first run and a re-run. MariaDB always aggregates the closing balance in
 // its pass.
 db_test!(async fn report_plan_follows_transactions_per_user(db) {
-    use batch_point::daily_report::{Closing, DailyReport, Plan, transactions_per_user};
+    use batch_point::daily_report::DailyReport;
+    use batch_point::report_plan::{Closing, Plan, transactions_per_user};
 
     let backend = db.db.backend();
     let mut conn = db.conn().await;
@@ -275,7 +277,7 @@ db_test!(async fn report_plan_follows_transactions_per_user(db) {
             let density = transactions_per_user(c, from, to).await?;
             // Every instant but those after the day's last transaction (at most 3% of the day
             // here) found one.
-            assert!(density.picks >= batch_point::daily_report::DENSITY_SAMPLES * 96 / 100, "{date}: {density:?}");
+            assert!(density.picks >= batch_point::report_plan::DENSITY_SAMPLES * 96 / 100, "{date}: {density:?}");
             // Exact when every user has the same count, a sample's estimate when they differ.
             let tolerance = if date == "2026-11-22" { 0.25 } else { 1e-9 };
             assert!((density.per_user - per_user).abs() <= tolerance * per_user, "{date}: {density:?}");
