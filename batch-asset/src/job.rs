@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use batch_common::job::{Job, JobDescriptor, ParamKind, ParameterSpec};
-use batch_common::params::{JobParameters, ParameterError};
+use batch_common::job::{Job, JobDescriptor, ParamDefault, ParamKind, ParameterSpec};
+use batch_common::params::JobParameters;
 use batch_common::step::{ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page};
 use batch_common::step::{InTransaction, ReadScope, Step, TransactionalWriter, WriteOutcome};
 use batch_common::{Clock, ClockExt};
 use chrono::NaiveDate;
-use chrono_tz::Tz;
 use core_domain::models::{AssetHistory, NewAssetHistory, User};
 use core_domain::{Database, DbConnection};
 
@@ -33,7 +32,8 @@ pub const DESCRIPTOR: JobDescriptor = JobDescriptor {
         name: "date",
         kind: ParamKind::Date,
         identifying: true,
-        description: "snapshot day YYYY-MM-DD (default: today in batch.timezone)",
+        description: "snapshot day (default: today in batch.timezone)",
+        default: ParamDefault::Today,
     }],
 };
 
@@ -42,7 +42,6 @@ pub struct AssetRefreshJob {
     db: Database,
     provider: Arc<dyn AssetProvider>,
     clock: Arc<dyn Clock>,
-    timezone: Tz,
     concurrency: usize,
 }
 
@@ -52,14 +51,12 @@ impl AssetRefreshJob {
         db: Database,
         provider: Arc<dyn AssetProvider>,
         clock: Arc<dyn Clock>,
-        timezone: Tz,
         concurrency: usize,
     ) -> Self {
         AssetRefreshJob {
             db,
             provider,
             clock,
-            timezone,
             concurrency,
         }
     }
@@ -68,17 +65,6 @@ impl AssetRefreshJob {
 impl Job for AssetRefreshJob {
     fn descriptor(&self) -> &'static JobDescriptor {
         &DESCRIPTOR
-    }
-
-    fn resolve_parameters(
-        &self,
-        given: BTreeMap<String, String>,
-    ) -> Result<JobParameters, ParameterError> {
-        let mut params = JobParameters::from_declared(&DESCRIPTOR, given)?;
-        if !params.is_set("date") {
-            params.set("date", self.clock.today_in(self.timezone), true);
-        }
-        Ok(params)
     }
 
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {

@@ -55,7 +55,6 @@ pub fn build(env: &JobEnv) -> BuildFuture<'_> {
             env.db.clone(),
             provider,
             env.clock.clone(),
-            env.props.batch.timezone,
             settings.concurrency.get(),
         ));
         Ok(job)

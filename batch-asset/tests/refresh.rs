@@ -89,7 +89,7 @@ async fn run(
     let mut props = BatchProperties::load_from(None, Vec::new(), &[&batch_asset::MODULE]).unwrap();
     props.batch.chunk_size = std::num::NonZeroUsize::new(2).unwrap();
     props.batch.step_retry_attempts = 0;
-    let job = AssetRefreshJob::new(db.db.clone(), provider, clock.clone(), Seoul, 4);
+    let job = AssetRefreshJob::new(db.db.clone(), provider, clock.clone(), 4);
     let launcher = JobLauncher::new(JobRepository::new(db.db.clone()), clock, props.batch);
     let given: BTreeMap<String, String> = batch_common::params::parse_pairs(args).unwrap();
     launcher

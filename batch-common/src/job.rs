@@ -1,28 +1,20 @@
 //! Jobs: what a job declares about itself (constants) and how it builds its steps.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::params::{JobParameters, ParameterError};
+use crate::params::JobParameters;
 use crate::step::Step;
 
-pub use crate::descriptor::{JobDescriptor, ParamKind, ParameterSpec};
+pub use crate::descriptor::{JobDescriptor, ParamDefault, ParamKind, ParameterSpec, Validator};
 
 /// A runnable job. Built by the launcher with everything it needs (database, clients, clock).
 pub trait Job: Send + Sync {
     /// Name, steps and parameters.
     fn descriptor(&self) -> &'static JobDescriptor;
 
-    /// Validates the given parameters and fills in defaults (e.g. `date` = yesterday from the
-    /// injected Clock), so the instance identity uses the actual values. Errors mean exit 2.
-    fn resolve_parameters(
-        &self,
-        given: BTreeMap<String, String>,
-    ) -> Result<JobParameters, ParameterError> {
-        JobParameters::from_declared(self.descriptor(), given)
-    }
-
-    /// The steps of a run with these (resolved) parameters, in order.
+    /// The steps of a run with these parameters, in order. The runtime has checked them against
+    /// the descriptor and filled in its defaults ([`JobParameters::resolve`]), so the instance
+    /// identity uses the actual values.
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>>;
 }
 

@@ -6,7 +6,11 @@ use std::fmt;
 use chrono::NaiveDate;
 use sha2::{Digest, Sha256};
 
-use crate::descriptor::{JobDescriptor, ParamKind};
+use chrono::Datelike as _;
+use chrono_tz::Tz;
+
+use crate::clock::{Clock, ClockExt as _};
+use crate::descriptor::{JobDescriptor, ParamDefault, ParamKind, ParameterSpec};
 
 /// A parameter problem: the run is refused with exit code 2 and nothing is written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,18 +88,122 @@ pub fn parse_bool(name: &str, value: &str) -> Result<bool, ParameterError> {
     }
 }
 
+/// A calendar month (`YYYY-MM`), the value of a [`ParamKind::Month`] parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct YearMonth {
+    year: i32,
+    month: u32,
+}
+
+impl YearMonth {
+    /// The month `month` (1..=12) of `year`; `None` when out of range.
+    pub fn new(year: i32, month: u32) -> Option<Self> {
+        // Both ends must exist as dates.
+        NaiveDate::from_ymd_opt(year, month, 1)?;
+        Some(YearMonth { year, month })
+    }
+
+    /// The month holding `date`.
+    pub fn of(date: NaiveDate) -> Self {
+        YearMonth {
+            year: date.year(),
+            month: date.month(),
+        }
+    }
+
+    /// The year.
+    pub fn year(self) -> i32 {
+        self.year
+    }
+
+    /// The month, 1..=12.
+    pub fn month(self) -> u32 {
+        self.month
+    }
+
+    /// Its first day.
+    pub fn first_day(self) -> NaiveDate {
+        NaiveDate::from_ymd_opt(self.year, self.month, 1).expect("a valid month")
+    }
+
+    /// The month after.
+    pub fn succ(self) -> Self {
+        if self.month == 12 {
+            YearMonth {
+                year: self.year + 1,
+                month: 1,
+            }
+        } else {
+            YearMonth {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
+    }
+
+    /// The month before.
+    pub fn pred(self) -> Self {
+        if self.month == 1 {
+            YearMonth {
+                year: self.year - 1,
+                month: 12,
+            }
+        } else {
+            YearMonth {
+                year: self.year,
+                month: self.month - 1,
+            }
+        }
+    }
+
+    /// Its last day.
+    pub fn last_day(self) -> NaiveDate {
+        self.succ().first_day().pred_opt().expect("a day before")
+    }
+}
+
+impl fmt::Display for YearMonth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+/// Parses a `YYYY-MM` parameter.
+pub fn parse_month(name: &str, value: &str) -> Result<YearMonth, ParameterError> {
+    let bad = |why: &str| {
+        ParameterError::new(
+            name,
+            format!("invalid month `{value}` for parameter `{name}` ({why}); expected YYYY-MM"),
+        )
+    };
+    let v = value.trim();
+    let (y, m) = v.split_once('-').ok_or_else(|| bad("no `-`"))?;
+    if y.len() != 4 || m.len() != 2 || !y.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+        return Err(bad("not four digits, `-`, two digits"));
+    }
+    let (year, month) = (
+        y.parse::<i32>().map_err(|_| bad("year"))?,
+        m.parse::<u32>().map_err(|_| bad("month"))?,
+    );
+    YearMonth::new(year, month).ok_or_else(|| bad("month out of range"))
+}
+
 /// One parameter's value, parsed once at the edge against its declared [`ParamKind`]; jobs read
 /// the typed value ([`JobParameters::date`], ...) and never re-parse text. Stored, hashed and
-/// shown in its canonical text ([`Display`](fmt::Display)): `2026-11-20`, `true`, `42`.
+/// shown in its canonical text ([`Display`](fmt::Display)): `2026-11-20`, `2026-11`, `true`, `42`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParamValue {
     /// A calendar date.
     Date(NaiveDate),
+    /// A calendar month.
+    Month(YearMonth),
     /// A flag.
     Bool(bool),
     /// A non-negative integer.
     Count(u64),
-    /// Any text, as given.
+    /// An integer (of a ranged [`ParamKind::Integer`]).
+    Int(i64),
+    /// Text: as given, one of the declared names, or a validator's canonical text.
     Text(String),
 }
 
@@ -104,6 +212,7 @@ impl ParamValue {
     pub fn parse(name: &str, kind: ParamKind, raw: &str) -> Result<Self, ParameterError> {
         Ok(match kind {
             ParamKind::Date => ParamValue::Date(parse_date(name, raw)?),
+            ParamKind::Month => ParamValue::Month(parse_month(name, raw)?),
             ParamKind::Bool => ParamValue::Bool(parse_bool(name, raw)?),
             ParamKind::Count => ParamValue::Count(raw.trim().parse::<u64>().map_err(|_| {
                 ParameterError::new(
@@ -111,17 +220,58 @@ impl ParamValue {
                     format!("invalid number `{raw}` for parameter `{name}`; expected a non-negative integer"),
                 )
             })?),
+            ParamKind::Integer { min, max } => {
+                let n = raw.trim().parse::<i64>().map_err(|_| {
+                    ParameterError::new(
+                        name,
+                        format!("invalid integer `{raw}` for parameter `{name}`; expected {kind}"),
+                    )
+                })?;
+                if !(min..=max).contains(&n) {
+                    return Err(ParameterError::new(
+                        name,
+                        format!("`{raw}` for parameter `{name}` is out of range {min}..={max}"),
+                    ));
+                }
+                ParamValue::Int(n)
+            }
+            ParamKind::OneOf(names) => {
+                let v = raw.trim();
+                let Some(found) = names.iter().find(|n| **n == v) else {
+                    return Err(ParameterError::new(
+                        name,
+                        format!(
+                            "invalid value `{raw}` for parameter `{name}`; expected one of {}",
+                            names.join(", ")
+                        ),
+                    ));
+                };
+                ParamValue::Text((*found).to_owned())
+            }
             ParamKind::Text => ParamValue::Text(raw.to_owned()),
+            ParamKind::Custom(validator) => {
+                ParamValue::Text((validator.check)(raw).map_err(|why| {
+                    ParameterError::new(
+                        name,
+                        format!(
+                            "invalid value `{raw}` for parameter `{name}` ({why}); expected {}",
+                            validator.expected
+                        ),
+                    )
+                })?)
+            }
         })
     }
 
-    /// The kind of this value.
-    pub fn kind(&self) -> ParamKind {
+    /// What kind of value this is, for messages (`a date`, `a month`, ...).
+    pub fn kind_name(&self) -> &'static str {
         match self {
-            ParamValue::Date(_) => ParamKind::Date,
-            ParamValue::Bool(_) => ParamKind::Bool,
-            ParamValue::Count(_) => ParamKind::Count,
-            ParamValue::Text(_) => ParamKind::Text,
+            ParamValue::Date(_) => "a date",
+            ParamValue::Month(_) => "a month",
+            ParamValue::Bool(_) => "a flag",
+            ParamValue::Count(_) => "a count",
+            ParamValue::Int(_) => "an integer",
+            ParamValue::Text(_) => "text",
         }
     }
 }
@@ -130,6 +280,8 @@ impl fmt::Display for ParamValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ParamValue::Date(d) => write!(f, "{}", d.format("%Y-%m-%d")),
+            ParamValue::Month(m) => write!(f, "{m}"),
+            ParamValue::Int(n) => write!(f, "{n}"),
             ParamValue::Bool(b) => write!(f, "{b}"),
             ParamValue::Count(n) => write!(f, "{n}"),
             ParamValue::Text(t) => f.write_str(t),
@@ -140,6 +292,12 @@ impl fmt::Display for ParamValue {
 impl From<NaiveDate> for ParamValue {
     fn from(d: NaiveDate) -> Self {
         ParamValue::Date(d)
+    }
+}
+
+impl From<YearMonth> for ParamValue {
+    fn from(m: YearMonth) -> Self {
+        ParamValue::Month(m)
     }
 }
 
@@ -164,6 +322,22 @@ impl From<&str> for ParamValue {
 impl From<String> for ParamValue {
     fn from(t: String) -> Self {
         ParamValue::Text(t)
+    }
+}
+
+/// What defaults are computed from: the business day of "now".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamContext {
+    /// Today in the business time zone.
+    pub today: NaiveDate,
+}
+
+impl ParamContext {
+    /// Today from `clock` in `timezone` (`batch.timezone`).
+    pub fn new(clock: &dyn Clock, timezone: Tz) -> Self {
+        ParamContext {
+            today: clock.today_in(timezone),
+        }
     }
 }
 
@@ -206,6 +380,44 @@ impl JobParameters {
         Ok(params)
     }
 
+    /// [`from_declared`](Self::from_declared), then every declared default for what was not
+    /// given (dates and months from `ctx`): the parameters of a run. A missing required
+    /// parameter is an error naming it. `run`, `--validate-only`, the kick API and the scheduler
+    /// all resolve through here.
+    pub fn resolve(
+        descriptor: &JobDescriptor,
+        given: BTreeMap<String, String>,
+        ctx: &ParamContext,
+    ) -> Result<Self, ParameterError> {
+        let mut params = Self::from_declared(descriptor, given)?;
+        for spec in descriptor.parameters {
+            if params.is_set(spec.name) {
+                continue;
+            }
+            let value = match spec.default {
+                ParamDefault::None => continue,
+                ParamDefault::Required => {
+                    return Err(ParameterError::new(
+                        spec.name,
+                        format!(
+                            "parameter `{}` ({}) is required by {}",
+                            spec.name, spec.kind, descriptor.name
+                        ),
+                    ));
+                }
+                ParamDefault::Value(v) => ParamValue::parse(spec.name, spec.kind, v)?,
+                ParamDefault::Today => ParamValue::Date(ctx.today),
+                ParamDefault::Yesterday => {
+                    ParamValue::Date(ctx.today.pred_opt().expect("a day before today"))
+                }
+                ParamDefault::ThisMonth => ParamValue::Month(YearMonth::of(ctx.today)),
+                ParamDefault::LastMonth => ParamValue::Month(YearMonth::of(ctx.today).pred()),
+            };
+            params.set(spec.name, value, spec.identifying);
+        }
+        Ok(params)
+    }
+
     /// Sets a value (a default the job fills in, say).
     pub fn set(&mut self, name: &str, value: impl Into<ParamValue>, identifying: bool) {
         self.values.insert(name.to_owned(), value.into());
@@ -240,8 +452,8 @@ impl JobParameters {
             ParameterError::new(
                 name,
                 format!(
-                    "parameter `{name}` is {:?} (`{value}`), not {kind}",
-                    value.kind()
+                    "parameter `{name}` is {} (`{value}`), not {kind}",
+                    value.kind_name()
                 ),
             )
         })
@@ -251,6 +463,22 @@ impl JobParameters {
     pub fn date(&self, name: &str) -> Result<NaiveDate, ParameterError> {
         self.typed(name, "a date", |v| match v {
             ParamValue::Date(d) => Some(*d),
+            _ => None,
+        })
+    }
+
+    /// The month `name` (an error if it is not set or not a month).
+    pub fn month(&self, name: &str) -> Result<YearMonth, ParameterError> {
+        self.typed(name, "a month", |v| match v {
+            ParamValue::Month(m) => Some(*m),
+            _ => None,
+        })
+    }
+
+    /// The integer `name` (an error if it is not set or not an integer).
+    pub fn int(&self, name: &str) -> Result<i64, ParameterError> {
+        self.typed(name, "an integer", |v| match v {
+            ParamValue::Int(n) => Some(*n),
             _ => None,
         })
     }
@@ -324,6 +552,75 @@ impl JobParameters {
     }
 }
 
+/// Checks of the declarations themselves (the launcher runs them over every registered job).
+impl ParameterSpec {
+    /// Whether the default suits the kind (a date default for a date, a value the kind
+    /// accepts, ...). The launcher checks every registered job's parameters with this.
+    pub fn check(&self) -> Result<(), String> {
+        let fits = match self.default {
+            ParamDefault::None | ParamDefault::Required => true,
+            ParamDefault::Today | ParamDefault::Yesterday => self.kind == ParamKind::Date,
+            ParamDefault::ThisMonth | ParamDefault::LastMonth => self.kind == ParamKind::Month,
+            ParamDefault::Value(v) => {
+                return ParamValue::parse(self.name, self.kind, v)
+                    .map(|_| ())
+                    .map_err(|e| format!("the default of parameter `{}`: {e}", self.name));
+            }
+        };
+        let range_ok = match self.kind {
+            ParamKind::Integer { min, max } => min <= max,
+            ParamKind::OneOf(names) => !names.is_empty(),
+            _ => true,
+        };
+        if !fits {
+            return Err(format!(
+                "parameter `{}`: default `{}` does not suit a {} parameter",
+                self.name, self.default, self.kind
+            ));
+        }
+        if !range_ok {
+            return Err(format!(
+                "parameter `{}`: {} accepts no value",
+                self.name, self.kind
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl JobDescriptor {
+    /// Checks the declaration itself: a job name, unique parameter names that `key=value`
+    /// accepts, and defaults that suit their kinds.
+    pub fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(format!(
+                "job name `{}` must be letters and digits only",
+                self.name
+            ));
+        }
+        for (i, p) in self.parameters.iter().enumerate() {
+            let valid_name = !p.name.is_empty()
+                && p.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+            if !valid_name {
+                return Err(format!(
+                    "{}: parameter name `{}` is invalid",
+                    self.name, p.name
+                ));
+            }
+            if self.parameters[..i].iter().any(|q| q.name == p.name) {
+                return Err(format!(
+                    "{}: parameter `{}` is declared twice",
+                    self.name, p.name
+                ));
+            }
+            p.check().map_err(|e| format!("{}: {e}", self.name))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,12 +636,14 @@ mod tests {
                 kind: ParamKind::Date,
                 identifying: true,
                 description: "",
+                default: ParamDefault::None,
             },
             ParameterSpec {
                 name: "verify",
                 kind: ParamKind::Bool,
                 identifying: false,
                 description: "",
+                default: ParamDefault::None,
             },
         ],
     };
@@ -451,6 +750,131 @@ mod tests {
                 .unwrap_err()
                 .message
                 .contains("maybe")
+        );
+    }
+
+    fn currency(raw: &str) -> Result<String, String> {
+        let v = raw.trim().to_ascii_uppercase();
+        if v.len() == 3 && v.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(v)
+        } else {
+            Err("three letters".to_owned())
+        }
+    }
+
+    const KINDS: JobDescriptor = JobDescriptor {
+        name: "kindsJob",
+        description: "",
+        steps: &[],
+        parameters: &[
+            ParameterSpec::new("month", ParamKind::Month)
+                .identifying()
+                .default(ParamDefault::LastMonth),
+            ParameterSpec::new("day", ParamKind::Date).default(ParamDefault::Yesterday),
+            ParameterSpec::new("limit", ParamKind::Integer { min: -5, max: 100 })
+                .default(ParamDefault::Value("10")),
+            ParameterSpec::new("mode", ParamKind::OneOf(&["full", "delta"]))
+                .identifying()
+                .default(ParamDefault::Value("delta")),
+            ParameterSpec::new(
+                "currency",
+                ParamKind::Custom(crate::descriptor::Validator {
+                    expected: "a currency code like KRW",
+                    check: currency,
+                }),
+            ),
+            ParameterSpec::new("region", ParamKind::Text).default(ParamDefault::Required),
+        ],
+    };
+
+    fn resolve(pairs: &[&str]) -> Result<JobParameters, ParameterError> {
+        let ctx = ParamContext {
+            today: NaiveDate::from_ymd_opt(2026, 1, 15).unwrap(),
+        };
+        JobParameters::resolve(&KINDS, parse_pairs(pairs).unwrap(), &ctx)
+    }
+
+    #[test]
+    fn declared_defaults_are_filled_in_from_the_context() {
+        KINDS.check().unwrap();
+        let p = resolve(&["region=kr"]).unwrap();
+        assert_eq!(
+            p.month("month").unwrap().to_string(),
+            "2025-12",
+            "last month"
+        );
+        assert_eq!(p.date("day").unwrap().to_string(), "2026-01-14");
+        assert_eq!(p.int("limit").unwrap(), 10);
+        assert_eq!(p.text("mode").unwrap(), "delta");
+        assert!(!p.is_set("currency"), "no default: unset");
+        assert_eq!(
+            p.identifying_json(),
+            r#"{"mode":"delta","month":"2025-12"}"#
+        );
+        let e = resolve(&[]).unwrap_err();
+        assert_eq!(e.name.as_deref(), Some("region"));
+        assert!(e.message.contains("required"), "{e}");
+    }
+
+    #[test]
+    fn months_ranges_choices_and_validators_are_checked() {
+        let p = resolve(&[
+            "region=kr",
+            "month=2026-02",
+            "limit=-5",
+            "mode=full",
+            "currency=krw",
+        ])
+        .unwrap();
+        let m = p.month("month").unwrap();
+        assert_eq!(
+            (m.first_day().to_string(), m.last_day().to_string()),
+            ("2026-02-01".to_owned(), "2026-02-28".to_owned())
+        );
+        assert_eq!(p.int("limit").unwrap(), -5);
+        assert_eq!(p.text("currency").unwrap(), "KRW", "canonical text");
+        for (bad, name, says) in [
+            ("month=2026-13", "month", "out of range"),
+            ("month=2026-1", "month", "YYYY-MM"),
+            ("month=26-01", "month", "YYYY-MM"),
+            ("limit=101", "limit", "out of range -5..=100"),
+            ("limit=ten", "limit", "integer -5..=100"),
+            ("mode=partial", "mode", "one of full, delta"),
+            ("currency=won!", "currency", "a currency code like KRW"),
+        ] {
+            let e = resolve(&["region=kr", bad]).unwrap_err();
+            assert_eq!(e.name.as_deref(), Some(name), "{bad}: {e}");
+            assert!(e.message.contains(says), "{bad}: {e}");
+            let value = bad.split_once('=').unwrap().1;
+            assert!(e.message.contains(value), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn declarations_are_checked() {
+        let bad_default =
+            ParameterSpec::new("month", ParamKind::Month).default(ParamDefault::Today);
+        assert!(bad_default.check().unwrap_err().contains("does not suit"));
+        let bad_value = ParameterSpec::new("n", ParamKind::Integer { min: 1, max: 3 })
+            .default(ParamDefault::Value("7"));
+        assert!(bad_value.check().unwrap_err().contains("out of range"));
+        const TWICE: JobDescriptor = JobDescriptor {
+            name: "twiceJob",
+            description: "",
+            steps: &[],
+            parameters: &[
+                ParameterSpec::new("a", ParamKind::Text),
+                ParameterSpec::new("a", ParamKind::Bool),
+            ],
+        };
+        assert!(TWICE.check().unwrap_err().contains("declared twice"));
+        assert_eq!(
+            YearMonth::new(2026, 12).unwrap().succ().to_string(),
+            "2027-01"
+        );
+        assert_eq!(
+            YearMonth::new(2026, 1).unwrap().pred().to_string(),
+            "2025-12"
         );
     }
 }

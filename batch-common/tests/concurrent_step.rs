@@ -12,7 +12,7 @@ use batch_common::config::BatchProperties;
 use batch_common::job::{Job, JobDescriptor};
 use batch_common::launcher::{JobLauncher, LaunchOptions};
 use batch_common::listener::JobRunInfo;
-use batch_common::params::{JobParameters, ParameterError};
+use batch_common::params::JobParameters;
 use batch_common::repository::{CreateExecution, JobRepository, StepProgress};
 use batch_common::step::{
     ChunkSettings, InTransaction, ReadScope, Step, StepContext, StepOutcome, TransactionalWriter,
@@ -215,13 +215,6 @@ struct NumberJob {
 impl Job for NumberJob {
     fn descriptor(&self) -> &'static JobDescriptor {
         &DESCRIPTOR
-    }
-
-    fn resolve_parameters(
-        &self,
-        given: BTreeMap<String, String>,
-    ) -> Result<JobParameters, ParameterError> {
-        JobParameters::from_declared(&DESCRIPTOR, given)
     }
 
     fn steps(&self, _params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {

@@ -10,8 +10,8 @@ use batch_common::config::{BatchProperties, ConfigError};
 use batch_common::job::JobEnv;
 use batch_common::launcher::{JobLauncher, LaunchError, LaunchOptions, Prepared};
 use batch_common::module::JobRegistration;
-use batch_common::params::JobParameters;
 use batch_common::params::ParameterError;
+use batch_common::params::{JobParameters, ParamContext};
 use batch_common::repository::JobRepository;
 use batch_common::{Clock, ExitCode};
 use core_domain::DbError;
@@ -87,21 +87,23 @@ impl LaunchFailure {
     }
 }
 
-/// Finds `job_name` and checks the names and value types of `given` against its declared
-/// parameters, before anything connects or runs.
+/// Finds `job_name` and resolves `given` against its declared parameters exactly as the run
+/// will (names, kinds, ranges, validators, required ones, defaults from `ctx`), before anything
+/// connects or runs: `--validate-only` refuses what the run refuses.
 pub fn check(
     registry: &Registry,
     job_name: &str,
     given: &BTreeMap<String, String>,
-) -> Result<JobRegistration, LaunchFailure> {
+    ctx: &ParamContext,
+) -> Result<(JobRegistration, JobParameters), LaunchFailure> {
     let registration = registry
         .find(job_name)
         .ok_or_else(|| LaunchFailure::UnknownJob {
             name: job_name.to_owned(),
             known: registry.names(),
         })?;
-    JobParameters::from_declared(registration.descriptor, given.clone())?;
-    Ok(registration)
+    let params = JobParameters::resolve(registration.descriptor, given.clone(), ctx)?;
+    Ok((registration, params))
 }
 
 /// Builds the job (its builder connects what it needs) and prepares its execution: resolves

@@ -95,10 +95,11 @@ impl Registry {
             ));
             for p in job.parameters {
                 out.push_str(&format!(
-                    "  {}=<{:?}{}>  {}\n",
+                    "  {}=<{}{}>  default: {}  {}\n",
                     p.name,
                     p.kind,
                     if p.identifying { ", identifying" } else { "" },
+                    p.default,
                     p.description
                 ));
             }
@@ -128,6 +129,11 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), jobs.len());
         assert!(registry.find("noSuchJob").is_none());
+        for job in &jobs {
+            job.descriptor
+                .check()
+                .unwrap_or_else(|e| panic!("the descriptor of {}: {e}", job.descriptor.name));
+        }
         assert!(registry.render_list().contains("pointBalanceSyncJob"));
     }
 

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use batch_common::config::{BatchProperties, ConfigError};
 use batch_common::job::JobEnv;
 use batch_common::launcher::{LaunchOptions, Prepared};
-use batch_common::params::parse_pairs;
+use batch_common::params::{ParamContext, parse_pairs};
 use batch_common::repository::JobRepository;
 use batch_common::repository::{ALL_MIGRATIONS, BatchStatus};
 use batch_common::{BatchResult, Clock, ClockExt, ExitCode, SystemClock};
@@ -195,10 +195,17 @@ async fn run_cmd(
 ) -> anyhow::Result<ExitCode> {
     let (job_name, raw) = args.job_and_params().map_err(UsageError)?;
     let given = parse_pairs(&raw)?;
-    // Checks the job and its parameters' names and value types before anything connects or runs.
-    let registration = check(registry, &job_name, &given)?;
+    // Resolves the parameters as the run will, before anything connects or runs.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let ctx = ParamContext::new(clock.as_ref(), props.batch.timezone);
+    let (registration, resolved) = check(registry, &job_name, &given, &ctx)?;
     if args.validate_only {
-        println!("ok: {job_name} {}", raw.join(" "));
+        let shown: Vec<String> = resolved
+            .to_strings()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("ok: {job_name} {}", shown.join(" "));
         return Ok(ExitCode::Completed);
     }
     let props = Arc::new(props);
@@ -208,7 +215,6 @@ async fn run_cmd(
         ALL_MIGRATIONS,
     )
     .await?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let env = JobEnv {
         props: props.clone(),
         db: db.clone(),

@@ -2,7 +2,6 @@
 
 mod asset_job;
 mod cli;
-mod example_domain;
 mod notify_cli;
 mod pipelines;
 mod point_job;

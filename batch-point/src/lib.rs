@@ -5,18 +5,16 @@ pub mod report_plan;
 pub mod settings;
 pub mod sync_balance;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use batch_common::config::BatchProperties;
 use batch_common::config::SettingsSpec;
-use batch_common::job::{BuildFuture, Job, JobEnv, ParamKind};
+use batch_common::job::{BuildFuture, Job, JobEnv, ParamDefault, ParamKind};
 use batch_common::job::{JobDescriptor, ParameterSpec};
 use batch_common::module::{HealthCheck, JobModule, JobRegistration};
-use batch_common::params::{JobParameters, ParameterError};
+use batch_common::params::JobParameters;
 use batch_common::redis::{RedisConn, RedisHealth};
 use batch_common::step::{Step, TaskletStep};
-use batch_common::{Clock, ClockExt};
 use core_domain::Database;
 
 use crate::daily_report::DailyReport;
@@ -70,13 +68,15 @@ pub const DESCRIPTOR: JobDescriptor = JobDescriptor {
             name: "date",
             kind: ParamKind::Date,
             identifying: true,
-            description: "report date YYYY-MM-DD (default: yesterday in batch.timezone)",
+            description: "report date (default: yesterday in batch.timezone)",
+            default: ParamDefault::Yesterday,
         },
         ParameterSpec {
             name: "verify",
             kind: ParamKind::Bool,
             identifying: true,
-            description: "true: only report cache drift, write nothing (default false; its own job instance)",
+            description: "true: only report cache drift, write nothing (its own job instance)",
+            default: ParamDefault::Value("false"),
         },
     ],
 };
@@ -85,24 +85,14 @@ pub const DESCRIPTOR: JobDescriptor = JobDescriptor {
 pub struct PointBalanceSyncJob {
     db: Database,
     redis: RedisConn,
-    clock: Arc<dyn Clock>,
     props: Arc<BatchProperties>,
 }
 
 impl PointBalanceSyncJob {
-    /// The job over `db` and `redis`.
-    pub fn new(
-        db: Database,
-        redis: RedisConn,
-        clock: Arc<dyn Clock>,
-        props: Arc<BatchProperties>,
-    ) -> Self {
-        PointBalanceSyncJob {
-            db,
-            redis,
-            clock,
-            props,
-        }
+    /// The job over `db` and `redis`. Its `date` defaults to yesterday, which the runtime
+    /// computes from its injected Clock (the descriptor declares it).
+    pub fn new(db: Database, redis: RedisConn, props: Arc<BatchProperties>) -> Self {
+        PointBalanceSyncJob { db, redis, props }
     }
 }
 
@@ -113,7 +103,6 @@ pub fn build(env: &JobEnv) -> BuildFuture<'_> {
         let job: Arc<dyn Job> = Arc::new(PointBalanceSyncJob::new(
             env.db.clone(),
             redis,
-            env.clock.clone(),
             env.props.clone(),
         ));
         Ok(job)
@@ -123,22 +112,6 @@ pub fn build(env: &JobEnv) -> BuildFuture<'_> {
 impl Job for PointBalanceSyncJob {
     fn descriptor(&self) -> &'static JobDescriptor {
         &DESCRIPTOR
-    }
-
-    fn resolve_parameters(
-        &self,
-        given: BTreeMap<String, String>,
-    ) -> Result<JobParameters, ParameterError> {
-        let mut params = JobParameters::from_declared(&DESCRIPTOR, given)?;
-        if !params.is_set("date") {
-            let yesterday = self.clock.yesterday_in(self.props.batch.timezone);
-            params.set("date", yesterday, true);
-        }
-        // `verify=false` and no `verify` are the same instance.
-        if !params.is_set("verify") {
-            params.set("verify", false, true);
-        }
-        Ok(params)
     }
 
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {

@@ -51,7 +51,7 @@ pub async fn run_job(
     args: &[&str],
     rerun: bool,
 ) -> BatchResult {
-    let job = PointBalanceSyncJob::new(db.db.clone(), redis, clock.clone(), props.clone());
+    let job = PointBalanceSyncJob::new(db.db.clone(), redis, props.clone());
     let launcher = JobLauncher::new(
         JobRepository::new(db.db.clone()),
         clock,
@@ -143,7 +143,7 @@ pub async fn run_with(
     options: &LaunchOptions,
 ) -> BatchResult {
     let clock: Arc<dyn batch_common::Clock> = Arc::new(batch_common::SystemClock);
-    let job = PointBalanceSyncJob::new(db.db.clone(), redis, clock.clone(), props.clone());
+    let job = PointBalanceSyncJob::new(db.db.clone(), redis, props.clone());
     let mut launcher = JobLauncher::new(
         JobRepository::new(db.db.clone()),
         clock,

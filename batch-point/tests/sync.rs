@@ -124,16 +124,22 @@ async fn default_date_comes_from_the_injected_clock() {
             .unwrap(),
     );
     let db = batch_testkit::TestDb::new(core_domain::Backend::Sqlite).await;
-    let job = batch_point::PointBalanceSyncJob::new(
-        db.db.clone(),
-        single(&redis, &props).await,
-        std::sync::Arc::new(clock),
-        props,
-    );
-    let p = job.resolve_parameters(Default::default()).unwrap();
+    let clock = std::sync::Arc::new(clock);
+    let tz = props.batch.timezone;
+    let job =
+        batch_point::PointBalanceSyncJob::new(db.db.clone(), single(&redis, &props).await, props);
+    // The runtime resolves a run's parameters from the job's descriptor and the injected clock.
+    let resolve = |given| {
+        batch_common::params::JobParameters::resolve(
+            job.descriptor(),
+            given,
+            &batch_common::params::ParamContext::new(clock.as_ref(), tz),
+        )
+    };
+    let p = resolve(Default::default()).unwrap();
     assert_eq!(p.to_strings()["date"], "2026-11-20");
     let given = batch_common::params::parse_pairs(&["date=2026-01-02", "verify=yes"]).unwrap();
-    let p = job.resolve_parameters(given).unwrap();
+    let p = resolve(given).unwrap();
     assert_eq!(
         (
             p.date("date").unwrap().to_string(),
@@ -142,10 +148,5 @@ async fn default_date_comes_from_the_injected_clock() {
         ("2026-01-02".to_owned(), true)
     );
     let bad = batch_common::params::parse_pairs(&["date=2026-1-32"]).unwrap();
-    assert!(
-        job.resolve_parameters(bad)
-            .unwrap_err()
-            .message
-            .contains("2026-1-32")
-    );
+    assert!(resolve(bad).unwrap_err().message.contains("2026-1-32"));
 }

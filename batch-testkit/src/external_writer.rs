@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use batch_common::Transient;
-use batch_common::job::{Job, JobDescriptor, ParamKind, ParameterSpec};
-use batch_common::params::{JobParameters, ParameterError};
+use batch_common::job::{Job, JobDescriptor, ParamDefault, ParamKind, ParameterSpec};
+use batch_common::params::JobParameters;
 use batch_common::step::{
     ChunkStep, ExternalWriter as StepExternalWriter, ItemReader, PassThrough, ReadScope, Step,
     WriteOutcome,
@@ -40,12 +40,14 @@ pub const EXTERNAL: JobDescriptor = JobDescriptor {
             kind: ParamKind::Text,
             identifying: true,
             description: "instance id",
+            default: ParamDefault::Value("default"),
         },
         ParameterSpec {
             name: "items",
             kind: ParamKind::Count,
             identifying: false,
             description: "how many numbers (default 50)",
+            default: ParamDefault::None,
         },
     ],
 };
@@ -356,17 +358,6 @@ pub struct ExternalJob {
 impl Job for ExternalJob {
     fn descriptor(&self) -> &'static JobDescriptor {
         &EXTERNAL
-    }
-
-    fn resolve_parameters(
-        &self,
-        given: BTreeMap<String, String>,
-    ) -> Result<JobParameters, ParameterError> {
-        let mut p = JobParameters::from_declared(&EXTERNAL, given)?;
-        if !p.is_set("run") {
-            p.set("run", "default", true);
-        }
-        Ok(p)
     }
 
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {

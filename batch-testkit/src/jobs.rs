@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use batch_common::job::{Job, JobDescriptor, ParamKind, ParameterSpec};
+use batch_common::job::{Job, JobDescriptor, ParamDefault, ParamKind, ParameterSpec};
 use batch_common::params::{JobParameters, ParameterError, parse_pairs};
 use batch_common::step::{
     ChunkStep, ItemReader, PassThrough, ReadScope, Step, StepContext, StepOutcome, Tasklet,
@@ -34,24 +34,28 @@ pub const COUNTING: JobDescriptor = JobDescriptor {
             kind: ParamKind::Text,
             identifying: true,
             description: "instance id",
+            default: ParamDefault::Value("default"),
         },
         ParameterSpec {
             name: "items",
             kind: ParamKind::Count,
             identifying: false,
             description: "how many numbers (default 100)",
+            default: ParamDefault::None,
         },
         ParameterSpec {
             name: "delay_ms",
             kind: ParamKind::Count,
             identifying: false,
             description: "pause per chunk write",
+            default: ParamDefault::None,
         },
         ParameterSpec {
             name: "fail_items",
             kind: ParamKind::Text,
             identifying: false,
             description: "comma-separated numbers that fail as item failures",
+            default: ParamDefault::None,
         },
     ],
 };
@@ -80,17 +84,6 @@ pub struct CountingJob {
 impl Job for CountingJob {
     fn descriptor(&self) -> &'static JobDescriptor {
         &COUNTING
-    }
-
-    fn resolve_parameters(
-        &self,
-        given: BTreeMap<String, String>,
-    ) -> Result<JobParameters, ParameterError> {
-        let mut p = JobParameters::from_declared(&COUNTING, given)?;
-        if !p.is_set("run") {
-            p.set("run", "default", true);
-        }
-        Ok(p)
     }
 
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {

@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 
 pub mod bench;
-pub mod example_module;
 pub mod external_writer;
 pub mod jobs;
 

@@ -10,6 +10,7 @@ use super::{
 use crate::clock::ClockExt;
 use crate::job::Job;
 use crate::listener::JobRunInfo;
+use crate::params::{JobParameters, ParamContext};
 use crate::repository::{BatchStatus, CreateExecution, NotRun, RunStatus, exit_codes};
 use crate::result::{BatchResult, ExitCode};
 
@@ -24,7 +25,8 @@ impl JobLauncher {
         options: &LaunchOptions,
     ) -> Result<Prepared, LaunchError> {
         let descriptor = job.descriptor();
-        let params = job.resolve_parameters(given)?;
+        let ctx = ParamContext::new(self.clock.as_ref(), self.settings.timezone);
+        let params = JobParameters::resolve(descriptor, given, &ctx)?;
         let steps = job.steps(&params).map_err(LaunchError::Setup)?;
         let started = Instant::now();
         let now = self.clock.now_naive_utc();

@@ -9,7 +9,7 @@ use batch_common::job::JobEnv;
 use batch_common::launcher::{JobLauncher, LaunchOptions, Prepared};
 use batch_common::metrics::Metrics;
 use batch_common::module::{HealthCheck, JobRegistration};
-use batch_common::params::JobParameters;
+use batch_common::params::{JobParameters, ParamContext};
 use batch_common::repository::JobRepository;
 use batch_common::schedule::{MissedTicks, Scheduler};
 use batch_common::{BatchResult, Clock, ExitCode};
@@ -147,8 +147,13 @@ impl Service {
         if self.shutdown.is_cancelled() {
             return Err(LaunchFailure::ShuttingDown);
         }
-        // Names and value types first, before anything connects.
-        JobParameters::from_declared(registration.descriptor, given.clone())?;
+        // The parameters exactly as the run resolves them (names, kinds, ranges, validators,
+        // required ones), before anything connects.
+        JobParameters::resolve(
+            registration.descriptor,
+            given.clone(),
+            &ParamContext::new(self.clock.as_ref(), self.props.batch.timezone),
+        )?;
         let env = JobEnv {
             props: self.props.clone(),
             db: self.db.clone(),
