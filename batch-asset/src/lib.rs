@@ -44,6 +44,10 @@ impl JobModule for AssetModule {
     fn default_schedules(&self) -> &'static [(&'static str, &'static str)] {
         &[(JOB_NAME, "0 0 4 * * *")]
     }
+
+    fn deployment_settings(&self) -> &'static [&'static str] {
+        &["asset.api_base_url", "asset.api_token"]
+    }
 }
 
 /// The launcher's factory: the reqwest provider from `[asset]`, and the job.

@@ -45,6 +45,14 @@ pub trait JobModule: Send + Sync {
         &[]
     }
 
+    /// The settings its jobs need from the deployment, beyond `database.url` (which every job
+    /// needs): the keys a deployment passes as secrets or per environment, e.g. `redis.url`,
+    /// `asset.api_token`. Generated Jenkins pipelines bind each from a credential
+    /// (`BATCH__<SECTION>__<KEY>`).
+    fn deployment_settings(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Checks `serve`'s `/health` runs besides the database's (e.g. the Redis the module's jobs
     /// write to). Each check's name is its key in the health answer.
     fn health_checks(&self, props: &BatchProperties) -> Vec<Arc<dyn HealthCheck>> {

@@ -74,6 +74,14 @@ impl Registry {
             .join(", ")
     }
 
+    /// The module that registers `job`.
+    pub fn module_of(&self, job: &str) -> Option<&'static dyn JobModule> {
+        self.modules
+            .iter()
+            .copied()
+            .find(|m| m.jobs().iter().any(|j| j.descriptor.name == job))
+    }
+
     /// The health checks of every module, for `serve`.
     pub fn health_checks(&self, props: &BatchProperties) -> Vec<Arc<dyn HealthCheck>> {
         self.modules

@@ -50,6 +50,10 @@ impl JobModule for PointModule {
         &[(JOB_NAME, "0 0 1 * * *")]
     }
 
+    fn deployment_settings(&self) -> &'static [&'static str] {
+        &["redis.url"]
+    }
+
     fn health_checks(&self, props: &BatchProperties) -> Vec<Arc<dyn HealthCheck>> {
         vec![Arc::new(RedisHealth::new(props.redis.clone()))]
     }
