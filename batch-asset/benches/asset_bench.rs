@@ -92,7 +92,7 @@ async fn run() -> anyhow::Result<()> {
         .unwrap();
     core_domain::migrate::run_pending(
         &DatabaseUrl::parse(&db_url)?,
-        batch_common::repository::ALL_MIGRATIONS,
+        batch_common::repository::BASE_MIGRATIONS,
     )
     .await?;
     let mut conn = DbConnection::establish(&DatabaseUrl::parse(&db_url)?).await?;

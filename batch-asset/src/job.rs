@@ -7,12 +7,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use batch_common::job::{Job, JobDescriptor, ParamDefault, ParamKind, ParameterSpec};
 use batch_common::params::JobParameters;
-use batch_common::step::{ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page};
-use batch_common::step::{InTransaction, ReadScope, Step, TransactionalWriter, WriteOutcome};
+use batch_common::step::{ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeysetReader};
+use batch_common::step::{InTransaction, Step, TransactionalWriter, WriteOutcome};
 use batch_common::{Clock, ClockExt};
 use chrono::NaiveDate;
 use core_domain::models::{AssetHistory, NewAssetHistory, User};
-use core_domain::{Database, DbConnection};
+use core_domain::{ActiveUsers, Database, DbConnection};
 
 use crate::provider::AssetProvider;
 use crate::usecase::AssetRefreshUseCase;
@@ -71,10 +71,8 @@ impl Job for AssetRefreshJob {
         let day = params.date("date")?;
         Ok(vec![Arc::new(ConcurrentStep::new(
             STEP_NAME,
-            ActiveUserReader {
-                db: self.db.clone(),
-                only: None,
-            },
+            // Active users by id; in a failed-items run, only those still active.
+            KeysetReader::new(self.db.clone(), ActiveUsers),
             RefreshProcessor {
                 usecase: AssetRefreshUseCase::new(self.provider.clone()),
                 day,
@@ -86,77 +84,6 @@ impl Job for AssetRefreshJob {
             }),
             self.concurrency,
         ))])
-    }
-}
-
-/// Active users by id (keyset pages); in a failed-items run, only those users.
-pub struct ActiveUserReader {
-    db: Database,
-    only: Option<Vec<i64>>,
-}
-
-#[async_trait]
-impl KeyedReader for ActiveUserReader {
-    type Item = User;
-
-    fn key(user: &User) -> i64 {
-        user.id
-    }
-
-    async fn open(&mut self, scope: &ReadScope) -> anyhow::Result<()> {
-        self.only = match scope {
-            ReadScope::All => None,
-            ReadScope::FailedItems(keys) => {
-                let mut ids = keys
-                    .iter()
-                    .map(|k| {
-                        k.parse::<i64>()
-                            .map_err(|e| anyhow::anyhow!("item key `{k}` is not a user id: {e}"))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                ids.sort_unstable();
-                ids.dedup();
-                Some(ids)
-            }
-        };
-        Ok(())
-    }
-
-    async fn read_page(&mut self, after: i64, max: usize) -> anyhow::Result<Page<User>> {
-        let mut conn = self.db.get().await?;
-        let conn: &mut DbConnection = &mut conn;
-        match &self.only {
-            None => {
-                let users = User::active_page_after(conn, after, max as i64).await?;
-                // A short page is the last one.
-                let next = (users.len() >= max)
-                    .then(|| users.last().map(|u| u.id))
-                    .flatten();
-                Ok(Page { items: users, next })
-            }
-            Some(ids) => {
-                let start = ids.partition_point(|id| *id <= after);
-                let next_ids = &ids[start..(start + max).min(ids.len())];
-                let mut users = User::find_many(conn, next_ids).await?;
-                // A user deactivated since the failure is not called any more.
-                users.retain(User::is_active);
-                let more = start + next_ids.len() < ids.len();
-                Ok(Page {
-                    items: users,
-                    next: next_ids.last().copied().filter(|_| more),
-                })
-            }
-        }
-    }
-
-    async fn total(&mut self, scope: &ReadScope) -> anyhow::Result<Option<u64>> {
-        Ok(Some(match scope {
-            ReadScope::All => {
-                let mut conn = self.db.get().await?;
-                User::count_active(&mut conn).await?.max(0) as u64
-            }
-            ReadScope::FailedItems(keys) => keys.len() as u64,
-        }))
     }
 }
 

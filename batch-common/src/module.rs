@@ -1,10 +1,11 @@
 //! Domain modules: the unit of extension.
 //!
 //! A domain crate (`batch-<domain>`) hands the launcher everything it contributes through one
-//! [`JobModule`]: its jobs (descriptor + builder), its settings section (a typed
-//! [`SettingsSection`](crate::config::SettingsSection) with its defaults and its own validation), the default schedules of its
-//! jobs, and its health checks. The launcher keeps one list of modules, one line per domain; the
-//! runtime itself knows no domain.
+//! [`JobModule`]: its jobs (descriptor + builder), its tables' migrations (a
+//! [`MigrationSet`] of its own), its settings section (a typed
+//! [`SettingsSection`](crate::config::SettingsSection) with its defaults and its own
+//! validation), the default schedules of its jobs, and its health checks. The launcher keeps
+//! one list of modules, one line per domain; the runtime itself knows no domain.
 //!
 //! ```text
 //! pub struct BillingModule;
@@ -23,7 +24,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{BatchProperties, CONFIG_FILE_ENV, ConfigError, SettingsSpec};
+use core_domain::MigrationSet;
+
 use crate::job::{JobBuilder, JobDescriptor};
+use crate::repository::BASE_MIGRATIONS;
 
 /// What a domain crate contributes to the launcher. Registered once, in the launcher's list of
 /// modules.
@@ -33,6 +37,13 @@ pub trait JobModule: Send + Sync {
 
     /// The jobs of this module, in `list` order.
     fn jobs(&self) -> &'static [JobRegistration];
+
+    /// The migrations of the tables this module owns (its `migrations/{sqlite,postgres,mysql}`
+    /// folders and its `schema.rs`), if it has tables of its own. They apply after the runtime's
+    /// and the shared entities' sets, so they may refer to shared tables (`users`).
+    fn migrations(&self) -> Option<&'static MigrationSet> {
+        None
+    }
 
     /// The module's settings section, if it has one (`SettingsSpec::of::<MySettings>()`).
     fn settings(&self) -> Option<SettingsSpec> {
@@ -79,6 +90,15 @@ pub trait HealthCheck: Send + Sync {
     /// `Ok` when the dependency answers; the error says what failed (secrets redacted). The
     /// caller bounds the time it may take.
     async fn check(&self) -> Result<(), String>;
+}
+
+/// Every migration set a database needs for `modules`, in the order they apply: the runtime's
+/// metadata, the shared entities, then each module's own set in registration order. `migrate`,
+/// `run`, `serve` and the pending-migrations check all use this list.
+pub fn migration_sets(modules: &[&dyn JobModule]) -> Vec<&'static MigrationSet> {
+    let mut sets: Vec<&'static MigrationSet> = BASE_MIGRATIONS.to_vec();
+    sets.extend(modules.iter().filter_map(|m| m.migrations()));
+    sets
 }
 
 /// Every job of `modules`, in order.

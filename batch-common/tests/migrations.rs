@@ -5,7 +5,7 @@
 //! must be up to date for today's two sets and keep its rows and its migration history.
 
 use batch_common::repository::{
-    ALL_MIGRATIONS, CreateExecution, JobRepository, METADATA_MIGRATIONS, StepCounts, StepProgress,
+    BASE_MIGRATIONS, CreateExecution, JobRepository, METADATA_MIGRATIONS, StepCounts, StepProgress,
 };
 use batch_testkit::TestDb;
 use chrono::NaiveDate;
@@ -19,6 +19,8 @@ use diesel_migrations::embed_migrations;
 /// The migrations exactly as the 2026-11 release shipped them: one set holding both migrations.
 static RELEASE_2026_11: MigrationSet = MigrationSet {
     name: "release-2026-11",
+    // Not schema-checked: today's sets own its tables.
+    schema: "",
     sqlite: embed_migrations!("tests/fixtures/migrations-2026-11/sqlite"),
     postgres: embed_migrations!("tests/fixtures/migrations-2026-11/postgres"),
     mysql: embed_migrations!("tests/fixtures/migrations-2026-11/mysql"),
@@ -28,6 +30,18 @@ const NAMES: [&str; 2] = [
     "2026-11-21-000001_create_domain_tables",
     "2026-11-21-000002_create_batch_metadata",
 ];
+
+/// The same migrations in today's order of sets: the runtime's metadata, then the shared entities.
+const BASE_ORDER: [&str; 2] = [NAMES[1], NAMES[0]];
+
+/// core-domain's migrations once more, as a second owner's set: every version clashes.
+static CLASHING: MigrationSet = MigrationSet {
+    name: "clashing",
+    schema: "",
+    sqlite: embed_migrations!("../migrations/domain/sqlite"),
+    postgres: embed_migrations!("../migrations/domain/postgres"),
+    mysql: embed_migrations!("../migrations/domain/mysql"),
+};
 
 #[derive(QueryableByName)]
 struct Version {
@@ -107,19 +121,19 @@ async fn a_database_of_the_2026_11_release_is_up_to_date(backend: Backend) {
 
     // Today's code: nothing pending, connect accepts it (PostgreSQL and MySQL refuse a database
     // with pending migrations; SQLite would apply them), migrating applies nothing.
-    assert_eq!(migrate::all_names(backend, ALL_MIGRATIONS), NAMES);
+    assert_eq!(migrate::all_names(backend, BASE_MIGRATIONS), BASE_ORDER);
     assert!(
-        migrate::pending(db.url(), ALL_MIGRATIONS)
+        migrate::pending(db.url(), BASE_MIGRATIONS)
             .await
             .unwrap()
             .is_empty(),
         "{backend}: pending after the release's migrations"
     );
-    let new = Database::connect(db.url(), &PoolOptions::default(), ALL_MIGRATIONS)
+    let new = Database::connect(db.url(), &PoolOptions::default(), BASE_MIGRATIONS)
         .await
         .unwrap_or_else(|e| panic!("{backend}: connect refused a migrated database: {e}"));
     assert!(
-        migrate::run_pending(db.url(), ALL_MIGRATIONS)
+        migrate::run_pending(db.url(), BASE_MIGRATIONS)
             .await
             .unwrap()
             .is_empty(),
@@ -160,18 +174,18 @@ async fn mysql_a_database_of_the_2026_11_release_is_up_to_date() {
 async fn both_sets_apply_in_order_once(backend: Backend) {
     let db = TestDb::unmigrated(backend).await;
     assert_eq!(
-        migrate::pending(db.url(), ALL_MIGRATIONS).await.unwrap(),
-        NAMES
+        migrate::pending(db.url(), BASE_MIGRATIONS).await.unwrap(),
+        BASE_ORDER
     );
     assert_eq!(
-        migrate::run_pending(db.url(), ALL_MIGRATIONS)
+        migrate::run_pending(db.url(), BASE_MIGRATIONS)
             .await
             .unwrap(),
-        NAMES,
-        "domain first, then the batch metadata"
+        BASE_ORDER,
+        "the batch metadata first, then the shared entities"
     );
     assert!(
-        migrate::run_pending(db.url(), ALL_MIGRATIONS)
+        migrate::run_pending(db.url(), BASE_MIGRATIONS)
             .await
             .unwrap()
             .is_empty(),
@@ -204,7 +218,7 @@ async fn connect_checks_every_set() {
         migrate::run_pending(db.url(), &[&DOMAIN_MIGRATIONS])
             .await
             .unwrap();
-        let err = Database::connect(db.url(), &PoolOptions::default(), ALL_MIGRATIONS)
+        let err = Database::connect(db.url(), &PoolOptions::default(), BASE_MIGRATIONS)
             .await
             .unwrap_err();
         match &err {
@@ -227,11 +241,11 @@ async fn sqlite_is_created_with_both_sets_on_first_use() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/batch.db");
     let url = core_domain::DatabaseUrl::parse(&format!("sqlite://{}", path.display())).unwrap();
-    let db = Database::connect(&url, &PoolOptions::default(), ALL_MIGRATIONS)
+    let db = Database::connect(&url, &PoolOptions::default(), BASE_MIGRATIONS)
         .await
         .unwrap();
     assert!(
-        migrate::pending(&url, ALL_MIGRATIONS)
+        migrate::pending(&url, BASE_MIGRATIONS)
             .await
             .unwrap()
             .is_empty()
@@ -266,4 +280,26 @@ fn released_migrations_are_unchanged() {
             }
         }
     }
+}
+
+/// Two sets that use one version would share its row in `__diesel_schema_migrations`: refused
+/// before anything runs, naming both migrations and sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_two_sets_use_is_refused() {
+    let db = TestDb::unmigrated(Backend::Sqlite).await;
+    let sets: &[&'static MigrationSet] = &[&DOMAIN_MIGRATIONS, &CLASHING];
+    let err = migrate::run_pending(db.url(), sets).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("`clashing`") && text.contains("`domain`") && text.contains(NAMES[0]),
+        "{text}"
+    );
+    // Nothing was applied.
+    assert_eq!(
+        migrate::run_pending(db.url(), &[&DOMAIN_MIGRATIONS])
+            .await
+            .unwrap(),
+        [NAMES[0]],
+        "the refused call applied something"
+    );
 }

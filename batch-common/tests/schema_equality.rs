@@ -1,243 +1,23 @@
-//! The three migrated schemas have the same tables, columns, types, nullability and unique keys,
-//! and they match the two hand-written schema files: core-domain's `schema.rs` (the business
-//! entities, `migrations/domain`) and batch-common's `repository/schema.rs` (the batch metadata,
-//! `migrations/batch`). Each migration set creates exactly the tables of its own schema file.
+//! The base migration sets (the runtime's metadata, the shared entities) pass the schema check
+//! every owner gets (`batch_testkit::schema`): the same schema on all three backends, matching
+//! batch-common's `repository/schema.rs` and core-domain's `schema.rs`, each set creating exactly
+//! its own tables. The unique keys the spec names exist.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use batch_common::repository::ALL_MIGRATIONS;
-use batch_testkit::TestDb;
-use core_domain::migrate::{self, DOMAIN_MIGRATIONS};
-use core_domain::{Backend, DbConnection, MigrationSet, dispatch};
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel_async::RunQueryDsl;
-
-/// column -> (type, nullable)
-type TableColumns = BTreeMap<String, (String, bool)>;
-/// table -> column -> (type, nullable)
-type Columns = BTreeMap<String, TableColumns>;
-/// table -> set of unique keys (column lists in key order)
-type Uniques = BTreeMap<String, BTreeSet<Vec<String>>>;
-
-#[derive(QueryableByName, Debug)]
-struct ColumnRow {
-    #[diesel(sql_type = Text)]
-    table_name: String,
-    #[diesel(sql_type = Text)]
-    column_name: String,
-    #[diesel(sql_type = Text)]
-    data_type: String,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    max_length: Option<i64>,
-    #[diesel(sql_type = Text)]
-    is_nullable: String,
-    #[diesel(sql_type = BigInt)]
-    pk: i64,
-}
-
-#[derive(QueryableByName, Debug)]
-struct IndexRow {
-    #[diesel(sql_type = Text)]
-    table_name: String,
-    #[diesel(sql_type = Text)]
-    index_name: String,
-    #[diesel(sql_type = BigInt)]
-    seqno: i64,
-    #[diesel(sql_type = Text)]
-    column_name: String,
-}
-
-const PG_COLUMNS: &str = "SELECT table_name::text AS table_name, column_name::text AS column_name, \
-    data_type::text AS data_type, character_maximum_length::bigint AS max_length, \
-    is_nullable::text AS is_nullable, 0::bigint AS pk \
-    FROM information_schema.columns WHERE table_schema = 'public' \
-    AND table_name <> '__diesel_schema_migrations'";
-const PG_UNIQUES: &str = "SELECT t.relname::text AS table_name, ic.relname::text AS index_name, \
-    k.ord::bigint AS seqno, a.attname::text AS column_name \
-    FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_class ic ON ic.oid = i.indexrelid \
-    JOIN pg_namespace n ON n.oid = t.relnamespace \
-    CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
-    JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum \
-    WHERE n.nspname = 'public' AND i.indisunique AND NOT i.indisprimary \
-    AND t.relname <> '__diesel_schema_migrations'";
-const MYSQL_COLUMNS: &str = "SELECT CAST(table_name AS CHAR) AS table_name, CAST(column_name AS CHAR) AS column_name, \
-    CAST(data_type AS CHAR) AS data_type, CAST(character_maximum_length AS SIGNED) AS max_length, \
-    CAST(is_nullable AS CHAR) AS is_nullable, CAST(0 AS SIGNED) AS pk \
-    FROM information_schema.columns WHERE table_schema = DATABASE() \
-    AND table_name <> '__diesel_schema_migrations'";
-const MYSQL_UNIQUES: &str = "SELECT CAST(table_name AS CHAR) AS table_name, CAST(index_name AS CHAR) AS index_name, \
-    CAST(seq_in_index AS SIGNED) AS seqno, CAST(column_name AS CHAR) AS column_name \
-    FROM information_schema.statistics WHERE table_schema = DATABASE() \
-    AND non_unique = 0 AND index_name <> 'PRIMARY' AND table_name <> '__diesel_schema_migrations'";
-const SQLITE_COLUMNS: &str = "SELECT m.name AS table_name, p.name AS column_name, p.type AS data_type, \
-    NULL AS max_length, CASE WHEN p.\"notnull\" = 1 OR p.pk > 0 THEN 'NO' ELSE 'YES' END AS is_nullable, \
-    p.pk AS pk \
-    FROM sqlite_master m JOIN pragma_table_info(m.name) p \
-    WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name <> '__diesel_schema_migrations'";
-const SQLITE_UNIQUES: &str = "SELECT m.name AS table_name, il.name AS index_name, ii.seqno AS seqno, \
-    ii.name AS column_name \
-    FROM sqlite_master m JOIN pragma_index_list(m.name) il JOIN pragma_index_info(il.name) ii \
-    WHERE m.type = 'table' AND il.\"unique\" = 1 AND il.origin <> 'pk' \
-    AND m.name <> '__diesel_schema_migrations'";
-
-/// Maps a backend's column type to the diesel type name used in schema.rs (with a VARCHAR length).
-fn normalize(backend: Backend, row: &ColumnRow) -> String {
-    let t = row.data_type.to_ascii_lowercase();
-    let (base, len_in_type) = match t.split_once('(') {
-        Some((b, rest)) => (
-            b.trim().to_owned(),
-            rest.trim_end_matches(')').parse::<i64>().ok(),
-        ),
-        None => (t.clone(), None),
-    };
-    let len = row.max_length.or(len_in_type);
-    match (backend, base.as_str()) {
-        (Backend::Sqlite, "integer") if row.pk > 0 => "BigInt".into(),
-        (_, "bigint") => "BigInt".into(),
-        (_, "integer" | "int") => "Integer".into(),
-        (_, "character varying" | "varchar") => format!("Varchar({})", len.unwrap_or(-1)),
-        (_, "text") => "Text".into(),
-        (_, "timestamp without time zone" | "timestamp" | "datetime") => "Timestamp".into(),
-        (_, "date") => "Date".into(),
-        (b, other) => panic!(
-            "{b}: unexpected column type `{other}` for {}.{}",
-            row.table_name, row.column_name
-        ),
-    }
-}
-
-/// The schema of a fresh database on `backend` migrated with `sets`.
-async fn introspect(backend: Backend, sets: &[&'static MigrationSet]) -> (Columns, Uniques) {
-    let db = TestDb::unmigrated(backend).await;
-    migrate::run_pending(db.url(), sets)
-        .await
-        .unwrap_or_else(|e| panic!("migrating {backend}: {e}"));
-    let mut conn = db.conn().await;
-    let (cols_sql, uniq_sql) = match backend {
-        Backend::Postgres => (PG_COLUMNS, PG_UNIQUES),
-        Backend::Mysql => (MYSQL_COLUMNS, MYSQL_UNIQUES),
-        Backend::Sqlite => (SQLITE_COLUMNS, SQLITE_UNIQUES),
-    };
-    let conn: &mut DbConnection = &mut conn;
-    let col_rows: Vec<ColumnRow> =
-        dispatch!(&mut *conn, c => diesel::sql_query(cols_sql).load(c).await).expect("columns");
-    let idx_rows: Vec<IndexRow> =
-        dispatch!(&mut *conn, c => diesel::sql_query(uniq_sql).load(c).await).expect("unique keys");
-
-    let mut columns = Columns::new();
-    for row in &col_rows {
-        columns.entry(row.table_name.clone()).or_default().insert(
-            row.column_name.clone(),
-            (normalize(backend, row), row.is_nullable == "YES"),
-        );
-    }
-    let mut by_index: BTreeMap<(String, String), Vec<(i64, String)>> = BTreeMap::new();
-    for row in idx_rows {
-        by_index
-            .entry((row.table_name, row.index_name))
-            .or_default()
-            .push((row.seqno, row.column_name));
-    }
-    let mut uniques = Uniques::new();
-    for ((table, _), mut cols) in by_index {
-        cols.sort();
-        uniques
-            .entry(table)
-            .or_default()
-            .insert(cols.into_iter().map(|(_, c)| c).collect());
-    }
-    (columns, uniques)
-}
-
-/// core-domain's `schema.rs`: the business entities.
-const DOMAIN_SCHEMA_RS: &str = include_str!("../../core-domain/src/schema.rs");
-/// batch-common's `repository/schema.rs`: the batch metadata.
-const METADATA_SCHEMA_RS: &str = include_str!("../src/repository/schema.rs");
-
-/// Parses a schema file: table -> column -> (diesel type, nullable). `#[sql_name]` gives the SQL
-/// name.
-fn parse_schema_rs(src: &str) -> Columns {
-    let mut tables = BTreeMap::new();
-    let mut current: Option<(String, TableColumns)> = None;
-    let mut sql_name: Option<String> = None;
-    for line in src.lines().map(str::trim) {
-        if line.starts_with("///") || line.starts_with("//") {
-            continue;
-        }
-        if let Some((name, _)) = line.split_once(" (id) {") {
-            current = Some((name.trim().to_owned(), BTreeMap::new()));
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("#[sql_name = \"") {
-            sql_name = Some(rest.trim_end_matches("\"]").to_owned());
-            continue;
-        }
-        if let Some((table, cols)) = current.as_mut()
-            && let Some((col, ty)) = line.split_once(" -> ")
-        {
-            let ty = ty.trim_end_matches(',');
-            let (ty, nullable) = match ty.strip_prefix("Nullable<") {
-                Some(inner) => (inner.trim_end_matches('>').to_owned(), true),
-                None => (ty.to_owned(), false),
-            };
-            let name = sql_name.take().unwrap_or_else(|| col.to_owned());
-            assert!(
-                cols.insert(name, (ty, nullable)).is_none(),
-                "duplicate column in {table}"
-            );
-            continue;
-        }
-        if line == "}"
-            && let Some((table, cols)) = current.take()
-        {
-            tables.insert(table, cols);
-        }
-    }
-    tables
-}
-
-fn strip_len(t: &str) -> &str {
-    t.split_once('(').map_or(t, |(b, _)| b)
-}
-
-/// Columns with VARCHAR lengths dropped (the schema files do not carry them).
-fn without_lengths(columns: &Columns) -> Columns {
-    columns
-        .iter()
-        .map(|(t, cols)| {
-            let cols = cols
-                .iter()
-                .map(|(c, (ty, n))| (c.clone(), (strip_len(ty).to_owned(), *n)))
-                .collect();
-            (t.clone(), cols)
-        })
-        .collect()
-}
+use batch_common::repository::{BASE_MIGRATIONS, METADATA_MIGRATIONS};
+use batch_testkit::schema::{check_migration_sets, parse_schema_rs};
+use core_domain::migrate::DOMAIN_MIGRATIONS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrated_schemas_are_equal_and_match_schema_rs() {
-    let (sqlite, pg, mysql) = tokio::join!(
-        introspect(Backend::Sqlite, ALL_MIGRATIONS),
-        introspect(Backend::Postgres, ALL_MIGRATIONS),
-        introspect(Backend::Mysql, ALL_MIGRATIONS)
-    );
+    let (_, uniques) = check_migration_sets(BASE_MIGRATIONS).await;
 
-    // Same tables, columns, types (VARCHAR lengths included) and nullability on all three.
-    assert_eq!(sqlite.0, pg.0, "SQLite and PostgreSQL columns differ");
-    assert_eq!(pg.0, mysql.0, "PostgreSQL and MySQL columns differ");
-    // Same unique keys on all three.
-    assert_eq!(sqlite.1, pg.1, "SQLite and PostgreSQL unique keys differ");
-    assert_eq!(pg.1, mysql.1, "PostgreSQL and MySQL unique keys differ");
-
-    // And they match the two schema files together, which share no table.
-    let domain = parse_schema_rs(DOMAIN_SCHEMA_RS);
-    let metadata = parse_schema_rs(METADATA_SCHEMA_RS);
+    let domain = parse_schema_rs(DOMAIN_MIGRATIONS.schema);
     assert!(
         domain.len() >= 5,
         "parsed only {} tables from core-domain's schema.rs",
         domain.len()
     );
+    let metadata = parse_schema_rs(METADATA_MIGRATIONS.schema);
     assert_eq!(
         metadata.keys().collect::<Vec<_>>(),
         [
@@ -247,18 +27,6 @@ async fn migrated_schemas_are_equal_and_match_schema_rs() {
             "batch_step_execution"
         ],
         "tables parsed from batch-common's repository/schema.rs"
-    );
-    let mut schema = domain;
-    for (table, cols) in &metadata {
-        assert!(
-            schema.insert(table.clone(), cols.clone()).is_none(),
-            "{table} is in both schema files"
-        );
-    }
-    assert_eq!(
-        without_lengths(&pg.0),
-        schema,
-        "the migrated schema does not match the schema files"
     );
 
     // The unique keys the spec names exist.
@@ -275,28 +43,20 @@ async fn migrated_schemas_are_equal_and_match_schema_rs() {
         ),
     ] {
         assert!(
-            pg.1.get(table).is_some_and(|k| k.contains(&cols)),
+            uniques.get(table).is_some_and(|k| k.contains(&cols)),
             "missing UNIQUE{cols:?} on {table}: {:?}",
-            pg.1.get(table)
+            uniques.get(table)
         );
     }
 }
 
-/// The domain's migrations alone create exactly core-domain's tables (so the batch metadata
-/// migrations create exactly batch-common's), the same on all three backends.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_migration_set_creates_the_tables_of_its_schema_file() {
-    let domain_only: &[&'static MigrationSet] = &[&DOMAIN_MIGRATIONS];
-    let (sqlite, pg, mysql) = tokio::join!(
-        introspect(Backend::Sqlite, domain_only),
-        introspect(Backend::Postgres, domain_only),
-        introspect(Backend::Mysql, domain_only)
-    );
-    assert_eq!(sqlite.0, pg.0, "SQLite and PostgreSQL columns differ");
-    assert_eq!(pg.0, mysql.0, "PostgreSQL and MySQL columns differ");
-    assert_eq!(
-        without_lengths(&pg.0),
-        parse_schema_rs(DOMAIN_SCHEMA_RS),
-        "migrations/domain does not create exactly core-domain's schema.rs"
-    );
+/// The parser understands any primary key, composite ones included.
+#[test]
+fn schema_sources_with_composite_keys_parse() {
+    let src = "diesel::table! {\n    monthly_total (user_id, period) {\n        user_id -> BigInt,\n        period -> Varchar,\n        #[sql_name = \"type\"]\n        kind -> Nullable<Text>,\n    }\n}\n";
+    let tables = parse_schema_rs(src);
+    let cols = &tables["monthly_total"];
+    assert_eq!(cols.len(), 3, "{tables:?}");
+    assert_eq!(cols["type"], ("Text".to_owned(), true));
+    assert_eq!(core_domain::migrate::schema_tables(src), ["monthly_total"]);
 }

@@ -4,12 +4,13 @@
 //! the same rows whatever the chunking. Balances agree with the transactions: every
 //! `balance_snapshot` is the running balance, and `point_balance.balance` is the last snapshot.
 
+use batch_common::repository::METADATA_MIGRATIONS;
 use chrono::{Duration, NaiveDate, NaiveDateTime};
 use chrono_tz::Tz;
 use core_domain::models::{
     NewPoint, NewPointBalance, NewUser, Point, PointBalance, PointType, User, UserStatus,
 };
-use core_domain::{Database, DbConnection, DbError, dispatch};
+use core_domain::{Backend, Database, DbConnection, DbError, MigrationSet, dispatch};
 use diesel_async::RunQueryDsl;
 
 /// What to generate.
@@ -147,18 +148,29 @@ pub async fn existing_rows(db: &Database) -> Result<(i64, i64), DbError> {
     ))
 }
 
-/// Deletes every domain row (not the batch metadata).
-pub async fn reset(db: &Database) -> Result<(), DbError> {
-    use core_domain::schema::*;
+/// Deletes every row of every domain table — each registered module's own tables and the shared
+/// entities, the tables of every set in `sets` but the batch metadata's — in one transaction:
+/// the sets in reverse order (a module's tables before the shared ones they may refer to), each
+/// set's tables in reverse declaration order.
+pub async fn reset(db: &Database, sets: &[&'static MigrationSet]) -> Result<(), DbError> {
+    let backend = db.url().backend();
+    let statements: Vec<String> = sets
+        .iter()
+        .rev()
+        .filter(|set| set.name != METADATA_MIGRATIONS.name)
+        .flat_map(|set| set.tables().into_iter().rev())
+        .map(|table| match backend {
+            Backend::Mysql => format!("DELETE FROM `{table}`"),
+            Backend::Postgres | Backend::Sqlite => format!("DELETE FROM \"{table}\""),
+        })
+        .collect();
     let mut conn = db.get().await?;
     let conn: &mut DbConnection = &mut conn;
     conn.transaction(|c| {
         Box::pin(async move {
-            dispatch!(&mut *c, c => diesel::delete(point::table).execute(c).await)?;
-            dispatch!(&mut *c, c => diesel::delete(daily_point_report::table).execute(c).await)?;
-            dispatch!(&mut *c, c => diesel::delete(asset_history::table).execute(c).await)?;
-            dispatch!(&mut *c, c => diesel::delete(point_balance::table).execute(c).await)?;
-            dispatch!(&mut *c, c => diesel::delete(users::table).execute(c).await)?;
+            for sql in &statements {
+                dispatch!(&mut *c, c => diesel::sql_query(sql.as_str()).execute(c).await)?;
+            }
             Ok::<_, DbError>(())
         })
     })

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use batch_common::config::{BatchProperties, ConfigError};
-use batch_common::module::{HealthCheck, JobModule, JobRegistration, all_jobs};
+use batch_common::module::{HealthCheck, JobModule, JobRegistration, all_jobs, migration_sets};
+use core_domain::MigrationSet;
 
 /// Every domain module, in `list` order.
 pub const MODULES: &[&dyn JobModule] = &[&batch_point::MODULE, &batch_asset::MODULE];
@@ -44,6 +45,12 @@ impl Registry {
     /// The modules, in order.
     pub fn modules(&self) -> &[&'static dyn JobModule] {
         &self.modules
+    }
+
+    /// Every migration set a database needs for these modules, in the order they apply (the
+    /// runtime's metadata, the shared entities, then each module's own).
+    pub fn migrations(&self) -> Vec<&'static MigrationSet> {
+        migration_sets(&self.modules)
     }
 
     /// Every job, in `list` order.

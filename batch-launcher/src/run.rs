@@ -10,8 +10,8 @@ use batch_common::config::{BatchProperties, ConfigError};
 use batch_common::job::JobEnv;
 use batch_common::launcher::{LaunchOptions, Prepared};
 use batch_common::params::{ParamContext, parse_pairs};
+use batch_common::repository::BatchStatus;
 use batch_common::repository::JobRepository;
-use batch_common::repository::{ALL_MIGRATIONS, BatchStatus};
 use batch_common::{BatchResult, Clock, ClockExt, ExitCode, SystemClock};
 use core_domain::{Database, migrate};
 use tokio_util::sync::CancellationToken;
@@ -38,7 +38,7 @@ pub async fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<ExitCode> 
     let props = props?;
     match command {
         Command::Run(_) => unreachable!("handled above"),
-        Command::Migrate => migrate_cmd(&props).await,
+        Command::Migrate => migrate_cmd(registry, &props).await,
         Command::List => {
             print!("{}", registry.render_list());
             Ok(ExitCode::Completed)
@@ -47,13 +47,13 @@ pub async fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<ExitCode> 
             print!("{}", props.to_redacted_toml());
             Ok(ExitCode::Completed)
         }
-        Command::SeedDemo(args) => seed_demo_cmd(&props, args).await,
+        Command::SeedDemo(args) => seed_demo_cmd(registry, &props, args).await,
         Command::Serve => {
             crate::serve::serve_cmd(registry, props, Arc::new(SystemClock), shutdown_token()).await
         }
-        Command::History(args) => history_cmd(&props, args).await,
-        Command::Recover(args) => recover_cmd(&props, args).await,
-        Command::Purge(args) => purge_cmd(&props, args).await,
+        Command::History(args) => history_cmd(registry, &props, args).await,
+        Command::Recover(args) => recover_cmd(registry, &props, args).await,
+        Command::Purge(args) => purge_cmd(registry, &props, args).await,
         Command::FakeAssetApi(args) => fake_asset_api_cmd(args).await,
     }
 }
@@ -212,7 +212,7 @@ async fn run_cmd(
     let db = Database::connect(
         &props.database.url,
         &props.database.pool_options(),
-        ALL_MIGRATIONS,
+        &registry.migrations(),
     )
     .await?;
     let env = JobEnv {
@@ -241,11 +241,14 @@ async fn run_cmd(
     Ok(result.exit_code)
 }
 
-async fn connect_repo(props: &BatchProperties) -> anyhow::Result<JobRepository> {
+async fn connect_repo(
+    registry: &Registry,
+    props: &BatchProperties,
+) -> anyhow::Result<JobRepository> {
     let db = Database::connect(
         &props.database.url,
         &props.database.pool_options(),
-        ALL_MIGRATIONS,
+        &registry.migrations(),
     )
     .await?;
     Ok(JobRepository::new(db))
@@ -258,8 +261,12 @@ fn fmt_time(t: Option<chrono::NaiveDateTime>) -> String {
     )
 }
 
-async fn history_cmd(props: &BatchProperties, args: HistoryArgs) -> anyhow::Result<ExitCode> {
-    let repo = connect_repo(props).await?;
+async fn history_cmd(
+    registry: &Registry,
+    props: &BatchProperties,
+    args: HistoryArgs,
+) -> anyhow::Result<ExitCode> {
+    let repo = connect_repo(registry, props).await?;
     let rows = repo.history(args.job.as_deref(), args.limit).await?;
     if args.json {
         let mut out = Vec::new();
@@ -299,8 +306,12 @@ async fn history_cmd(props: &BatchProperties, args: HistoryArgs) -> anyhow::Resu
     Ok(ExitCode::Completed)
 }
 
-async fn recover_cmd(props: &BatchProperties, args: RecoverArgs) -> anyhow::Result<ExitCode> {
-    let repo = connect_repo(props).await?;
+async fn recover_cmd(
+    registry: &Registry,
+    props: &BatchProperties,
+    args: RecoverArgs,
+) -> anyhow::Result<ExitCode> {
+    let repo = connect_repo(registry, props).await?;
     let now = SystemClock.now_naive_utc();
     let stale_before =
         now - chrono::Duration::from_std(props.batch.stale_after).unwrap_or(chrono::Duration::MAX);
@@ -325,8 +336,12 @@ async fn recover_cmd(props: &BatchProperties, args: RecoverArgs) -> anyhow::Resu
     }
 }
 
-async fn purge_cmd(props: &BatchProperties, args: PurgeArgs) -> anyhow::Result<ExitCode> {
-    let repo = connect_repo(props).await?;
+async fn purge_cmd(
+    registry: &Registry,
+    props: &BatchProperties,
+    args: PurgeArgs,
+) -> anyhow::Result<ExitCode> {
+    let repo = connect_repo(registry, props).await?;
     let age = chrono::Duration::from_std(args.older_than)
         .map_err(|_| UsageError(format!("--older-than {:?} is too large", args.older_than)))?;
     let cutoff = SystemClock.now_naive_utc() - age;
@@ -342,13 +357,14 @@ async fn purge_cmd(props: &BatchProperties, args: PurgeArgs) -> anyhow::Result<E
     Ok(ExitCode::Completed)
 }
 
-async fn migrate_cmd(props: &BatchProperties) -> anyhow::Result<ExitCode> {
+async fn migrate_cmd(registry: &Registry, props: &BatchProperties) -> anyhow::Result<ExitCode> {
     let url = &props.database.url;
     let started = Instant::now();
-    let applied = migrate::run_pending(url, ALL_MIGRATIONS)
+    let sets = registry.migrations();
+    let applied = migrate::run_pending(url, &sets)
         .await
         .map_err(|e| e.with_unknown_database(url))?;
-    let total = migrate::all_names(url.backend(), ALL_MIGRATIONS).len();
+    let total = migrate::all_names(url.backend(), &sets).len();
     if applied.is_empty() {
         println!("{url} is up to date ({total} migrations applied earlier)");
     } else {
@@ -366,13 +382,17 @@ async fn migrate_cmd(props: &BatchProperties) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Completed)
 }
 
-async fn seed_demo_cmd(props: &BatchProperties, args: SeedDemoArgs) -> anyhow::Result<ExitCode> {
+async fn seed_demo_cmd(
+    registry: &Registry,
+    props: &BatchProperties,
+    args: SeedDemoArgs,
+) -> anyhow::Result<ExitCode> {
     let tz = props.batch.timezone;
     let date = args.date.unwrap_or_else(|| SystemClock.yesterday_in(tz));
     let db = Database::connect(
         &props.database.url,
         &props.database.pool_options(),
-        ALL_MIGRATIONS,
+        &registry.migrations(),
     )
     .await?;
     let url = db.url().clone();
@@ -388,7 +408,7 @@ async fn seed_demo_cmd(props: &BatchProperties, args: SeedDemoArgs) -> anyhow::R
             ))
             .into());
         }
-        demo::reset(&db)
+        demo::reset(&db, &registry.migrations())
             .await
             .context("deleting the existing demo data")?;
         tracing::info!(users, balances, "deleted existing domain rows");

@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use batch_asset::fake_server::{FakeApiConfig, spawn};
 use batch_common::repository::JobRepository;
+use batch_launcher::modules::MODULES;
 use batch_testkit::db_test;
 use core_domain::models::{AssetHistory, User};
 
 use crate::{launcher, text};
 
-db_test!(async fn partial_failure_exits_3_and_the_rerun_fetches_only_the_failed_user(db) {
+db_test!(modules = MODULES; async fn partial_failure_exits_3_and_the_rerun_fetches_only_the_failed_user(db) {
     let (addr, fake, _server) = spawn(FakeApiConfig {
         fail_users: [(2, 500)].into_iter().collect(),
         ..FakeApiConfig::default()
@@ -79,7 +80,7 @@ fn fake_asset_api_rejects_bad_flags() {
     assert!(text(&o).1.contains("`2`"), "{:?}", text(&o));
 }
 
-db_test!(async fn sigkill_mid_run_then_relaunch_refetches_at_most_twice_the_concurrency(db) {
+db_test!(modules = MODULES; async fn sigkill_mid_run_then_relaunch_refetches_at_most_twice_the_concurrency(db) {
     const CONCURRENCY: usize = 16;
     let (addr, fake, _server) = spawn(FakeApiConfig {
         latency: Duration::from_millis(20),

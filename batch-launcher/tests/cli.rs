@@ -5,7 +5,7 @@ use std::process::Output;
 
 use crate::{launcher, text};
 
-use batch_common::repository::ALL_MIGRATIONS;
+use batch_launcher::modules::{MODULES, Registry};
 use batch_testkit::{TestDb, db_test};
 use core_domain::models::{Point, PointBalance, User};
 use core_domain::{Backend, migrate};
@@ -17,16 +17,17 @@ async fn migrate_creates_the_schema(backend: Backend) {
     let first = launcher(dir.path(), &["migrate"], &[("BATCH__DATABASE__URL", &url)]);
     let (out, err) = text(&first);
     assert_eq!(first.status.code(), Some(0), "{out}\n{err}");
+    // Every set of every registered module: the runtime's, the shared entities', the modules'.
+    let sets = Registry::default().migrations();
+    let names = migrate::all_names(backend, &sets);
     assert!(
-        out.contains("applied 2 migration(s)") && out.contains("create_batch_metadata"),
+        out.contains(&format!("applied {} migration(s)", names.len())),
         "{out}"
     );
-    assert!(
-        migrate::pending(db.url(), ALL_MIGRATIONS)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    for name in &names {
+        assert!(out.contains(name.as_str()), "{name} not applied: {out}");
+    }
+    assert!(migrate::pending(db.url(), &sets).await.unwrap().is_empty());
 
     let second = launcher(dir.path(), &["migrate"], &[("BATCH__DATABASE__URL", &url)]);
     let (out, err) = text(&second);
@@ -168,7 +169,7 @@ fn list_shows_every_job() {
 }
 
 async fn seed_demo(backend: Backend) {
-    let db = TestDb::new(backend).await;
+    let db = TestDb::for_modules(backend, MODULES).await;
     let dir = tempfile::tempdir().unwrap();
     let url = db.url().expose_secret().to_owned();
     let env = [("BATCH__DATABASE__URL", url.as_str())];
@@ -266,12 +267,10 @@ async fn unmigrated_server_database_is_refused_with_a_hint() {
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("batch-launcher migrate"), "{err}");
+    let sets = Registry::default().migrations();
     assert_eq!(
-        migrate::pending(db.url(), ALL_MIGRATIONS)
-            .await
-            .unwrap()
-            .len(),
-        2,
+        migrate::pending(db.url(), &sets).await.unwrap(),
+        migrate::all_names(Backend::Postgres, &sets),
         "something was migrated"
     );
 }
@@ -294,7 +293,7 @@ fn missing_database_url(db: &TestDb) -> (String, String) {
 // A database that does not exist is a configuration error: exit 2, one line naming it, no
 // cause printed twice, and the result file says so. On SQLite (which creates its file) the
 // counterpart is a path whose directory cannot be created: exit 1, one line, the OS error once.
-db_test!(async fn a_missing_database_is_one_line_and_a_result_file(db) {
+db_test!(modules = MODULES; async fn a_missing_database_is_one_line_and_a_result_file(db) {
     let dir = tempfile::tempdir()?;
     let (url, name, code, needle, cause) = match db.backend() {
         Backend::Sqlite => {

@@ -6,13 +6,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use batch_common::repository::JobRepository;
+use batch_launcher::modules::MODULES;
 use batch_testkit::{TestRedis, db_test};
 use core_domain::models::PointBalance;
 use redis::AsyncCommands;
 
 use crate::{launcher, text};
 
-db_test!(async fn run_writes_the_result_file_and_honours_rerun(db) {
+db_test!(modules = MODULES; async fn run_writes_the_result_file_and_honours_rerun(db) {
     let redis = TestRedis::new().await;
     let dir = tempfile::tempdir()?;
     let prefix = redis.key("point:balance:");
@@ -161,7 +162,7 @@ fn assert_failed_setup(
     assert!(!result.to_string().contains(secret), "{result}");
 }
 
-db_test!(async fn redis_set_up_failures_write_a_failed_result_file(db) {
+db_test!(modules = MODULES; async fn redis_set_up_failures_write_a_failed_result_file(db) {
     let redis = PasswordRedis::start("right-secret");
     let dir = tempfile::tempdir()?;
     let args = ["run", "pointBalanceSyncJob", "date=2026-11-20", "--result-file", "r.json"];
@@ -207,7 +208,7 @@ async fn cache(redis: &TestRedis, users: i64) -> HashMap<i64, (String, String)> 
         .collect()
 }
 
-db_test!(async fn sigkill_mid_sync_then_relaunch_leaves_redis_equal_to_the_db(db) {
+db_test!(modules = MODULES; async fn sigkill_mid_sync_then_relaunch_leaves_redis_equal_to_the_db(db) {
     let users = 20_000;
     let redis = TestRedis::new().await;
     let dir = tempfile::tempdir()?;

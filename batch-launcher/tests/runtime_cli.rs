@@ -7,6 +7,7 @@ use batch_common::config::BatchProperties;
 use batch_common::launcher::{JobLauncher, LaunchOptions};
 use batch_common::repository::CreateExecution;
 use batch_common::repository::JobRepository;
+use batch_launcher::modules::MODULES;
 use batch_testkit::db_test;
 use batch_testkit::jobs::{CountingJob, FailPlan};
 
@@ -77,8 +78,7 @@ fn spring_style_job_name_and_validate_only() {
 
 /// Two executions of the counting job in `db`: one completed, one completed with item failures.
 async fn make_history(db: &batch_testkit::TestDb) -> (i64, i64) {
-    let props =
-        BatchProperties::load_from(None, Vec::new(), batch_launcher::modules::MODULES).unwrap();
+    let props = BatchProperties::load_from(None, Vec::new(), MODULES).unwrap();
     let launcher = JobLauncher::new(
         JobRepository::new(db.db.clone()),
         Arc::new(SystemClock),
@@ -103,7 +103,7 @@ async fn make_history(db: &batch_testkit::TestDb) -> (i64, i64) {
     (a.execution_id.unwrap(), b.execution_id.unwrap())
 }
 
-db_test!(async fn history_lists_executions_as_table_and_json(db) {
+db_test!(modules = MODULES; async fn history_lists_executions_as_table_and_json(db) {
     let (a, b) = make_history(db).await;
     let dir = tempfile::tempdir()?;
     let env = [("BATCH__DATABASE__URL", db.url().expose_secret())];
@@ -132,7 +132,7 @@ db_test!(async fn history_lists_executions_as_table_and_json(db) {
     Ok(())
 });
 
-db_test!(async fn recover_and_purge(db) {
+db_test!(modules = MODULES; async fn recover_and_purge(db) {
     let (a, _) = make_history(db).await;
     let repo = JobRepository::new(db.db.clone());
     let dir = tempfile::tempdir()?;

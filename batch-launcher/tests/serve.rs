@@ -14,6 +14,7 @@ use batch_common::job::{BuildFuture, Job};
 use batch_common::module::JobModule as _;
 use batch_common::module::JobRegistration as Registration;
 use batch_common::{Clock, SystemClock};
+use batch_launcher::modules::MODULES;
 use batch_launcher::serve::{Server, Service};
 use batch_testkit::jobs::{COUNTING, CountingJob, FailPlan};
 use batch_testkit::{TestDb, TestRedis, db_test};
@@ -38,26 +39,40 @@ fn counting() -> Registration {
     }
 }
 
+/// `BATCH__SCHEDULE__<JOB>=off` for the default schedule of every job of every registered
+/// module: a test server runs only what the test starts.
+fn schedules_off() -> Vec<(String, String)> {
+    MODULES
+        .iter()
+        .flat_map(|m| m.default_schedules())
+        .map(|(job, _)| {
+            (
+                format!("BATCH__SCHEDULE__{}", job.to_uppercase()),
+                "off".to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Settings for an in-process server on a free port with countingJob only; `extra` overrides.
 fn props(db: &TestDb, extra: &[(&str, &str)]) -> BatchProperties {
     let mut env: Vec<(String, String)> = [
         ("BATCH__DATABASE__URL", db.url().expose_secret()),
         ("BATCH__SERVER__TOKEN", TOKEN),
         ("BATCH__SERVER__BIND", "127.0.0.1:0"),
-        ("BATCH__SCHEDULE__POINTBALANCESYNCJOB", "off"),
-        ("BATCH__SCHEDULE__ASSETREFRESHJOB", "off"),
         ("BATCH__BATCH__CHUNK_SIZE", "10"),
         ("BATCH__BATCH__STEP_RETRY_ATTEMPTS", "0"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
+    env.extend(schedules_off());
     env.extend(
         extra
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
-    BatchProperties::load_from(None, env, batch_launcher::modules::MODULES).expect("test settings")
+    BatchProperties::load_from(None, env, MODULES).expect("test settings")
 }
 
 async fn start(db: &TestDb, extra: &[(&str, &str)]) -> Server {
@@ -161,7 +176,7 @@ impl Api {
     }
 }
 
-db_test!(async fn kick_status_conflict_auth_and_metrics(db) {
+db_test!(modules = MODULES; async fn kick_status_conflict_auth_and_metrics(db) {
     let server = start(db, &[]).await;
     let api = Api::new(server.addr);
 
@@ -290,7 +305,7 @@ async fn raw_kick(
     (status, json)
 }
 
-db_test!(async fn kicks_need_json_and_every_error_answer_is_json(db) {
+db_test!(modules = MODULES; async fn kicks_need_json_and_every_error_answer_is_json(db) {
     let server = start(db, &[]).await;
     let api = Api::new(server.addr);
     let kick_path = "/jobs/countingJob/executions";
@@ -448,7 +463,7 @@ const DAILY_AT_ONE: [(&str, &str); 3] = [
 async fn a_due_schedule_fires_once() {
     let logged = Logged::default();
     let _recording = logged.record();
-    let db = TestDb::new(Backend::Sqlite).await;
+    let db = TestDb::for_modules(Backend::Sqlite, MODULES).await;
     let clock = Arc::new(ManualClock::new(utc(0, 59, 58)));
     let server = start_on(&db, &DAILY_AT_ONE, clock.clone(), vec![counting()]).await;
     let repo = server.service.repository().clone();
@@ -486,7 +501,7 @@ async fn a_due_schedule_fires_once() {
 async fn missed_ticks_run_once_or_are_skipped() {
     let logged = Logged::default();
     let _recording = logged.record();
-    let db = TestDb::new(Backend::Sqlite).await;
+    let db = TestDb::for_modules(Backend::Sqlite, MODULES).await;
     // Ten hours after the midnight tick, on a clock that stands still: the scheduler never fires.
     let clock = Arc::new(ManualClock::new(utc(10, 0, 0)));
     let midnight = [
@@ -538,7 +553,7 @@ async fn missed_ticks_run_once_or_are_skipped() {
 /// resumes it and every item is written exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_running_executions_cleanly() {
-    let db = TestDb::new(Backend::Sqlite).await;
+    let db = TestDb::for_modules(Backend::Sqlite, MODULES).await;
     let server = start(&db, &[]).await;
     let api = Api::new(server.addr);
     let params = json!({ "parameters": { "run": "stop-me", "items": 100, "delay_ms": 100 } });
@@ -610,7 +625,7 @@ fn serve_refuses_to_start_without_a_token_or_with_an_unknown_scheduled_job() {
 /// SIGTERM → exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_kicks_and_stops_on_sigterm() {
-    let db = TestDb::new(Backend::Sqlite).await;
+    let db = TestDb::for_modules(Backend::Sqlite, MODULES).await;
     let redis = TestRedis::new().await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = redis.key("point:balance:");
@@ -626,10 +641,9 @@ async fn the_binary_serves_kicks_and_stops_on_sigterm() {
             ("BATCH__DATABASE__URL", db.url().expose_secret()),
             ("BATCH__SERVER__TOKEN", TOKEN),
             ("BATCH__SERVER__BIND", "127.0.0.1:0"),
-            ("BATCH__SCHEDULE__POINTBALANCESYNCJOB", "off"),
-            ("BATCH__SCHEDULE__ASSETREFRESHJOB", "off"),
             ("BATCH__POINT__CACHE_KEY_PREFIX", prefix.as_str()),
         ])
+        .envs(schedules_off())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -689,7 +703,7 @@ async fn the_binary_serves_kicks_and_stops_on_sigterm() {
 /// Health: 503 when Redis is down; the reason only for a caller with the token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_an_unreachable_redis() {
-    let db = TestDb::new(Backend::Sqlite).await;
+    let db = TestDb::for_modules(Backend::Sqlite, MODULES).await;
     let server = start(
         &db,
         &[
@@ -732,7 +746,7 @@ fn build_counting_held(_env: &JobEnv) -> BuildFuture<'_> {
 async fn a_tick_during_a_running_instance_is_skipped() {
     let logged = Logged::default();
     let _recording = logged.record();
-    let db = TestDb::new(Backend::Sqlite).await;
+    let db = TestDb::for_modules(Backend::Sqlite, MODULES).await;
     let clock = Arc::new(ManualClock::new(utc(0, 59, 58)));
     let mut settings = DAILY_AT_ONE.to_vec();
     // The kicked run's chunk retry waits a minute of the clock (the longest first backoff the

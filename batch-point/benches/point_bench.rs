@@ -258,7 +258,7 @@ async fn run() -> anyhow::Result<()> {
         .map(|(base, _)| format!("{base}/batch_bench"))
         .unwrap();
     let db_url = DatabaseUrl::parse(&db_url_str)?;
-    core_domain::migrate::run_pending(&db_url, batch_common::repository::ALL_MIGRATIONS).await?;
+    core_domain::migrate::run_pending(&db_url, batch_common::repository::BASE_MIGRATIONS).await?;
     let mut conn = DbConnection::establish(&db_url).await?;
 
     println!(

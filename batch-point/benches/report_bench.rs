@@ -689,7 +689,7 @@ async fn fresh_database(
     };
     core_domain::migrate::run_pending(
         &DatabaseUrl::parse(&url)?,
-        batch_common::repository::ALL_MIGRATIONS,
+        batch_common::repository::BASE_MIGRATIONS,
     )
     .await?;
     Ok(url)

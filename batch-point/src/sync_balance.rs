@@ -34,11 +34,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use batch_common::redis::{RedisConn, SINGLE_NODE, classify, server_identity};
 use batch_common::step::{
-    ChunkStep, External, ExternalWriter, ItemReader, PassThrough, ReadScope, Step, StepContext,
-    StepOutcome, WriteOutcome,
+    ChunkStep, External, ExternalWriter, ItemReader, KeysetCheckpoint, KeysetReader, PassThrough,
+    ReadScope, Step, StepContext, StepOutcome, WriteOutcome,
 };
 use core_domain::models::PointBalance;
-use core_domain::{Database, DbConnection};
+use core_domain::{Database, DbConnection, KeysetQuery};
+use diesel::QueryResult;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use redis::cluster_routing::Slot;
 
@@ -137,11 +138,37 @@ return out
 /// sent.
 const KEYS_PER_CALL: usize = 1000;
 
-/// Reads `point_balance` in id order, one keyset page per chunk; checkpoint `{"last_id": n}`,
-/// plus `"cache": {node: run_id}` (the cache the chunks went to) with a [`CacheGuard`].
+/// `point_balance` by id: the sync's keyset query.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Balances;
+
+#[async_trait]
+impl KeysetQuery for Balances {
+    type Row = PointBalance;
+
+    fn key(row: &PointBalance) -> i64 {
+        row.id
+    }
+
+    async fn page_after(
+        &self,
+        conn: &mut DbConnection,
+        after: i64,
+        limit: i64,
+    ) -> QueryResult<Vec<PointBalance>> {
+        PointBalance::page_after(conn, after, limit).await
+    }
+
+    async fn count(&self, conn: &mut DbConnection) -> QueryResult<Option<i64>> {
+        PointBalance::count(conn).await.map(Some)
+    }
+}
+
+/// Reads `point_balance` in id order, one keyset page per chunk (batch-common's
+/// [`KeysetReader`] over [`Balances`]); checkpoint `{"last_id": n}`, plus
+/// `"cache": {node: run_id}` (the cache the chunks went to) with a [`CacheGuard`].
 pub struct BalanceReader {
-    db: Database,
-    last_id: i64,
+    keyset: KeysetReader<Balances>,
     guard: Option<Arc<CacheGuard>>,
 }
 
@@ -149,8 +176,7 @@ impl BalanceReader {
     /// A reader over `db`.
     pub fn new(db: Database) -> Self {
         BalanceReader {
-            db,
-            last_id: 0,
+            keyset: KeysetReader::new(db, Balances),
             guard: None,
         }
     }
@@ -181,33 +207,26 @@ impl ItemReader for BalanceReader {
     async fn open(
         &mut self,
         checkpoint: Option<BalanceCheckpoint>,
-        _scope: &ReadScope,
+        scope: &ReadScope,
     ) -> anyhow::Result<()> {
-        // The sync records no item failures, so there is no failed-items scope to honour.
-        self.last_id = checkpoint.map_or(0, |c| c.last_id);
-        Ok(())
+        let at = checkpoint.map(|c| KeysetCheckpoint { last_id: c.last_id });
+        ItemReader::open(&mut self.keyset, at, scope).await
     }
 
     async fn read_chunk(
         &mut self,
         max: usize,
     ) -> anyhow::Result<(Vec<PointBalance>, BalanceCheckpoint)> {
-        let mut conn = self.db.get().await?;
-        let conn: &mut DbConnection = &mut conn;
-        let page = PointBalance::page_after(conn, self.last_id, max as i64).await?;
-        if let Some(last) = page.last() {
-            self.last_id = last.id;
-        }
+        let (page, at) = self.keyset.read_chunk(max).await?;
         let checkpoint = BalanceCheckpoint {
-            last_id: self.last_id,
+            last_id: at.last_id,
             cache: self.guard.as_ref().map(|g| g.identity()),
         };
         Ok((page, checkpoint))
     }
 
-    async fn total(&mut self, _scope: &ReadScope) -> anyhow::Result<Option<u64>> {
-        let mut conn = self.db.get().await?;
-        Ok(Some(PointBalance::count(&mut conn).await?.max(0) as u64))
+    async fn total(&mut self, scope: &ReadScope) -> anyhow::Result<Option<u64>> {
+        ItemReader::total(&mut self.keyset, scope).await
     }
 }
 

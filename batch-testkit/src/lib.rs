@@ -3,10 +3,14 @@
 pub mod bench;
 pub mod external_writer;
 pub mod jobs;
+pub mod schema;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use core_domain::{Backend, Database, DatabaseUrl, DbConnection, PoolOptions, PooledConnection};
+use batch_common::module::{JobModule, migration_sets};
+use core_domain::{
+    Backend, Database, DatabaseUrl, DbConnection, MigrationSet, PoolOptions, PooledConnection,
+};
 
 pub use core_domain::Backend as TestBackend;
 
@@ -104,11 +108,23 @@ impl std::fmt::Debug for TestDb {
 }
 
 impl TestDb {
-    /// A fresh, migrated database on `backend`. Panics with a clear message if the server is
-    /// unreachable: these tests need the real services (see README).
+    /// A fresh database on `backend` migrated with the sets every database has (the runtime's
+    /// metadata and the shared entities, `BASE_MIGRATIONS`). Panics with a clear message if
+    /// the server is unreachable: these tests need the real services (see README).
     pub async fn new(backend: Backend) -> TestDb {
+        Self::with_migrations(backend, batch_common::repository::BASE_MIGRATIONS).await
+    }
+
+    /// A fresh database on `backend` migrated with what `modules` need: the base sets, then each
+    /// module's own (what `batch-launcher migrate` applies with these modules registered).
+    pub async fn for_modules(backend: Backend, modules: &[&dyn JobModule]) -> TestDb {
+        Self::with_migrations(backend, &migration_sets(modules)).await
+    }
+
+    /// A fresh database on `backend` migrated with `sets`, in order.
+    pub async fn with_migrations(backend: Backend, sets: &[&'static MigrationSet]) -> TestDb {
         let db = Self::unmigrated(backend).await;
-        core_domain::migrate::run_pending(&db.url, batch_common::repository::ALL_MIGRATIONS)
+        core_domain::migrate::run_pending(&db.url, sets)
             .await
             .unwrap_or_else(|e| panic!("migrating test database {}: {e}", db.url));
         db
@@ -218,8 +234,39 @@ impl Drop for TestDb {
 /// });
 /// ```
 /// expands to a module `counts_balances` with the tests `sqlite`, `postgres` and `mysql`.
+///
+/// Each database has the base migration sets. A test of a domain with tables of its own, or of
+/// a launcher that registers such domains, names the modules whose tables it needs:
+/// `db_test!(modules = &[&crate::MODULE]; async fn …)` (see [`TestDb::for_modules`]).
 #[macro_export]
 macro_rules! db_test {
+    (modules = $modules:expr; $(#[$meta:meta])* async fn $name:ident($db:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($db: &$crate::TestDb) -> ::anyhow::Result<()> $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() -> ::anyhow::Result<()> {
+                let db = $crate::TestDb::for_modules($crate::TestBackend::Sqlite, $modules).await;
+                body(&db).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() -> ::anyhow::Result<()> {
+                let db = $crate::TestDb::for_modules($crate::TestBackend::Postgres, $modules).await;
+                body(&db).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() -> ::anyhow::Result<()> {
+                let db = $crate::TestDb::for_modules($crate::TestBackend::Mysql, $modules).await;
+                body(&db).await
+            }
+        }
+    };
     ($(#[$meta:meta])* async fn $name:ident($db:ident) $body:block) => {
         $(#[$meta])*
         mod $name {

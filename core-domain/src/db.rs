@@ -78,8 +78,8 @@ impl fmt::Debug for Database {
 
 impl Database {
     /// Connects and checks the schema against `migrations`, the migration sets the caller's
-    /// tables come from, in the order they apply (e.g. `batch_common::repository::ALL_MIGRATIONS`:
-    /// the domain's, then the batch metadata's).
+    /// tables come from, in the order they apply (e.g. the batch metadata's, the shared
+    /// entities', then each registered domain module's).
     ///
     /// A SQLite database (the embedded default) is created and migrated on first use. A
     /// PostgreSQL or MySQL database must already be migrated (`batch-launcher migrate`); if

@@ -3,6 +3,7 @@
 mod connection;
 pub mod db;
 pub mod error;
+pub mod keyset;
 pub mod migrate;
 pub mod models;
 // `table!` generates a struct per column; the tables themselves carry doc comments.
@@ -12,6 +13,7 @@ mod url;
 
 pub use db::{Backend, Database, DatabaseUrl, DbConnection, PoolOptions, PooledConnection};
 pub use error::DbError;
+pub use keyset::{ActiveUsers, KeysetQuery};
 pub use migrate::MigrationSet;
 
 /// The current time truncated to microseconds, the precision PostgreSQL and MySQL keep, so a

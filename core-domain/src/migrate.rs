@@ -1,11 +1,14 @@
 //! Migration sets and the code that applies them.
 //!
 //! Each owner of tables ships its own [`MigrationSet`] (the same migrations by the same names for
-//! each dialect): core-domain the business entities ([`DOMAIN_MIGRATIONS`], `migrations/domain`),
-//! batch-common the batch metadata (`migrations/batch`). All sets record their versions in the one
-//! `__diesel_schema_migrations` table, so a set only needs versions no other set uses; a database
-//! migrated when every migration lived in one folder has the same versions recorded and is up to
-//! date. [`run_pending`] and [`pending`] take the sets in the order they apply.
+//! each dialect, and the diesel `table!` source of the tables they create): batch-common the
+//! batch metadata (`migrations/batch`), core-domain the shared entities ([`DOMAIN_MIGRATIONS`],
+//! `migrations/domain`), and each domain crate its own tables (`<crate>/migrations`), handed over
+//! through its `JobModule`. All sets record their versions in the one
+//! `__diesel_schema_migrations` table, so a version may belong to one set only (checked before
+//! anything runs); a database migrated when every migration lived in one folder has the same
+//! versions recorded and is up to date. [`run_pending`] and [`pending`] take the sets in the
+//! order they apply.
 //!
 //! Migrations run off the async runtime (`spawn_blocking` with diesel's sync harness) and under a
 //! lock, so two processes starting at once on a fresh database apply each migration exactly once:
@@ -28,6 +31,10 @@ use crate::url::{Backend, DatabaseUrl};
 pub struct MigrationSet {
     /// Who owns these tables, for messages (e.g. `domain`, `batch`).
     pub name: &'static str,
+    /// The diesel `table!` definitions of the tables these migrations create
+    /// (`include_str!("schema.rs")`): the schema check compares them with every migrated
+    /// backend, and `seed-demo --reset` empties these tables.
+    pub schema: &'static str,
     /// The SQLite migrations.
     pub sqlite: EmbeddedMigrations,
     /// The PostgreSQL migrations.
@@ -54,6 +61,12 @@ impl MigrationSet {
         }
     }
 
+    /// The tables of [`schema`](Self::schema), in the order they are declared (a table that
+    /// another one of the set refers to comes first).
+    pub fn tables(&self) -> Vec<&'static str> {
+        schema_tables(self.schema)
+    }
+
     /// Names of this set's migrations for a backend, in order.
     pub fn names(&self, backend: Backend) -> Vec<String> {
         match backend {
@@ -67,10 +80,48 @@ impl MigrationSet {
 /// The business entities' tables (`migrations/domain/{sqlite,postgres,mysql}`).
 pub static DOMAIN_MIGRATIONS: MigrationSet = MigrationSet {
     name: "domain",
+    schema: include_str!("schema.rs"),
     sqlite: embed_migrations!("../migrations/domain/sqlite"),
     postgres: embed_migrations!("../migrations/domain/postgres"),
     mysql: embed_migrations!("../migrations/domain/mysql"),
 };
+
+/// The table names of a diesel schema source: every `name (key, ...) {` line of its `table!`s.
+pub fn schema_tables(schema: &str) -> Vec<&str> {
+    schema
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("//") && l.ends_with(") {"))
+        .filter_map(|l| l.split_once(" (").map(|(name, _)| name.trim()))
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        })
+        .map(|name| name.rsplit('.').next().unwrap_or(name))
+        .collect()
+}
+
+/// A migration version that two sets both use: they share `__diesel_schema_migrations`, so
+/// one's migration would count as applied for the other. `None` when all are distinct.
+pub fn version_clash(backend: Backend, sets: &[&MigrationSet]) -> Option<String> {
+    let mut seen: std::collections::BTreeMap<String, (&str, String)> = Default::default();
+    for set in sets {
+        for name in set.names(backend) {
+            let version = name.split('_').next().unwrap_or(&name).replace('-', "");
+            if let Some((other, other_name)) = seen.get(&version) {
+                return Some(format!(
+                    "migration `{name}` of `{}` has the version of `{other_name}` of `{other}`: \
+                     give one of them another timestamp",
+                    set.name
+                ));
+            }
+            seen.insert(version, (set.name, name.clone()));
+        }
+    }
+    None
+}
 
 /// Names of every migration of `sets` for a backend, set by set.
 pub fn all_names(backend: Backend, sets: &[&MigrationSet]) -> Vec<String> {
@@ -124,6 +175,12 @@ async fn with_harness(
     let url = url.clone();
     let sets = sets.to_vec();
     let redacted = url.redacted();
+    if let Some(clash) = version_clash(url.backend(), &sets) {
+        return Err(DbError::Migration {
+            url: redacted,
+            message: clash,
+        });
+    }
     let migration_err = {
         let redacted = redacted.clone();
         move |e: Box<dyn std::error::Error + Send + Sync>| DbError::Migration {

@@ -32,7 +32,7 @@ use diesel_async::RunQueryDsl;
 pub use counts::{DomainCounters, StepCounts};
 pub use execution::{AlreadyRunning, CreateExecution};
 pub use item_failure::ItemFailureRecord;
-pub use migrations::{ALL_MIGRATIONS, METADATA_MIGRATIONS};
+pub use migrations::{BASE_MIGRATIONS, METADATA_MIGRATIONS};
 pub use rows::{ItemFailure, JobExecution, JobInstance, StepExecution};
 use schema::{
     batch_item_failure as f, batch_job_execution as e, batch_job_instance as i,

@@ -78,6 +78,48 @@ impl<I: Send + 'static> ItemProcessor<I, I> for PassThrough {
     }
 }
 
+/// A processor from a plain function of one item: `Map(|user: User| Row::for_user(&user, month))`.
+#[derive(Debug, Clone, Copy)]
+pub struct Map<F>(pub F);
+
+#[async_trait]
+impl<I, O, F> ItemProcessor<I, O> for Map<F>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    F: Fn(I) -> O + Send + Sync,
+{
+    async fn process(&self, items: Vec<I>) -> anyhow::Result<Processed<O>> {
+        Ok(Processed {
+            items: items.into_iter().map(&self.0).collect(),
+            filtered: 0,
+            failures: Vec::new(),
+        })
+    }
+}
+
+/// A processor from a function that may drop an item (`None`: counted as filtered).
+#[derive(Debug, Clone, Copy)]
+pub struct FilterMap<F>(pub F);
+
+#[async_trait]
+impl<I, O, F> ItemProcessor<I, O> for FilterMap<F>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    F: Fn(I) -> Option<O> + Send + Sync,
+{
+    async fn process(&self, items: Vec<I>) -> anyhow::Result<Processed<O>> {
+        let read = items.len();
+        let items: Vec<O> = items.into_iter().filter_map(&self.0).collect();
+        Ok(Processed {
+            filtered: read - items.len(),
+            items,
+            failures: Vec::new(),
+        })
+    }
+}
+
 /// What a writer reports for one chunk.
 #[derive(Debug, Default)]
 pub struct WriteOutcome {

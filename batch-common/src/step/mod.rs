@@ -13,12 +13,14 @@
 //! - `pipeline.rs`: the pipelined loop for external writers;
 //! - `commit.rs`: a chunk's checkpoint commit and the chunk retry, shared by both loops;
 //! - `tasklet.rs`: [`TaskletStep`];
-//! - `concurrent.rs`: [`ConcurrentStep`], per-item work in flight at once (slow remote calls).
+//! - `concurrent.rs`: [`ConcurrentStep`], per-item work in flight at once (slow remote calls);
+//! - `keyset.rs`: [`KeysetReader`], any keyset query as either step's reader.
 
 mod chunk;
 mod commit;
 mod concurrent;
 mod item;
+mod keyset;
 mod pipeline;
 mod tasklet;
 
@@ -32,9 +34,10 @@ pub use chunk::ChunkStep;
 pub use commit::CommitTarget;
 pub use concurrent::{ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page};
 pub use item::{
-    ChunkWriter, External, ExternalWriter, InTransaction, ItemProcessor, ItemReader, PassThrough,
-    Processed, TransactionalWriter, WriteOutcome,
+    ChunkWriter, External, ExternalWriter, FilterMap, InTransaction, ItemProcessor, ItemReader,
+    Map, PassThrough, Processed, TransactionalWriter, WriteOutcome,
 };
+pub use keyset::{KeysetCheckpoint, KeysetReader};
 pub use tasklet::{Tasklet, TaskletStep};
 
 use crate::clock::{Clock, ClockExt};

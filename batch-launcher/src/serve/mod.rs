@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use batch_common::config::BatchProperties;
-use batch_common::repository::ALL_MIGRATIONS;
 use batch_common::schedule::Scheduler;
 use batch_common::{Clock, ExitCode};
 use core_domain::Database;
@@ -147,7 +146,7 @@ pub async fn serve_cmd(
     let db = Database::connect(
         &props.database.url,
         &props.database.pool_options(),
-        ALL_MIGRATIONS,
+        &registry.migrations(),
     )
     .await?;
     let service = Service::new(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use batch_common::SystemClock;
 use batch_common::config::BatchProperties;
 use batch_common::launcher::{JobLauncher, LaunchOptions};
-use batch_common::repository::ALL_MIGRATIONS;
+use batch_common::repository::BASE_MIGRATIONS;
 use batch_common::repository::JobRepository;
 use batch_testkit::jobs::{CountingJob, FailPlan, parse_args};
 use core_domain::Database;
@@ -37,7 +37,7 @@ async fn run(args: &[String]) -> anyhow::Result<batch_common::ExitCode> {
     let db = Database::connect(
         &props.database.url,
         &props.database.pool_options(),
-        ALL_MIGRATIONS,
+        BASE_MIGRATIONS,
     )
     .await?;
     let launcher = JobLauncher::new(
