@@ -8,7 +8,12 @@ use batch_common::module::{HealthCheck, JobModule, JobRegistration, all_jobs, mi
 use core_domain::MigrationSet;
 
 /// Every domain module, in `list` order.
-pub const MODULES: &[&dyn JobModule] = &[&batch_point::MODULE, &batch_asset::MODULE];
+pub const MODULES: &[&dyn JobModule] = &[
+    &batch_point::MODULE,
+    &batch_asset::MODULE,
+    #[cfg(feature = "batch-example")]
+    &batch_example::MODULE,
+];
 
 /// The jobs, settings sections, schedules and health checks of a set of modules.
 #[derive(Clone)]

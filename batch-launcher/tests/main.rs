@@ -2,6 +2,7 @@
 
 mod asset_job;
 mod cli;
+mod modules;
 mod notify_cli;
 mod pipelines;
 mod point_job;
