@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use batch_common::ManualClock;
 use batch_common::config::BatchProperties;
 use batch_common::job::JobEnv;
-use batch_common::job::{BuildFuture, Job};
+use batch_common::job::{BuildFuture, Job, JobDescriptor, ParamDefault, ParamKind, ParameterSpec};
 use batch_common::module::JobModule as _;
 use batch_common::module::JobRegistration as Registration;
 use batch_common::{Clock, SystemClock};
@@ -619,6 +619,38 @@ fn serve_refuses_to_start_without_a_token_or_with_an_unknown_scheduled_job() {
     let (out, err) = crate::text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
     assert!(err.contains("schedule.nosuchjob: unknown job"), "{err}");
+}
+
+/// A job that requires a parameter cannot be scheduled (a tick gives none): serve says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_job_with_a_required_parameter_is_refused() {
+    const NEEDS_REGION: JobDescriptor = JobDescriptor {
+        name: "regionJob",
+        description: "",
+        steps: &["countStep"],
+        parameters: &[ParameterSpec::new("region", ParamKind::Text).default(ParamDefault::Required)],
+    };
+    let db = TestDb::for_modules(Backend::Sqlite, MODULES).await;
+    let jobs = vec![Registration {
+        descriptor: &NEEDS_REGION,
+        build: build_counting,
+    }];
+    let props = props(&db, &[("BATCH__SCHEDULE__REGIONJOB", "0 0 1 * * *")]);
+    let service = Service::new(
+        Arc::new(props),
+        db.db.clone(),
+        Arc::new(SystemClock),
+        jobs,
+        Vec::new(),
+    );
+    let err = match Server::start(service).await {
+        Ok(_) => panic!("serve started with an unschedulable job"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("schedule.regionjob") && err.contains("`region`"),
+        "{err}"
+    );
 }
 
 /// The binary: serve, kick pointBalanceSyncJob over HTTP, read its status and the metrics, then

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use batch_common::config::BatchProperties;
+use batch_common::job::ParamDefault;
 use batch_common::schedule::Scheduler;
 use batch_common::{Clock, ExitCode};
 use core_domain::Database;
@@ -61,11 +62,24 @@ impl Server {
             Scheduler::from_config(&props.schedule, props.batch.timezone, service.clock.clone())
                 .map_err(|e| UsageError(e.to_string()))?;
         for entry in scheduler.jobs() {
-            if service.job_ignoring_case(&entry.job).is_none() {
+            let Some(job) = service.job_ignoring_case(&entry.job) else {
                 return Err(UsageError(format!(
                     "schedule.{}: unknown job (known: {})",
                     entry.job,
                     service.job_names()
+                ))
+                .into());
+            };
+            // A tick runs with no parameters: a job that requires one can never be scheduled.
+            if let Some(p) = job
+                .descriptor
+                .parameters
+                .iter()
+                .find(|p| p.default == ParamDefault::Required)
+            {
+                return Err(UsageError(format!(
+                    "schedule.{}: the job requires parameter `{}` ({}), which a scheduled run cannot give; set the schedule \"off\" and kick it with the parameter",
+                    entry.job, p.name, p.kind
                 ))
                 .into());
             }
