@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use batch_common::job::{JobDescriptor, ParamDefault, ParamKind};
 use batch_common::repository::{BASE_MIGRATIONS, JobRepository};
 use batch_launcher::modules::{MODULES, Registry};
-use batch_testkit::db_test;
-use core_domain::{DbConnection, dispatch};
+use batch_testkit::{TestDb, db_test};
+use core_domain::{Backend, DbConnection, dispatch};
 use diesel::QueryableByName;
 use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
@@ -271,3 +271,61 @@ db_test!(modules = MODULES; async fn database_only_jobs_run_noop_restart_after_s
     }
     Ok(())
 });
+
+/// A database migrated before the modules' own sets existed (the base sets only, as every
+/// release so far left it) is brought up to date by `migrate` alone: exactly the modules' sets
+/// are applied, in order; until then a run refuses it naming them (SQLite applies them itself).
+async fn an_existing_database_gets_the_modules_sets_from_migrate(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let sets = Registry::default().migrations();
+    let modules_only: Vec<String> =
+        core_domain::migrate::all_names(backend, &sets[BASE_MIGRATIONS.len()..]);
+    assert_eq!(
+        core_domain::migrate::pending(db.url(), &sets)
+            .await
+            .unwrap(),
+        modules_only
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("BATCH__DATABASE__URL", db.url().expose_secret())];
+    if !modules_only.is_empty() && backend != Backend::Sqlite {
+        let o = launcher(dir.path(), &["history"], &env);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{out}{err}");
+        assert!(
+            err.contains("batch-launcher migrate") && err.contains(&modules_only[0]),
+            "{err}"
+        );
+    }
+    let o = launcher(dir.path(), &["migrate"], &env);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    if modules_only.is_empty() {
+        assert!(out.contains("up to date"), "{out}");
+    } else {
+        assert!(
+            out.contains(&format!("applied {} migration(s)", modules_only.len())),
+            "{out}"
+        );
+        assert!(out.contains(&modules_only.join(", ")), "{out}");
+    }
+    assert!(
+        core_domain::migrate::pending(db.url(), &sets)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_existing_database_gets_the_modules_sets_from_migrate() {
+    an_existing_database_gets_the_modules_sets_from_migrate(Backend::Sqlite).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_existing_database_gets_the_modules_sets_from_migrate() {
+    an_existing_database_gets_the_modules_sets_from_migrate(Backend::Postgres).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_an_existing_database_gets_the_modules_sets_from_migrate() {
+    an_existing_database_gets_the_modules_sets_from_migrate(Backend::Mysql).await;
+}

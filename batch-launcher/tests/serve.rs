@@ -621,6 +621,55 @@ fn serve_refuses_to_start_without_a_token_or_with_an_unknown_scheduled_job() {
     assert!(err.contains("schedule.nosuchjob: unknown job"), "{err}");
 }
 
+/// The kick API resolves parameters exactly as `run` does, for every registered job: a value
+/// `run` refuses (a malformed date or month, an out-of-range integer, an unknown choice) is a 400
+/// naming the parameter and the value, and nothing starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicks_refuse_what_the_run_refuses_for_every_registered_job() {
+    let db = TestDb::for_modules(Backend::Sqlite, MODULES).await;
+    let jobs = batch_launcher::modules::Registry::default().jobs();
+    let server = start_on(&db, &[], Arc::new(SystemClock), jobs.clone()).await;
+    let api = Api::new(server.addr);
+    let mut checked = 0;
+    for job in &jobs {
+        for p in job.descriptor.parameters {
+            let bad = match p.kind {
+                ParamKind::Date => "2026-02-30".to_owned(),
+                ParamKind::Month => "2026-13".to_owned(),
+                ParamKind::Bool => "perhaps".to_owned(),
+                ParamKind::Integer { max, .. } if max < i64::MAX => (max + 1).to_string(),
+                ParamKind::OneOf(_) => "no-such-choice".to_owned(),
+                _ => continue,
+            };
+            let body = json!({ "parameters": { p.name: bad } });
+            let (status, answer) = api.kick(job.descriptor.name, Some(body), Some(TOKEN)).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{} {}={bad}: {answer}",
+                job.descriptor.name,
+                p.name
+            );
+            let message = answer["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(p.name) && message.contains(&bad),
+                "{answer}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 0,
+        "no registered job has a parameter that can be malformed"
+    );
+    let repo = batch_common::repository::JobRepository::new(db.db.clone());
+    assert!(
+        repo.history(None, 1).await.unwrap().is_empty(),
+        "a refused kick started a run"
+    );
+    server.shutdown().await.unwrap();
+}
+
 /// A job that requires a parameter cannot be scheduled (a tick gives none): serve says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_job_with_a_required_parameter_is_refused() {
