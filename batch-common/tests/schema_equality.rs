@@ -59,4 +59,8 @@ fn schema_sources_with_composite_keys_parse() {
     assert_eq!(cols.len(), 3, "{tables:?}");
     assert_eq!(cols["type"], ("Text".to_owned(), true));
     assert_eq!(core_domain::migrate::schema_tables(src), ["monthly_total"]);
+    assert_eq!(
+        batch_testkit::schema::parse_primary_keys(src)["monthly_total"],
+        ["user_id", "period"]
+    );
 }

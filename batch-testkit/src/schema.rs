@@ -1,7 +1,7 @@
 //! The schema check every owner of tables gets: a database migrated with a list of
 //! [`MigrationSet`]s has, on SQLite, PostgreSQL and MySQL alike, the same tables, columns, types,
 //! nullability and unique keys; they are exactly the tables of the sets' `schema` sources
-//! (diesel `table!`s, whatever their primary key, composite ones included); and each set creates
+//! (diesel `table!`s) with their primary keys (composite ones included); and each set creates
 //! exactly its own tables. batch-common checks the base sets with it, the launcher every set of
 //! every registered module, and a domain crate may check its own.
 
@@ -20,6 +20,19 @@ pub type TableColumns = BTreeMap<String, (String, bool)>;
 pub type Columns = BTreeMap<String, TableColumns>;
 /// table -> set of unique keys (column lists in key order)
 pub type Uniques = BTreeMap<String, BTreeSet<Vec<String>>>;
+/// table -> its primary key's columns, in key order
+pub type PrimaryKeys = BTreeMap<String, Vec<String>>;
+
+/// What a migrated database holds, as the schema check compares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schema {
+    /// Tables, columns, types, nullability.
+    pub columns: Columns,
+    /// Unique keys other than the primary key.
+    pub uniques: Uniques,
+    /// Primary keys.
+    pub primary_keys: PrimaryKeys,
+}
 
 #[derive(QueryableByName, Debug)]
 struct ColumnRow {
@@ -62,6 +75,14 @@ const PG_UNIQUES: &str = "SELECT t.relname::text AS table_name, ic.relname::text
     JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum \
     WHERE n.nspname = 'public' AND i.indisunique AND NOT i.indisprimary \
     AND t.relname <> '__diesel_schema_migrations'";
+const PG_PRIMARY: &str = "SELECT t.relname::text AS table_name, ic.relname::text AS index_name, \
+    k.ord::bigint AS seqno, a.attname::text AS column_name \
+    FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_class ic ON ic.oid = i.indexrelid \
+    JOIN pg_namespace n ON n.oid = t.relnamespace \
+    CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+    JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum \
+    WHERE n.nspname = 'public' AND i.indisprimary \
+    AND t.relname <> '__diesel_schema_migrations'";
 const MYSQL_COLUMNS: &str = "SELECT CAST(table_name AS CHAR) AS table_name, CAST(column_name AS CHAR) AS column_name, \
     CAST(data_type AS CHAR) AS data_type, CAST(character_maximum_length AS SIGNED) AS max_length, \
     CAST(is_nullable AS CHAR) AS is_nullable, CAST(0 AS SIGNED) AS pk \
@@ -71,6 +92,15 @@ const MYSQL_UNIQUES: &str = "SELECT CAST(table_name AS CHAR) AS table_name, CAST
     CAST(seq_in_index AS SIGNED) AS seqno, CAST(column_name AS CHAR) AS column_name \
     FROM information_schema.statistics WHERE table_schema = DATABASE() \
     AND non_unique = 0 AND index_name <> 'PRIMARY' AND table_name <> '__diesel_schema_migrations'";
+const MYSQL_PRIMARY: &str = "SELECT CAST(table_name AS CHAR) AS table_name, CAST(index_name AS CHAR) AS index_name, \
+    CAST(seq_in_index AS SIGNED) AS seqno, CAST(column_name AS CHAR) AS column_name \
+    FROM information_schema.statistics WHERE table_schema = DATABASE() \
+    AND index_name = 'PRIMARY' AND table_name <> '__diesel_schema_migrations'";
+const SQLITE_PRIMARY: &str = "SELECT m.name AS table_name, 'pk' AS index_name, p.pk AS seqno, \
+    p.name AS column_name \
+    FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+    WHERE m.type = 'table' AND p.pk > 0 AND m.name NOT LIKE 'sqlite_%' \
+    AND m.name <> '__diesel_schema_migrations'";
 const SQLITE_COLUMNS: &str = "SELECT m.name AS table_name, p.name AS column_name, p.type AS data_type, \
     NULL AS max_length, CASE WHEN p.\"notnull\" = 1 OR p.pk > 0 THEN 'NO' ELSE 'YES' END AS is_nullable, \
     p.pk AS pk \
@@ -108,23 +138,43 @@ fn normalize(backend: Backend, row: &ColumnRow) -> String {
     }
 }
 
+/// Index rows (table, index, position, column) grouped into each index's column list.
+fn indexes(rows: Vec<IndexRow>) -> BTreeMap<(String, String), Vec<String>> {
+    let mut by_index: BTreeMap<(String, String), Vec<(i64, String)>> = BTreeMap::new();
+    for row in rows {
+        by_index
+            .entry((row.table_name, row.index_name))
+            .or_default()
+            .push((row.seqno, row.column_name));
+    }
+    by_index
+        .into_iter()
+        .map(|(k, mut cols)| {
+            cols.sort();
+            (k, cols.into_iter().map(|(_, c)| c).collect())
+        })
+        .collect()
+}
+
 /// The schema of a fresh database on `backend` migrated with `sets`.
-pub async fn introspect(backend: Backend, sets: &[&'static MigrationSet]) -> (Columns, Uniques) {
+pub async fn introspect(backend: Backend, sets: &[&'static MigrationSet]) -> Schema {
     let db = TestDb::unmigrated(backend).await;
     migrate::run_pending(db.url(), sets)
         .await
         .unwrap_or_else(|e| panic!("migrating {backend}: {e}"));
     let mut conn = db.conn().await;
-    let (cols_sql, uniq_sql) = match backend {
-        Backend::Postgres => (PG_COLUMNS, PG_UNIQUES),
-        Backend::Mysql => (MYSQL_COLUMNS, MYSQL_UNIQUES),
-        Backend::Sqlite => (SQLITE_COLUMNS, SQLITE_UNIQUES),
+    let (cols_sql, uniq_sql, pk_sql) = match backend {
+        Backend::Postgres => (PG_COLUMNS, PG_UNIQUES, PG_PRIMARY),
+        Backend::Mysql => (MYSQL_COLUMNS, MYSQL_UNIQUES, MYSQL_PRIMARY),
+        Backend::Sqlite => (SQLITE_COLUMNS, SQLITE_UNIQUES, SQLITE_PRIMARY),
     };
     let conn: &mut DbConnection = &mut conn;
     let col_rows: Vec<ColumnRow> =
         dispatch!(&mut *conn, c => diesel::sql_query(cols_sql).load(c).await).expect("columns");
     let idx_rows: Vec<IndexRow> =
         dispatch!(&mut *conn, c => diesel::sql_query(uniq_sql).load(c).await).expect("unique keys");
+    let pk_rows: Vec<IndexRow> =
+        dispatch!(&mut *conn, c => diesel::sql_query(pk_sql).load(c).await).expect("primary keys");
 
     let mut columns = Columns::new();
     for row in &col_rows {
@@ -133,22 +183,35 @@ pub async fn introspect(backend: Backend, sets: &[&'static MigrationSet]) -> (Co
             (normalize(backend, row), row.is_nullable == "YES"),
         );
     }
-    let mut by_index: BTreeMap<(String, String), Vec<(i64, String)>> = BTreeMap::new();
-    for row in idx_rows {
-        by_index
-            .entry((row.table_name, row.index_name))
-            .or_default()
-            .push((row.seqno, row.column_name));
-    }
     let mut uniques = Uniques::new();
-    for ((table, _), mut cols) in by_index {
-        cols.sort();
-        uniques
-            .entry(table)
-            .or_default()
-            .insert(cols.into_iter().map(|(_, c)| c).collect());
+    for ((table, _), cols) in indexes(idx_rows) {
+        uniques.entry(table).or_default().insert(cols);
     }
-    (columns, uniques)
+    let primary_keys = indexes(pk_rows)
+        .into_iter()
+        .map(|((table, _), cols)| (table, cols))
+        .collect();
+    Schema {
+        columns,
+        uniques,
+        primary_keys,
+    }
+}
+
+/// The primary keys the `table!`s of a schema source declare: `name (a, b) {` → `[a, b]`.
+pub fn parse_primary_keys(src: &str) -> PrimaryKeys {
+    src.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("//") && l.ends_with(") {"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(" (")?;
+            let key = rest.strip_suffix(") {")?;
+            Some((
+                name.trim().to_owned(),
+                key.split(',').map(|c| c.trim().to_owned()).collect(),
+            ))
+        })
+        .collect()
 }
 
 /// Parses a schema file: table -> column -> (diesel type, nullable). `#[sql_name]` gives the SQL
@@ -224,15 +287,37 @@ pub async fn check_migration_sets(sets: &[&'static MigrationSet]) -> (Columns, U
         introspect(Backend::Mysql, sets)
     );
     // Same tables, columns, types (VARCHAR lengths included) and nullability on all three.
-    assert_eq!(sqlite.0, pg.0, "SQLite and PostgreSQL columns differ");
-    assert_eq!(pg.0, mysql.0, "PostgreSQL and MySQL columns differ");
-    // Same unique keys on all three.
-    assert_eq!(sqlite.1, pg.1, "SQLite and PostgreSQL unique keys differ");
-    assert_eq!(pg.1, mysql.1, "PostgreSQL and MySQL unique keys differ");
+    assert_eq!(
+        sqlite.columns, pg.columns,
+        "SQLite and PostgreSQL columns differ"
+    );
+    assert_eq!(
+        pg.columns, mysql.columns,
+        "PostgreSQL and MySQL columns differ"
+    );
+    // Same unique keys and primary keys on all three.
+    assert_eq!(
+        sqlite.uniques, pg.uniques,
+        "SQLite and PostgreSQL unique keys differ"
+    );
+    assert_eq!(
+        pg.uniques, mysql.uniques,
+        "PostgreSQL and MySQL unique keys differ"
+    );
+    assert_eq!(
+        sqlite.primary_keys, pg.primary_keys,
+        "SQLite and PostgreSQL primary keys differ"
+    );
+    assert_eq!(
+        pg.primary_keys, mysql.primary_keys,
+        "PostgreSQL and MySQL primary keys differ"
+    );
 
     // They match the sets' schema sources together, which share no table.
     let mut schema = Columns::new();
+    let mut keys = PrimaryKeys::new();
     for set in sets {
+        keys.extend(parse_primary_keys(set.schema));
         let tables = parse_schema_rs(set.schema);
         assert!(
             !tables.is_empty(),
@@ -258,9 +343,13 @@ pub async fn check_migration_sets(sets: &[&'static MigrationSet]) -> (Columns, U
         }
     }
     assert_eq!(
-        without_lengths(&pg.0),
+        without_lengths(&pg.columns),
         schema,
         "the migrated schema does not match the sets' schema sources"
+    );
+    assert_eq!(
+        pg.primary_keys, keys,
+        "the migrated primary keys do not match the keys of the sets' `table!`s"
     );
 
     // Each set creates exactly its own tables, on all three backends.
@@ -269,12 +358,12 @@ pub async fn check_migration_sets(sets: &[&'static MigrationSet]) -> (Columns, U
         for backend in [Backend::Sqlite, Backend::Postgres, Backend::Mysql] {
             let before: BTreeSet<String> = introspect(backend, &sets[..i])
                 .await
-                .0
+                .columns
                 .into_keys()
                 .collect();
             let after: BTreeSet<String> = introspect(backend, &sets[..=i])
                 .await
-                .0
+                .columns
                 .into_keys()
                 .collect();
             let added: BTreeSet<String> = after.difference(&before).cloned().collect();
@@ -285,5 +374,5 @@ pub async fn check_migration_sets(sets: &[&'static MigrationSet]) -> (Columns, U
             );
         }
     }
-    pg
+    (pg.columns, pg.uniques)
 }
