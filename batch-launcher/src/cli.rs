@@ -62,6 +62,19 @@ pub enum Command {
     Serve,
     /// Serve a fake of the external asset API over HTTP, for local runs and benchmarks.
     FakeAssetApi(FakeAssetApiArgs),
+    /// Print the Jenkins pipeline of a job, generated from its descriptor and the effective configuration.
+    Jenkinsfile(JenkinsfileArgs),
+}
+
+/// Arguments of `jenkinsfile`.
+#[derive(Debug, Args)]
+pub struct JenkinsfileArgs {
+    /// The job whose pipeline to generate.
+    pub job: String,
+
+    /// Write the pipeline to this file instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
 }
 
 /// Arguments of `fake-asset-api`.

@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod demo;
+pub mod jenkins;
 pub mod launch;
 pub mod logging;
 pub mod modules;

@@ -1,72 +1,49 @@
-//! The Jenkins pipelines (`Jenkinsfile`, `jenkins/*.Jenkinsfile`, found by listing): every
-//! launcher call they make passes `--validate-only` through the real binary for every combination
-//! of their build parameters, broken variants of those calls are refused, and each pipeline has
-//! the structure SPEC §6 asks for, with its cron time equal to its job's `[schedule]` default.
-//! jenkins/README.md describes what is checked.
+//! The Jenkins pipelines. Nothing here lists jobs, parameters, credentials or schedules: for
+//! every job of `Registry::default()` the pipeline `batch-launcher jenkinsfile <JOB>` generates
+//! (with the built-in defaults) is checked against what the launcher knows about the job — its
+//! descriptor's parameters, its module's deployment settings, its `[schedule]` default and
+//! `batch.timezone` — and its `jenkins/run-job.sh` call runs through the real binary with
+//! `--validate-only` for representative values of every parameter (derived from the parameter's
+//! kind), while broken variants are refused. The checked-in pipelines (`Jenkinsfile`,
+//! `jenkins/*.Jenkinsfile`) must be the generator's output byte for byte. jenkins/README.md
+//! describes what is checked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::text;
+use batch_common::config::BatchProperties;
+use batch_common::job::{JobDescriptor, ParamDefault, ParamKind, ParameterSpec};
+use batch_launcher::jenkins;
+use batch_launcher::modules::Registry;
 
-/// What a non-empty `DATE` parameter stands for in the checks.
-const EXAMPLE_DATE: &str = "2026-11-20";
+use crate::{launcher, text};
 
-/// Settings that are secrets: a pipeline must take them from Jenkins credentials.
-const SECRETS: &[&str] = &[
-    "BATCH__DATABASE__URL",
-    "BATCH__REDIS__URL",
-    "BATCH__REDIS__CLUSTER_NODES",
-    "BATCH__ASSET__API_TOKEN",
-    "BATCH__NOTIFY__SLACK_WEBHOOK_URL",
-    "BATCH__SERVER__TOKEN",
+/// The result file the launcher call writes and the pipeline archives.
+const RESULT_FILE: &str = "result.json";
+
+/// Values tried against a [`ParamKind::Custom`] validator to find one it accepts (and one it
+/// refuses). A validator that accepts none of them is only run with an empty value.
+const CUSTOM_CANDIDATES: &[&str] = &[
+    "x",
+    "KRW",
+    "USD",
+    "default",
+    "main",
+    "a",
+    "A",
+    "abc",
+    "1",
+    "0",
+    "42",
+    "true",
+    "2026-11-20",
+    "2026-10",
+    "us-east-1",
+    "!",
+    "not a valid value!",
+    "-1",
 ];
-
-/// The settings each job's pipeline must provide (without them the job would run against the
-/// built-in defaults: SQLite in the workspace, a local Redis, the fake asset API).
-fn required_settings(job: &str) -> &'static [&'static str] {
-    match job {
-        "pointBalanceSyncJob" => &["BATCH__DATABASE__URL", "BATCH__REDIS__URL"],
-        "assetRefreshJob" => &[
-            "BATCH__DATABASE__URL",
-            "BATCH__ASSET__API_BASE_URL",
-            "BATCH__ASSET__API_TOKEN",
-        ],
-        // A job without credentials of its own needs the database only.
-        _ => &["BATCH__DATABASE__URL"],
-    }
-}
-
-/// A value of the right shape for a setting bound from a Jenkins credential.
-fn stand_in(var: &str) -> &'static str {
-    match var {
-        "BATCH__DATABASE__URL" => "postgres://batch:secret@db.example.invalid:5432/batch",
-        "BATCH__REDIS__URL" => "redis://:secret@redis.example.invalid:6379",
-        "BATCH__REDIS__CLUSTER_NODES" => {
-            "redis://:secret@redis1.example.invalid:6379,redis://:secret@redis2.example.invalid:6379"
-        }
-        "BATCH__ASSET__API_BASE_URL" => "https://assets.example.invalid",
-        "BATCH__ASSET__API_TOKEN" | "BATCH__SERVER__TOKEN" => "secret-token",
-        "BATCH__NOTIFY__SLACK_WEBHOOK_URL" => "https://hooks.slack.com/services/T0/B0/secret",
-        other if other.starts_with("BATCH_") => {
-            panic!("no stand-in value for the credential `{other}`: add one in pipelines.rs")
-        }
-        // Not read by the launcher.
-        _ => "stand-in",
-    }
-}
-
-/// The values a build parameter takes in the checks.
-fn representative_values(kind: &str, name: &str) -> Vec<String> {
-    match (kind, name) {
-        ("string", "DATE") => vec![String::new(), EXAMPLE_DATE.to_owned()],
-        ("booleanParam", _) => vec!["false".to_owned(), "true".to_owned()],
-        _ => panic!(
-            "no representative values for the {kind} parameter `{name}`: add them in pipelines.rs"
-        ),
-    }
-}
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -79,46 +56,55 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
-/// One pipeline file, with its full-line comments removed.
-struct Pipeline {
-    /// Relative to the workspace root.
-    file: String,
-    code: String,
+/// The built-in defaults as the launcher merges them: the runtime's and every module's.
+fn defaults(registry: &Registry) -> BatchProperties {
+    BatchProperties::load_from(None, Vec::new(), registry.modules())
+        .expect("the built-in defaults load")
 }
 
-/// The root `Jenkinsfile` and every `jenkins/*.Jenkinsfile`. Anything else named like a
-/// pipeline fails, so no pipeline escapes the checks by its name.
-fn pipelines() -> Vec<Pipeline> {
-    let root = workspace_root();
-    let mut files = Vec::new();
-    for (dir, prefix) in [(root.clone(), ""), (root.join("jenkins"), "jenkins/")] {
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            let is_pipeline = if prefix.is_empty() {
-                name == "Jenkinsfile"
-            } else {
-                name.ends_with(".Jenkinsfile")
-            };
-            if is_pipeline {
-                files.push(format!("{prefix}{name}"));
-            } else {
-                assert!(
-                    !name.to_lowercase().contains("jenkinsfile"),
-                    "{prefix}{name}: pipelines are the root `Jenkinsfile` and `jenkins/<jobName>.Jenkinsfile`"
-                );
-            }
-        }
+/// One registered job and the pipeline generated for it.
+struct JobPipeline {
+    descriptor: &'static JobDescriptor,
+    deployment_settings: &'static [&'static str],
+    /// Its `[schedule]` entry in the built-in defaults.
+    schedule: Option<String>,
+    /// `batch.timezone` of the built-in defaults.
+    timezone: String,
+    /// The generated pipeline.
+    text: String,
+}
+
+impl JobPipeline {
+    fn job(&self) -> &'static str {
+        self.descriptor.name
     }
-    files.sort();
-    assert!(
-        files.iter().any(|f| f == "Jenkinsfile"),
-        "no root Jenkinsfile (the pointBalanceSyncJob pipeline)"
-    );
-    files
-        .into_iter()
-        .map(|file| Pipeline {
-            code: strip_comments(&read(&root.join(&file))),
-            file,
+
+    /// The pipeline without its full-line comments.
+    fn code(&self) -> String {
+        strip_comments(&self.text)
+    }
+}
+
+/// Every registered job's generated pipeline.
+fn job_pipelines() -> Vec<JobPipeline> {
+    let registry = Registry::default();
+    let props = defaults(&registry);
+    let jobs = registry.jobs();
+    assert!(!jobs.is_empty(), "no registered jobs");
+    jobs.into_iter()
+        .map(|reg| {
+            let job = reg.descriptor.name;
+            let module = registry
+                .module_of(job)
+                .expect("a registered job has a module");
+            JobPipeline {
+                descriptor: reg.descriptor,
+                deployment_settings: module.deployment_settings(),
+                schedule: props.schedule_for(job).map(str::to_owned),
+                timezone: props.batch.timezone.to_string(),
+                text: jenkins::pipeline_for(&registry, &props, job)
+                    .unwrap_or_else(|e| panic!("no pipeline for {job}: {e:#}")),
+            }
         })
         .collect()
 }
@@ -166,97 +152,139 @@ fn block<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     None
 }
 
-/// A call of `jenkins/run-job.sh` in a pipeline: the words after the script name.
-#[derive(Debug, Clone)]
-struct Invocation {
-    words: Vec<String>,
+/// A named argument's value in a Groovy call.
+#[derive(Debug, Clone, PartialEq)]
+enum Arg {
+    Str(String),
+    List(Vec<String>),
+    Word(String),
 }
 
-impl Invocation {
-    fn job(&self) -> &str {
-        &self.words[0]
+/// A single-quoted Groovy string starting at `chars` (after its quote), unescaped.
+fn groovy_string(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String, String> {
+    let mut out = String::new();
+    loop {
+        match chars.next() {
+            None => return Err("unterminated string".into()),
+            Some('\'') => return Ok(out),
+            Some('\\') => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some('t') => out.push('\t'),
+                Some(c @ ('\\' | '\'')) => out.push(c),
+                other => return Err(format!("escape \\{other:?}")),
+            },
+            Some(c) => out.push(c),
+        }
     }
 }
 
-/// Every `jenkins/run-job.sh ...` call: one line, a single-quoted shell script of plain words (no
-/// Groovy or shell expansion), so what is checked here is exactly what Jenkins runs.
-fn invocations(p: &Pipeline) -> Result<Vec<Invocation>, String> {
-    let mut found = Vec::new();
-    for line in p.code.lines() {
-        if line.contains("release/batch-launcher") || line.contains("cargo run") {
-            return Err(format!(
-                "{}: calls the launcher directly (`{}`); call it through jenkins/run-job.sh so it is checked",
-                p.file,
-                line.trim()
-            ));
-        }
-        if !line.contains("run-job.sh") {
+/// A Groovy call: the function and its named arguments.
+type Call = (String, BTreeMap<String, Arg>);
+
+/// The calls `name(key: value, ...)` in `text`, in order.
+fn calls(text: &str) -> Result<Vec<Call>, String> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut word = String::new();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
             continue;
         }
-        let Some(start) = line.find("'jenkins/run-job.sh ") else {
-            return Err(format!(
-                "{}: `{}`: write the call as a single-quoted 'jenkins/run-job.sh <JOB> ...' on one line",
-                p.file,
-                line.trim()
-            ));
-        };
-        let rest = &line[start + 1..];
-        let script = &rest[..rest.find('\'').unwrap_or(rest.len())];
-        if let Some(c) = script
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || " -_=./".contains(*c)))
-        {
-            return Err(format!(
-                "{}: `{script}` has `{c}`: keep the call plain words, the parameters reach it as environment variables",
-                p.file
-            ));
+        if c != '(' || word.is_empty() {
+            word.clear();
+            continue;
         }
-        let words: Vec<String> = script
-            .split_whitespace()
-            .skip(1)
-            .map(String::from)
-            .collect();
-        if words.first().is_none_or(|w| w.starts_with('-')) {
-            return Err(format!("{}: `{script}` names no job first", p.file));
+        let function = std::mem::take(&mut word);
+        let mut args = BTreeMap::new();
+        loop {
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+            let mut key = String::new();
+            while let Some(c) = chars.next_if(|c| c.is_ascii_alphanumeric()) {
+                key.push(c);
+            }
+            if chars.next() != Some(':') {
+                return Err(format!("{function}(...): `{key}` is not `key: value`"));
+            }
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+            let value = match chars.next() {
+                Some('\'') => Arg::Str(groovy_string(&mut chars)?),
+                Some('[') => {
+                    let mut items = Vec::new();
+                    loop {
+                        match chars.next() {
+                            Some('\'') => items.push(groovy_string(&mut chars)?),
+                            Some(']') => break,
+                            Some(c) if c == ',' || c.is_whitespace() => {}
+                            other => return Err(format!("{function}: list has {other:?}")),
+                        }
+                    }
+                    Arg::List(items)
+                }
+                Some(c) => {
+                    let mut w = c.to_string();
+                    while let Some(c) = chars.next_if(|c| c.is_ascii_alphanumeric() || *c == '_') {
+                        w.push(c);
+                    }
+                    Arg::Word(w)
+                }
+                None => return Err(format!("{function}: ends early")),
+            };
+            args.insert(key, value);
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+            match chars.next() {
+                Some(',') => continue,
+                Some(')') => break,
+                other => return Err(format!("{function}: {other:?} after an argument")),
+            }
         }
-        found.push(Invocation { words });
+        out.push((function, args));
     }
-    if found.is_empty() {
-        return Err(format!("{}: no jenkins/run-job.sh call", p.file));
-    }
-    Ok(found)
+    Ok(out)
 }
 
-/// The job a pipeline runs (all its calls run the same one).
-fn job_of(p: &Pipeline) -> String {
-    let calls = invocations(p).unwrap_or_else(|e| panic!("{e}"));
-    let jobs: BTreeSet<&str> = calls.iter().map(Invocation::job).collect();
-    assert_eq!(jobs.len(), 1, "{}: runs several jobs: {jobs:?}", p.file);
-    calls[0].job().to_owned()
+/// A build parameter of a pipeline.
+#[derive(Debug, Clone, PartialEq)]
+struct BuildParam {
+    /// `string`, `booleanParam` or `choice`.
+    kind: String,
+    name: String,
+    /// `defaultValue` (a string's text, a boolean's `true`/`false`).
+    default: Option<String>,
+    choices: Vec<String>,
+    description: String,
 }
 
-/// `(kind, name)` of each build parameter.
-fn parameters(p: &Pipeline) -> Vec<(String, String)> {
-    let Some(b) = block(&p.code, "parameters") else {
-        return Vec::new();
+fn build_params(code: &str) -> Result<Vec<BuildParam>, String> {
+    let Some(b) = block(code, "parameters") else {
+        return Ok(Vec::new());
     };
-    let mut out = Vec::new();
-    let mut rest = b;
-    while let Some(i) = rest.find("(name: '") {
-        let kind: String = rest[..i]
-            .chars()
-            .rev()
-            .take_while(|c| c.is_alphanumeric())
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        let after = &rest[i + "(name: '".len()..];
-        let end = after.find('\'').expect("parameter name ends");
-        out.push((kind, after[..end].to_owned()));
-        rest = &after[end..];
-    }
-    out
+    calls(b)?
+        .into_iter()
+        .map(|(kind, args)| {
+            let text = |key: &str| match args.get(key) {
+                Some(Arg::Str(s) | Arg::Word(s)) => Some(s.clone()),
+                _ => None,
+            };
+            Ok(BuildParam {
+                name: text("name").ok_or(format!("{kind}(...) has no name"))?,
+                default: text("defaultValue"),
+                choices: match args.get("choices") {
+                    Some(Arg::List(l)) => l.clone(),
+                    _ => Vec::new(),
+                },
+                description: text("description").unwrap_or_default(),
+                kind,
+            })
+        })
+        .collect()
 }
 
 /// A value in the `environment` block.
@@ -266,18 +294,15 @@ enum EnvValue {
     Literal(String),
 }
 
-fn environment(p: &Pipeline) -> Result<BTreeMap<String, EnvValue>, String> {
+fn environment(code: &str) -> Result<BTreeMap<String, EnvValue>, String> {
     let mut out = BTreeMap::new();
-    for line in block(&p.code, "environment").unwrap_or("").lines() {
+    for line in block(code, "environment").unwrap_or("").lines() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
         let Some((name, value)) = line.split_once(" = ") else {
-            return Err(format!(
-                "{}: environment line `{line}` is not `NAME = value`",
-                p.file
-            ));
+            return Err(format!("environment line `{line}` is not `NAME = value`"));
         };
         let value = if let Some(id) = value
             .strip_prefix("credentials('")
@@ -288,49 +313,815 @@ fn environment(p: &Pipeline) -> Result<BTreeMap<String, EnvValue>, String> {
             EnvValue::Literal(lit.to_owned())
         } else {
             return Err(format!(
-                "{}: environment value `{value}` is neither credentials('id') nor a 'literal'",
-                p.file
+                "environment value `{value}` is neither credentials('id') nor a 'literal'"
             ));
         };
-        out.insert(name.trim().to_owned(), value);
+        if out.insert(name.trim().to_owned(), value).is_some() {
+            return Err(format!("environment sets {name} twice"));
+        }
     }
     Ok(out)
 }
 
-/// The pipeline's environment as a build sees it, with stand-ins for the credentials.
-fn build_environment(p: &Pipeline) -> BTreeMap<String, String> {
-    environment(p)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .map(|(name, value)| {
-            let v = match value {
-                EnvValue::Credential(_) => stand_in(&name).to_owned(),
-                EnvValue::Literal(l) => l,
+/// The words after `jenkins/run-job.sh` of the pipeline's one call: a single-quoted shell
+/// script of plain words (no Groovy or shell expansion), so what is run here is what Jenkins runs.
+fn run_call(code: &str) -> Result<Vec<String>, String> {
+    let mut found = Vec::new();
+    for line in code.lines() {
+        if line.contains("release/batch-launcher") || line.contains("cargo run") {
+            return Err(format!(
+                "calls the launcher directly (`{}`), not through jenkins/run-job.sh",
+                line.trim()
+            ));
+        }
+        if !line.contains("run-job.sh") {
+            continue;
+        }
+        let Some(start) = line.find("'jenkins/run-job.sh ") else {
+            return Err(format!(
+                "`{}`: not a single-quoted 'jenkins/run-job.sh <JOB> ...' on one line",
+                line.trim()
+            ));
+        };
+        let rest = &line[start + 1..];
+        let script = &rest[..rest.find('\'').unwrap_or(rest.len())];
+        if let Some(c) = script
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || " -_=./".contains(*c)))
+        {
+            return Err(format!("`{script}` has `{c}`: keep the call plain words"));
+        }
+        found.push(
+            script
+                .split_whitespace()
+                .skip(1)
+                .map(String::from)
+                .collect(),
+        );
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        n => Err(format!("{n} jenkins/run-job.sh calls, want one")),
+    }
+}
+
+/// The variable and credential id of a deployment setting, derived here from the key itself:
+/// `asset.api_token` → `BATCH__ASSET__API_TOKEN`, `batch-asset-api-token`.
+fn expected_credential(setting: &str) -> (String, String) {
+    (
+        format!("BATCH__{}", setting.replace('.', "__").to_ascii_uppercase()),
+        format!("batch-{}", setting.replace(['.', '_'], "-")),
+    )
+}
+
+/// A stand-in of the right shape for a setting bound from a credential, from its name:
+/// a `...url` setting gets a URL of its kind (PostgreSQL for the database, Redis for a redis
+/// one, HTTPS otherwise), anything else a token.
+fn stand_in(var: &str) -> String {
+    let path = var
+        .strip_prefix("BATCH__")
+        .unwrap_or_else(|| panic!("{var} is not a BATCH__ setting"))
+        .to_ascii_lowercase();
+    let section = path.split("__").next().unwrap_or_default().to_owned();
+    if !path.ends_with("url") {
+        format!("stand-in-{}-secret-token", path.replace('_', "-"))
+    } else if path.contains("redis") {
+        format!("redis://:secret@{section}.example.invalid:6379")
+    } else if section == "database" {
+        "postgres://batch:secret@db.example.invalid:5432/batch".to_owned()
+    } else {
+        format!("https://{}.example.invalid", section.replace('_', "-"))
+    }
+}
+
+/// Valid non-empty values of a parameter, from its kind.
+fn examples(kind: ParamKind) -> Vec<String> {
+    match kind {
+        ParamKind::Date => vec!["2026-11-20".into()],
+        ParamKind::Month => vec!["2026-10".into()],
+        ParamKind::Bool => vec!["true".into(), "false".into()],
+        ParamKind::Count => vec!["5".into()],
+        ParamKind::Integer { min, max } => {
+            let mut v = vec![min.to_string(), max.to_string()];
+            v.dedup();
+            v
+        }
+        ParamKind::OneOf(names) => names.iter().map(|n| n.to_string()).collect(),
+        ParamKind::Text => vec!["x".into()],
+        // The first candidate the validator accepts, if any.
+        ParamKind::Custom(v) => CUSTOM_CANDIDATES
+            .iter()
+            .find(|c| (v.check)(c).is_ok())
+            .map(|c| vec![c.to_string()])
+            .unwrap_or_default(),
+    }
+}
+
+/// Values a parameter of this kind refuses (none for text).
+fn malformed(kind: ParamKind) -> Vec<String> {
+    match kind {
+        ParamKind::Date => vec!["2026-13-01".into()],
+        ParamKind::Month => vec!["2026-13".into()],
+        ParamKind::Bool => vec!["maybe".into()],
+        ParamKind::Count => vec!["-1".into(), "five".into()],
+        ParamKind::Integer { min, max } => {
+            let mut v = vec!["x".to_owned()];
+            if let Some(above) = max.checked_add(1) {
+                v.push(above.to_string());
+            }
+            if let Some(below) = min.checked_sub(1) {
+                v.push(below.to_string());
+            }
+            v
+        }
+        ParamKind::OneOf(names) => {
+            let mut bad = "no-such-choice".to_owned();
+            while names.contains(&bad.as_str()) {
+                bad.push('x');
+            }
+            vec![bad]
+        }
+        ParamKind::Text => Vec::new(),
+        ParamKind::Custom(v) => CUSTOM_CANDIDATES
+            .iter()
+            .find(|c| (v.check)(c).is_err())
+            .map(|c| vec![c.to_string()])
+            .unwrap_or_default(),
+    }
+}
+
+/// The text `--validate-only` shows for a given value.
+fn canonical(spec: &ParameterSpec, value: &str) -> String {
+    match spec.kind {
+        ParamKind::Bool => batch_common::params::parse_bool(spec.name, value)
+            .unwrap()
+            .to_string(),
+        ParamKind::Custom(v) => (v.check)(value).unwrap(),
+        _ => value.trim().to_owned(),
+    }
+}
+
+/// How the build parameter of `spec` must be declared: (kind, defaultValue, choices).
+fn expected_build_param(spec: &ParameterSpec) -> (&'static str, Option<String>, Vec<String>) {
+    let with_empty = |names: &[&str]| {
+        let mut c = vec![String::new()];
+        c.extend(names.iter().map(|n| n.to_string()));
+        c
+    };
+    match (spec.kind, spec.default) {
+        (ParamKind::Bool, ParamDefault::Value(v)) => {
+            let b = batch_common::params::parse_bool(spec.name, v).expect("a boolean default");
+            ("booleanParam", Some(b.to_string()), Vec::new())
+        }
+        (ParamKind::Bool, _) => ("choice", None, with_empty(&["true", "false"])),
+        (ParamKind::OneOf(names), _) => ("choice", None, with_empty(names)),
+        _ => ("string", Some(String::new()), Vec::new()),
+    }
+}
+
+/// The value a build parameter has when nobody sets it (a checkbox its default, else empty).
+fn untouched_value(spec: &ParameterSpec) -> String {
+    expected_build_param(spec)
+        .1
+        .filter(|_| matches!(spec.kind, ParamKind::Bool))
+        .unwrap_or_default()
+}
+
+/// Everything wrong with one generated pipeline (`code`, comments stripped) of `p`'s job.
+fn structure_problems(p: &JobPipeline, code: &str) -> Vec<String> {
+    let job = p.job();
+    let mut problems = Vec::new();
+    let mut need = |ok: bool, what: String| {
+        if !ok {
+            problems.push(format!("{job}: {what}"));
+        }
+    };
+
+    // The call: `jenkins/run-job.sh <JOB> --result-file result.json`.
+    match run_call(code) {
+        Err(e) => need(false, e),
+        Ok(words) => need(
+            words == [job, "--result-file", RESULT_FILE],
+            format!(
+                "the call is `jenkins/run-job.sh {}`, want `{job} --result-file {RESULT_FILE}`",
+                words.join(" ")
+            ),
+        ),
+    }
+
+    // Trigger: the `[schedule]` default in TZ=batch.timezone; none when off or absent, or when
+    // a parameter is required (a scheduled build would fail).
+    let required: Vec<&str> = p
+        .descriptor
+        .parameters
+        .iter()
+        .filter(|s| s.default == ParamDefault::Required)
+        .map(|s| s.name)
+        .collect();
+    let trigger = block(code, "triggers");
+    match (&p.schedule, required.is_empty()) {
+        (Some(cron), true) => match trigger.and_then(|t| t.split_once("cron('")) {
+            None => need(false, "no `triggers { cron('...') }`".into()),
+            Some((_, rest)) => {
+                let spec = rest.split("')").next().unwrap_or("");
+                let tz = format!("TZ={}", p.timezone);
+                let (first, second) = spec.split_once("\\n").unwrap_or((spec, ""));
+                need(
+                    first == tz,
+                    format!("cron `{spec}` must start with `{tz}\\n`"),
+                );
+                let jenkins: Vec<&str> = second.split(' ').collect();
+                let fields: Vec<&str> = cron.split_whitespace().collect();
+                // A plain schedule (numbers and `*`, any weekday) is the same fields in Jenkins
+                // without the seconds; anything else is the generator's translation.
+                let plain = fields.len() == 6
+                    && fields[0] == "0"
+                    && fields[5] == "*"
+                    && fields[1..5]
+                        .iter()
+                        .all(|f| f.chars().all(|c| c.is_ascii_digit() || c == '*'));
+                let want = if plain {
+                    fields[1..].join(" ")
+                } else {
+                    jenkins::jenkins_cron(cron).unwrap_or_else(|e| e)
+                };
+                need(
+                    jenkins.join(" ") == want,
+                    format!("cron `{second}` is not [schedule] {job} = `{cron}` (want `{want}`)"),
+                );
+                need(
+                    !trigger.unwrap_or("").contains("H "),
+                    "cron uses H: the minute must be the schedule's".into(),
+                );
+            }
+        },
+        _ => need(
+            trigger.is_none(),
+            format!(
+                "has a trigger, but [schedule] {job} is {:?} and the required parameters are {required:?}",
+                p.schedule
+            ),
+        ),
+    }
+
+    let options = block(code, "options").unwrap_or("");
+    for option in [
+        "disableConcurrentBuilds()",
+        "buildDiscarder(",
+        "timestamps()",
+    ] {
+        need(options.contains(option), format!("no {option} in options"));
+    }
+    let timeout = options
+        .split_once("timeout(time: ")
+        .and_then(|(_, r)| r.split_once(", unit: '"))
+        .and_then(|(n, r)| Some((n.trim().parse::<u32>().ok()?, r.split('\'').next()?)));
+    need(
+        matches!(timeout, Some((n, "MINUTES" | "HOURS")) if n > 0),
+        "no `timeout(time: N, unit: 'MINUTES')` in options".into(),
+    );
+    need(
+        code.lines()
+            .any(|l| l.trim() == "sh 'cargo build --release --locked -p batch-launcher'"),
+        "no `sh 'cargo build --release --locked -p batch-launcher'`".into(),
+    );
+
+    // Parameters: one per declared job parameter, then RERUN.
+    let env = environment(code);
+    match build_params(code) {
+        Err(e) => need(false, format!("parameters: {e}")),
+        Ok(params) => {
+            let names: Vec<&str> = params.iter().map(|b| b.name.as_str()).collect();
+            let mut want_names: Vec<String> = p
+                .descriptor
+                .parameters
+                .iter()
+                .map(|s| jenkins::build_parameter_name(s.name))
+                .collect();
+            want_names.push("RERUN".to_owned());
+            need(
+                names == want_names,
+                format!("build parameters {names:?}, want {want_names:?}"),
+            );
+            let unique: BTreeSet<&str> = names.iter().copied().collect();
+            need(
+                unique.len() == names.len(),
+                format!("build parameters {names:?} repeat"),
+            );
+            for spec in p.descriptor.parameters {
+                let name = jenkins::build_parameter_name(spec.name);
+                let Some(b) = params.iter().find(|b| b.name == name) else {
+                    continue;
+                };
+                need(
+                    !name.is_empty()
+                        && !name.starts_with(|c: char| c.is_ascii_digit())
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'),
+                    format!("build parameter {name} is not a shell variable name"),
+                );
+                let (kind, default, choices) = expected_build_param(spec);
+                need(
+                    b.kind == kind && b.default == default && b.choices == choices,
+                    format!(
+                        "build parameter {name} of `{}` is {}({:?}, {:?}), want {kind}({default:?}, {choices:?})",
+                        spec.name, b.kind, b.default, b.choices
+                    ),
+                );
+                let d = b.description.to_lowercase();
+                let description: String = spec
+                    .description
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                for part in [
+                    spec.name.to_owned(),
+                    spec.kind.to_string(),
+                    spec.default.to_string(),
+                    description,
+                ] {
+                    need(
+                        d.contains(&part.to_lowercase()),
+                        format!(
+                            "the description of {name} does not say `{part}`: {:?}",
+                            b.description
+                        ),
+                    );
+                }
+            }
+            match params.last() {
+                Some(r) if r.name == "RERUN" => need(
+                    r.kind == "booleanParam" && r.default.as_deref() == Some("false"),
+                    "RERUN is not booleanParam(defaultValue: false)".into(),
+                ),
+                _ => need(false, "no RERUN build parameter".into()),
+            }
+        }
+    }
+
+    // Environment: database.url and the module's deployment settings from credentials, the
+    // parameter mapping, the Slack channel and token id; nothing else.
+    match env {
+        Err(e) => need(false, e),
+        Ok(env) => {
+            let mut want: BTreeMap<String, EnvValue> = BTreeMap::new();
+            for setting in std::iter::once(&"database.url").chain(p.deployment_settings) {
+                let (var, id) = expected_credential(setting);
+                want.insert(var, EnvValue::Credential(id));
+            }
+            let mapping: Vec<String> = p
+                .descriptor
+                .parameters
+                .iter()
+                .map(|s| format!("{}={}", jenkins::build_parameter_name(s.name), s.name))
+                .collect();
+            want.insert("JOB_PARAMS".into(), EnvValue::Literal(mapping.join(" ")));
+            want.insert("SLACK_CHANNEL".into(), EnvValue::Literal("#batch".into()));
+            want.insert(
+                "SLACK_CREDENTIALS_ID".into(),
+                EnvValue::Literal("batch-slack-token".into()),
+            );
+            for (name, value) in &want {
+                match env.get(name) {
+                    None => need(false, format!("{name} is not in environment")),
+                    Some(v) => need(
+                        v == value,
+                        format!("environment {name} is {v:?}, want {value:?}"),
+                    ),
+                }
+            }
+            for name in env.keys().filter(|k| !want.contains_key(*k)) {
+                need(
+                    false,
+                    format!("environment has {name}, which the job does not need"),
+                );
+            }
+        }
+    }
+
+    // The result file: not left from an earlier build, archived, summarized.
+    let post = block(code, "post").unwrap_or("");
+    let always = block(post, "always").unwrap_or("");
+    need(
+        code.contains(&format!("sh 'rm -f {RESULT_FILE}'")),
+        format!("no `sh 'rm -f {RESULT_FILE}'` before the run"),
+    );
+    need(
+        always.contains(&format!(
+            "archiveArtifacts artifacts: '{RESULT_FILE}', allowEmptyArchive: true"
+        )),
+        format!("post {{ always }} does not archiveArtifacts '{RESULT_FILE}'"),
+    );
+    need(
+        always.contains("summary = resultSummary()")
+            && code.contains(&format!("formatResult(readJSON(file: '{RESULT_FILE}'))")),
+        "post { always } does not summarize result.json (resultSummary/formatResult)".into(),
+    );
+    for (section, color) in [
+        ("success", "good"),
+        ("unstable", "warning"),
+        ("notBuilt", "warning"),
+        ("failure", "danger"),
+        ("aborted", "danger"),
+    ] {
+        need(
+            block(post, section).is_some_and(|b| {
+                b.contains("slackSend(")
+                    && b.contains(&format!("color: '{color}'"))
+                    && b.contains("${summary}")
+            }),
+            format!("no slackSend with color '{color}' and the summary in post {{ {section} }}"),
+        );
+    }
+    problems.extend(
+        exit_code_problems(code)
+            .into_iter()
+            .map(|e| format!("{job}: {e}")),
+    );
+    problems
+}
+
+/// `sh(returnStatus: true)` into a variable, then `switch` on it: 0 passes, 3 is UNSTABLE, 4 is
+/// NOT_BUILT, 2 and anything else an error.
+fn exit_code_problems(code: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(line) = code.lines().find(|l| l.contains("'jenkins/run-job.sh ")) else {
+        return vec!["no jenkins/run-job.sh call".into()];
+    };
+    let Some((lhs, _)) = line.split_once(" = sh(returnStatus: true") else {
+        return vec!["capture the status: `int code = sh(returnStatus: true, ...)`".into()];
+    };
+    let var = lhs.split_whitespace().last().unwrap_or("");
+    let Some(switch) = block(code, &format!("switch ({var})")) else {
+        return vec![format!("no `switch ({var})` on the exit code")];
+    };
+    let mut cases: BTreeMap<String, &str> = BTreeMap::new();
+    for l in switch.lines().map(str::trim) {
+        if let Some(rest) = l.strip_prefix("case ") {
+            if let Some((n, action)) = rest.split_once(':') {
+                cases.insert(n.trim().to_owned(), action);
+            }
+        } else if let Some(action) = l.strip_prefix("default:") {
+            cases.insert("default".to_owned(), action);
+        }
+    }
+    let mut need = |case: &str, ok: fn(&str) -> bool, what: &str| {
+        if !cases.get(case).is_some_and(|a| ok(a)) {
+            problems.push(format!("exit code {case} must {what}"));
+        }
+    };
+    need(
+        "0",
+        |a| !a.contains("error(") && !a.contains("unstable(") && !a.contains("currentBuild.result"),
+        "leave the build SUCCESS",
+    );
+    need(
+        "3",
+        |a| a.contains("unstable("),
+        "be UNSTABLE (`unstable(...)`)",
+    );
+    need(
+        "4",
+        |a| a.contains("currentBuild.result = 'NOT_BUILT'"),
+        "be NOT_BUILT",
+    );
+    need("2", |a| a.contains("error("), "be an `error(...)`");
+    need("default", |a| a.contains("error("), "be an `error(...)`");
+    for (case, action) in &cases {
+        if !["0", "3", "4", "default"].contains(&case.as_str()) && !action.contains("error(") {
+            problems.push(format!("exit code {case} must be an `error(...)`"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn generated_pipelines_have_the_structure_of_their_job() {
+    let mut problems = Vec::new();
+    for p in job_pipelines() {
+        problems.extend(structure_problems(&p, &p.code()));
+        let header = p.text.lines().next().unwrap_or("");
+        if !header.contains(&format!(
+            "GENERATED by `batch-launcher jenkinsfile {}`",
+            p.job()
+        )) {
+            problems.push(format!(
+                "{}: the header does not say it is generated: {header}",
+                p.job()
+            ));
+        }
+    }
+    // What run-job.sh runs is what the Build stage builds.
+    let run_job_sh = read(&workspace_root().join("jenkins/run-job.sh"));
+    if !run_job_sh.contains("${LAUNCHER:-target/release/batch-launcher}") {
+        problems
+            .push("jenkins/run-job.sh does not default to target/release/batch-launcher".into());
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The structure checks can fail: each break of each job's pipeline is reported.
+#[test]
+fn broken_pipelines_fail_the_structure_checks() {
+    for p in job_pipelines() {
+        let job = p.job();
+        let code = p.code();
+        assert!(structure_problems(&p, &code).is_empty(), "{job}");
+        let mut breaks: Vec<(String, String, String)> = [
+            ("disableConcurrentBuilds()", "", "disableConcurrentBuilds"),
+            ("timeout(time: ", "timeout(after: ", "timeout"),
+            ("timestamps()", "", "timestamps"),
+            ("case 3: unstable(", "case 3: echo(", "exit code 3"),
+            (
+                "case 4: currentBuild.result = 'NOT_BUILT'",
+                "case 4: echo 'x'",
+                "exit code 4",
+            ),
+            ("case 2: error(", "case 2: echo(", "exit code 2"),
+            ("default: error(", "default: echo(", "exit code default"),
+            (
+                "returnStatus: true",
+                "returnStdout: true",
+                "capture the status",
+            ),
+            ("archiveArtifacts", "echo", "archiveArtifacts"),
+            ("readJSON(", "readYaml(", "summarize"),
+            ("sh 'rm -f result.json'", "sh 'true'", "rm -f"),
+            (" --result-file result.json'", "'", "the call is"),
+            (
+                "cargo build --release --locked",
+                "cargo build",
+                "cargo build --release",
+            ),
+            (
+                "failure {\n            slackSend(",
+                "failure {\n            echo(",
+                "post { failure }",
+            ),
+            (
+                "success {\n            slackSend(",
+                "success {\n            echo(",
+                "post { success }",
+            ),
+            (
+                "aborted {\n            slackSend(",
+                "aborted {\n            echo(",
+                "post { aborted }",
+            ),
+            ("color: 'warning'", "color: 'good'", "post { unstable }"),
+            (
+                "credentials('batch-database-url')",
+                "'postgres://x'",
+                "BATCH__DATABASE__URL",
+            ),
+            (
+                "booleanParam(name: 'RERUN'",
+                "booleanParam(name: 'RERUNS'",
+                "RERUN",
+            ),
+            (
+                "SLACK_CHANNEL = '#batch'",
+                "SLACK_CHANNEL = '#other'",
+                "SLACK_CHANNEL",
+            ),
+        ]
+        .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
+        .to_vec();
+        breaks.push((
+            format!("jenkins/run-job.sh {job} "),
+            format!("jenkins/run-job.sh {job}s "),
+            "the call is".into(),
+        ));
+        breaks.push((
+            "    environment {\n".into(),
+            "    environment {\n        BATCH__SERVER__TOKEN = credentials('batch-server-token')\n"
+                .into(),
+            "does not need".into(),
+        ));
+        if p.schedule.is_some() && block(&code, "triggers").is_some() {
+            breaks.push((
+                format!("TZ={}", p.timezone),
+                "TZ=UTC".into(),
+                "must start with".into(),
+            ));
+            let cron = block(&code, "triggers").unwrap();
+            let line = cron
+                .split("\\n")
+                .nth(1)
+                .unwrap()
+                .split("')")
+                .next()
+                .unwrap()
+                .to_owned();
+            let shifted = if line.starts_with("0 ") {
+                line.replacen("0 ", "1 ", 1)
+            } else {
+                format!("0 {}", line.split_once(' ').unwrap().1)
             };
-            (name, v)
+            breaks.push((
+                format!("\\n{line}')"),
+                format!("\\n{shifted}')"),
+                "is not [schedule]".into(),
+            ));
+            breaks.push((
+                "triggers {".into(),
+                "triggerz {".into(),
+                "no `triggers".into(),
+            ));
+        }
+        for setting in std::iter::once(&"database.url").chain(p.deployment_settings) {
+            let (var, id) = expected_credential(setting);
+            breaks.push((
+                format!("        {var} = credentials('{id}')\n"),
+                String::new(),
+                var.clone(),
+            ));
+            breaks.push((
+                format!("credentials('{id}')"),
+                format!("credentials('{id}s')"),
+                var,
+            ));
+        }
+        for spec in p.descriptor.parameters {
+            let name = jenkins::build_parameter_name(spec.name);
+            breaks.push((
+                format!("(name: '{name}'"),
+                format!("(name: '{name}X'"),
+                "build parameters".into(),
+            ));
+            breaks.push((
+                format!("{name}={}", spec.name),
+                format!("{name}={}x", spec.name),
+                "JOB_PARAMS".into(),
+            ));
+            let (kind, _, _) = expected_build_param(spec);
+            let other = if kind == "string" { "choice" } else { "string" };
+            breaks.push((
+                format!("{kind}(name: '{name}'"),
+                format!("{other}(name: '{name}'"),
+                name.clone(),
+            ));
+        }
+        for (from, to, expected) in breaks {
+            assert!(code.contains(&from), "{job}: `{from}` not in its pipeline");
+            let broken = code.replacen(&from, &to, 1);
+            let problems = structure_problems(&p, &broken);
+            assert!(
+                problems.iter().any(|pr| pr.contains(&expected)),
+                "{job}: replacing `{from}` with `{to}`: no problem mentions `{expected}`: {problems:?}"
+            );
+        }
+    }
+}
+
+/// The pipeline files: the root `Jenkinsfile` and every `jenkins/*.Jenkinsfile` (anything else
+/// named like a pipeline fails, so none escapes the check), as (file, text).
+fn checked_in_pipelines() -> Vec<(String, String)> {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    for (dir, prefix) in [(root.clone(), ""), (root.join("jenkins"), "jenkins/")] {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let is_pipeline = if prefix.is_empty() {
+                name == "Jenkinsfile"
+            } else {
+                name.ends_with(".Jenkinsfile")
+            };
+            if is_pipeline {
+                files.push(format!("{prefix}{name}"));
+            } else {
+                assert!(
+                    !name.to_lowercase().contains("jenkinsfile"),
+                    "{prefix}{name}: pipelines are the root `Jenkinsfile` and `jenkins/<JOB>.Jenkinsfile`"
+                );
+            }
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let text = read(&root.join(&f));
+            (f, text)
         })
         .collect()
 }
 
-/// Every combination of the representative values of the build parameters.
-fn parameter_combinations(p: &Pipeline) -> Vec<BTreeMap<String, String>> {
-    let mut combos = vec![BTreeMap::new()];
-    for (kind, name) in parameters(p) {
-        let mut next = Vec::new();
-        for combo in &combos {
-            for value in representative_values(&kind, &name) {
-                let mut c: BTreeMap<String, String> = combo.clone();
-                c.insert(name.clone(), value);
-                next.push(c);
-            }
+/// Every checked-in pipeline is the generator's output for its job (with the built-in
+/// defaults): they cannot drift from the jobs, the config defaults or the generator.
+#[test]
+fn checked_in_pipelines_are_the_generated_ones() {
+    let generated: BTreeMap<&str, JobPipeline> =
+        job_pipelines().into_iter().map(|p| (p.job(), p)).collect();
+    let files = checked_in_pipelines();
+    assert!(
+        files.iter().any(|(f, _)| f == "Jenkinsfile"),
+        "no root Jenkinsfile"
+    );
+    let mut problems = Vec::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for (file, text) in &files {
+        let job = match file.strip_prefix("jenkins/") {
+            Some(name) => name.trim_end_matches(".Jenkinsfile").to_owned(),
+            None => match run_call(&strip_comments(text)) {
+                Ok(words) if !words.is_empty() => words[0].clone(),
+                _ => {
+                    problems.push(format!(
+                        "{file}: no `jenkins/run-job.sh <JOB>` call names its job"
+                    ));
+                    continue;
+                }
+            },
+        };
+        if let Some(other) = seen.insert(job.clone(), file.clone()) {
+            problems.push(format!("{job} has two pipelines: {other} and {file}"));
         }
-        combos = next;
+        let Some(p) = generated.get(job.as_str()) else {
+            problems.push(format!(
+                "{file}: `{job}` is not a registered job (known: {})",
+                generated.keys().copied().collect::<Vec<_>>().join(", ")
+            ));
+            continue;
+        };
+        if *text != p.text {
+            let (n, (have, want)) = text
+                .lines()
+                .chain(std::iter::repeat("<end of file>"))
+                .zip(p.text.lines().chain(std::iter::repeat("<end of file>")))
+                .enumerate()
+                .find(|(_, (a, b))| a != b)
+                .unwrap_or((0, ("", "")));
+            problems.push(format!(
+                "{file} is not the generated pipeline of {job}: regenerate it with\n  \
+                 env -u BATCH_CONFIG cargo run -q -p batch-launcher -- jenkinsfile {job} > {file}\n\
+                 (no BATCH_* variables, no config file). First difference, line {}:\n  have: {have}\n  want: {want}",
+                n + 1
+            ));
+        }
     }
-    combos
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// Runs jenkins/run-job.sh as Jenkins would (the file itself, from `dir`), with only `env`, PATH and
-/// `LAUNCHER` in its environment.
+/// The CLI prints what the generator makes, writes it with --output, follows the effective
+/// configuration, and refuses an unknown job with exit 2 naming the known ones.
+#[test]
+fn jenkinsfile_command_prints_the_pipelines() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = job_pipelines();
+    for p in &pipelines {
+        let job = p.job();
+        let o = launcher(dir.path(), &["jenkinsfile", job], &[]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{job}: {err}");
+        assert!(
+            out == p.text,
+            "{job}: `jenkinsfile {job}` differs from the generator's output"
+        );
+
+        let file = dir.path().join(format!("{job}.Jenkinsfile"));
+        let o = launcher(
+            dir.path(),
+            &["jenkinsfile", job, "--output", file.to_str().unwrap()],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(0), "{job}: {}", text(&o).1);
+        assert!(
+            read(&file) == p.text,
+            "{job}: --output wrote something else"
+        );
+
+        // The effective configuration: another time zone, the schedule off.
+        let o = launcher(
+            dir.path(),
+            &["jenkinsfile", job],
+            &[("BATCH__BATCH__TIMEZONE", "Europe/Berlin")],
+        );
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{job}: {err}");
+        if block(&out, "triggers").is_some() {
+            assert!(out.contains("cron('TZ=Europe/Berlin\\n"), "{job}: {out}");
+        }
+        let off = format!("BATCH__SCHEDULE__{}", job.to_uppercase());
+        let o = launcher(dir.path(), &["jenkinsfile", job], &[(off.as_str(), "off")]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{job}: {err}");
+        assert!(
+            block(&strip_comments(&out), "triggers").is_none(),
+            "{job}: {out}"
+        );
+    }
+    let o = launcher(dir.path(), &["jenkinsfile", "noSuchJob"], &[]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("unknown job `noSuchJob`"), "{err}");
+    for p in &pipelines {
+        assert!(err.contains(p.job()), "{err}");
+    }
+}
+
+/// Runs jenkins/run-job.sh as Jenkins would (the file itself, from `dir`), with only `env`,
+/// PATH and `LAUNCHER` in its environment.
 fn run_job_sh(
     dir: &Path,
     launcher: &Path,
@@ -352,516 +1143,386 @@ fn launcher_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_batch-launcher"))
 }
 
-fn with_validate_only(words: &[String]) -> Vec<String> {
-    let mut w = words.to_vec();
-    w.push("--validate-only".to_owned());
-    w
-}
-
-fn describe(file: &str, words: &[String], env: &BTreeMap<String, String>, o: &Output) -> String {
+fn describe(job: &str, words: &[String], env: &BTreeMap<String, String>, o: &Output) -> String {
     let (out, err) = text(o);
     format!(
-        "{file}: run-job.sh {} with {env:?}\nexit {:?}\nstdout: {out}\nstderr: {err}",
+        "{job}: run-job.sh {} with {env:?}\nexit {:?}\nstdout: {out}\nstderr: {err}",
         words.join(" "),
         o.status.code()
     )
 }
 
+/// A build of `p`'s pipeline as the script sees it: the pipeline's environment with stand-ins
+/// for its credentials, every build parameter untouched (a required one set to `required`, if
+/// given), RERUN false.
+fn build_environment(p: &JobPipeline) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = environment(&p.code())
+        .unwrap_or_else(|e| panic!("{}: {e}", p.job()))
+        .into_iter()
+        .map(|(name, value)| {
+            let v = match value {
+                EnvValue::Credential(_) => stand_in(&name),
+                EnvValue::Literal(l) => l,
+            };
+            (name, v)
+        })
+        .collect();
+    for spec in p.descriptor.parameters {
+        env.insert(
+            jenkins::build_parameter_name(spec.name),
+            untouched_value(spec),
+        );
+    }
+    env.insert("RERUN".into(), "false".into());
+    env
+}
+
+/// The `k=v` pairs of an `ok: <JOB> k=v ...` line.
+fn shown_pairs(out: &str, job: &str) -> Option<BTreeMap<String, String>> {
+    let line = out.lines().next()?;
+    let rest = line.strip_prefix(&format!("ok: {job}"))?;
+    Some(
+        rest.split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
+/// Every job's launcher call, through jenkins/run-job.sh and the real binary with
+/// `--validate-only`: untouched, with RERUN, and with each parameter at each representative
+/// value of its kind (empty, then valid examples) while the others are untouched.
 #[test]
-fn every_pipeline_call_passes_validate_only_for_every_parameter_combination() {
+fn every_pipeline_call_passes_validate_only_for_representative_values() {
     let dir = tempfile::tempdir().unwrap();
-    for p in pipelines() {
-        let env = build_environment(&p);
-        let combinations = parameter_combinations(&p);
-        for (name, value) in [("DATE", EXAMPLE_DATE), ("RERUN", "true")] {
-            assert!(
-                combinations
-                    .iter()
-                    .any(|c| c.get(name).map(String::as_str) == Some(value)),
-                "{}: no build parameter {name}",
-                p.file
+    for p in job_pipelines() {
+        let job = p.job();
+        let words: Vec<String> = run_call(&p.code())
+            .unwrap()
+            .into_iter()
+            .chain(["--validate-only".to_owned()])
+            .collect();
+        let mut base = build_environment(&p);
+        // A required parameter needs a value in every run but its own empty one.
+        let mut runnable = true;
+        for spec in p
+            .descriptor
+            .parameters
+            .iter()
+            .filter(|s| s.default == ParamDefault::Required)
+        {
+            match examples(spec.kind).first() {
+                Some(v) => {
+                    base.insert(jenkins::build_parameter_name(spec.name), v.clone());
+                }
+                None => runnable = false,
+            }
+        }
+        if !runnable {
+            eprintln!(
+                "{job}: a required parameter has no example value: only refusals are checked"
             );
         }
-        for call in invocations(&p).unwrap_or_else(|e| panic!("{e}")) {
-            for params in &combinations {
-                let mut env = env.clone();
-                env.extend(params.clone());
-                let words = with_validate_only(&call.words);
-                let o = run_job_sh(dir.path(), launcher_bin(), &words, &env);
-                let what = describe(&p.file, &words, &env, &o);
+        let run = |env: &BTreeMap<String, String>| {
+            let o = run_job_sh(dir.path(), launcher_bin(), &words, env);
+            let what = describe(job, &words, env, &o);
+            (o, what)
+        };
+        if runnable {
+            for rerun in ["false", "true"] {
+                let mut env = base.clone();
+                env.insert("RERUN".into(), rerun.into());
+                let (o, what) = run(&env);
                 assert_eq!(o.status.code(), Some(0), "{what}");
-                let (out, _) = text(&o);
-                let shown: Vec<&str> = out.lines().next().unwrap_or("").split(' ').collect();
-                assert_eq!(shown.get(..2), Some(&["ok:", call.job()][..]), "{what}");
-                match params.get("DATE").map(String::as_str) {
-                    Some("") | None => {
-                        assert!(!shown.iter().any(|w| w.starts_with("date=")), "{what}")
+                assert!(shown_pairs(&text(&o).0, job).is_some(), "{what}");
+            }
+        }
+        for spec in p.descriptor.parameters {
+            let var = jenkins::build_parameter_name(spec.name);
+            let mut values = vec![String::new()];
+            values.extend(examples(spec.kind));
+            if matches!(spec.kind, ParamKind::Custom(_)) && values.len() == 1 {
+                eprintln!(
+                    "{job}: no example accepted by the validator of `{}` ({}): only empty is run",
+                    spec.name, spec.kind
+                );
+            }
+            for value in values {
+                // A checkbox is never empty in Jenkins.
+                if value.is_empty() && expected_build_param(spec).0 == "booleanParam" {
+                    continue;
+                }
+                let mut env = base.clone();
+                env.insert(var.clone(), value.clone());
+                let (o, what) = run(&env);
+                if value.is_empty() && spec.default == ParamDefault::Required {
+                    assert_eq!(o.status.code(), Some(2), "{what}");
+                    assert!(text(&o).1.contains(spec.name), "{what}");
+                    continue;
+                }
+                if !runnable {
+                    continue;
+                }
+                assert_eq!(o.status.code(), Some(0), "{what}");
+                let shown = shown_pairs(&text(&o).0, job).unwrap_or_else(|| panic!("{what}"));
+                let got = shown.get(spec.name).map(String::as_str);
+                match (value.as_str(), spec.default) {
+                    ("", ParamDefault::None) => assert_eq!(got, None, "{what}"),
+                    ("", ParamDefault::Value(d)) => {
+                        assert_eq!(got, Some(canonical(spec, d).as_str()), "{what}")
                     }
-                    Some(d) => assert!(shown.contains(&format!("date={d}").as_str()), "{what}"),
+                    ("", _) => assert!(got.is_some_and(|v| !v.is_empty()), "{what}"),
+                    (v, _) => assert_eq!(got, Some(canonical(spec, v).as_str()), "{what}"),
                 }
             }
         }
     }
 }
 
+/// The checks above can fail: a misspelled job, flag, credential variable or parameter
+/// mapping, a malformed value of each parameter and a bad RERUN are refused with exit 2 through
+/// the same script and binary.
 #[test]
-fn run_job_sh_turns_the_parameters_into_launcher_arguments() {
+fn broken_pipeline_calls_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    // A launcher stand-in that writes its arguments, one a line, to `<itself>.args`. A child shell
-    // makes the executable: had this multi-threaded process held it open for writing, a concurrent
-    // fork (other tests start processes) could inherit that and the exec fail with ETXTBSY.
-    let source = dir.path().join("stub-launcher.sh");
-    std::fs::write(&source, "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$0.args\"\n").unwrap();
-    let stub = dir.path().join("stub-launcher");
+    for p in job_pipelines() {
+        let job = p.job();
+        let words: Vec<String> = run_call(&p.code()).unwrap();
+        let mut env = build_environment(&p);
+        for spec in p
+            .descriptor
+            .parameters
+            .iter()
+            .filter(|s| s.default == ParamDefault::Required)
+        {
+            if let Some(v) = examples(spec.kind).first() {
+                env.insert(jenkins::build_parameter_name(spec.name), v.clone());
+            }
+        }
+        let run = |words: &[String], env: &BTreeMap<String, String>| {
+            let mut w = words.to_vec();
+            w.push("--validate-only".into());
+            let o = run_job_sh(dir.path(), launcher_bin(), &w, env);
+            let what = describe(job, &w, env, &o);
+            (o.status.code(), text(&o).1, what)
+        };
+
+        let mut misspelled_job = words.clone();
+        misspelled_job[0].push('s');
+        let (code, err, what) = run(&misspelled_job, &env);
+        assert_eq!(code, Some(2), "{what}");
+        assert!(err.contains("unknown job"), "{what}");
+
+        for i in (0..words.len()).filter(|&i| words[i].starts_with("--")) {
+            let mut misspelled_flag = words.clone();
+            misspelled_flag[i].pop();
+            let (code, err, what) = run(&misspelled_flag, &env);
+            assert_eq!(code, Some(2), "{what}");
+            assert!(err.contains("unexpected argument"), "{what}");
+        }
+
+        for spec in p.descriptor.parameters {
+            let var = jenkins::build_parameter_name(spec.name);
+            for bad in malformed(spec.kind) {
+                let mut broken = env.clone();
+                broken.insert(var.clone(), bad.clone());
+                let (code, err, what) = run(&words, &broken);
+                assert_eq!(code, Some(2), "{bad}: {what}");
+                assert!(
+                    err.contains(spec.name) && err.contains(&bad),
+                    "{bad}: {what}"
+                );
+            }
+            // A mapping to a name the job does not have is refused by the launcher.
+            let mut unmapped = env.clone();
+            let mapping = unmapped["JOB_PARAMS"].replacen(
+                &format!("{var}={}", spec.name),
+                &format!("{var}={}x", spec.name),
+                1,
+            );
+            unmapped.insert("JOB_PARAMS".into(), mapping);
+            unmapped.insert(
+                var.clone(),
+                examples(spec.kind).first().cloned().unwrap_or("x".into()),
+            );
+            let (code, err, what) = run(&words, &unmapped);
+            assert_eq!(code, Some(2), "{what}");
+            assert!(err.contains(&format!("{}x", spec.name)), "{what}");
+        }
+
+        let mut bad_rerun = env.clone();
+        bad_rerun.insert("RERUN".into(), "maybe".into());
+        let (code, err, what) = run(&words, &bad_rerun);
+        assert_eq!(code, Some(2), "{what}");
+        assert!(err.contains("RERUN"), "{what}");
+
+        let settings: Vec<&String> = env.keys().filter(|k| k.starts_with("BATCH__")).collect();
+        assert!(!settings.is_empty(), "{job}: no BATCH__ settings");
+        for name in settings {
+            let mut misspelled = env.clone();
+            let value = misspelled.remove(name).unwrap();
+            misspelled.insert(format!("{name}X"), value);
+            let (code, err, what) = run(&words, &misspelled);
+            assert_eq!(code, Some(2), "{what}");
+            assert!(err.contains("invalid configuration"), "{what}");
+        }
+    }
+}
+
+/// A launcher stand-in in `dir` that writes its arguments, one a line, to `<itself>.args`.
+/// A child shell makes the executable: had this multi-threaded process held it open for
+/// writing, a concurrent fork (other tests start processes) could inherit that and the exec
+/// fail with ETXTBSY. Arguments are written NUL-separated so newlines in values survive.
+fn stub_launcher(dir: &Path) -> (PathBuf, PathBuf) {
+    let source = dir.join("stub-launcher.sh");
+    std::fs::write(&source, "#!/bin/sh\nprintf '%s\\0' \"$@\" > \"$0.args\"\n").unwrap();
+    let stub = dir.join("stub-launcher");
     let made = Command::new("sh")
         .args(["-c", "cp \"$1\" \"$2\" && chmod 755 \"$2\"", "sh"])
         .args([&source, &stub])
         .status()
         .unwrap();
     assert!(made.success(), "making {}", stub.display());
-    let args_file = dir.path().join("stub-launcher.args");
-    for p in pipelines() {
-        let env = build_environment(&p);
-        for call in invocations(&p).unwrap_or_else(|e| panic!("{e}")) {
-            for params in parameter_combinations(&p) {
-                let _ = std::fs::remove_file(&args_file);
-                let mut env = env.clone();
-                env.extend(params.clone());
-                let o = run_job_sh(dir.path(), &stub, &call.words, &env);
-                let what = describe(&p.file, &call.words, &env, &o);
-                assert_eq!(o.status.code(), Some(0), "{what}");
-                let got: Vec<String> = read(&args_file).lines().map(String::from).collect();
-                let mut want: Vec<String> =
-                    ["--log-format", "json", "run"].map(String::from).to_vec();
-                want.extend(call.words.iter().cloned());
-                if let Some(d) = params.get("DATE").filter(|d| !d.is_empty()) {
-                    want.push(format!("date={d}"));
-                }
-                if params.get("RERUN").map(String::as_str) == Some("true") {
-                    want.push("--rerun".to_owned());
-                }
-                assert_eq!(got, want, "{what}");
-            }
-        }
-    }
+    (stub, dir.join("stub-launcher.args"))
 }
 
-/// The checks above can fail: a misspelled job, flag, date or setting in a pipeline call is
-/// refused with exit 2 through the same script and binary, while the call itself passes.
+fn stub_args(file: &Path) -> Vec<String> {
+    let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    String::from_utf8(bytes)
+        .unwrap()
+        .split_terminator('\0')
+        .map(String::from)
+        .collect()
+}
+
+/// run-job.sh passes every non-empty build parameter of every job's pipeline as one
+/// `name=value` argument, in declaration order, then `--rerun`.
 #[test]
-fn broken_pipeline_calls_are_refused() {
+fn run_job_sh_passes_each_pipelines_parameters() {
     let dir = tempfile::tempdir().unwrap();
-    for p in pipelines() {
-        let env = build_environment(&p);
-        for call in invocations(&p).unwrap_or_else(|e| panic!("{e}")) {
-            let run = |words: &[String], env: &BTreeMap<String, String>| {
-                let words = with_validate_only(words);
-                let o = run_job_sh(dir.path(), launcher_bin(), &words, env);
-                let what = describe(&p.file, &words, env, &o);
-                (o.status.code(), text(&o).1, what)
-            };
-            let (code, _, what) = run(&call.words, &env);
-            assert_eq!(code, Some(0), "unmodified: {what}");
-
-            let mut misspelled_job = call.words.clone();
-            misspelled_job[0].push('s');
-            let (code, err, what) = run(&misspelled_job, &env);
-            assert_eq!(code, Some(2), "{what}");
-            assert!(err.contains("unknown job"), "{what}");
-
-            let flags: Vec<usize> = (0..call.words.len())
-                .filter(|&i| call.words[i].starts_with("--"))
-                .collect();
-            assert!(
-                !flags.is_empty(),
-                "{}: no flag to misspell in {:?}",
-                p.file,
-                call.words
-            );
-            for i in flags {
-                let mut misspelled_flag = call.words.clone();
-                misspelled_flag[i].pop();
-                let (code, err, what) = run(&misspelled_flag, &env);
-                assert_eq!(code, Some(2), "{what}");
-                assert!(err.contains("unexpected argument"), "{what}");
-            }
-
-            let mut bad_date = env.clone();
-            bad_date.insert("DATE".to_owned(), "2026-13-01".to_owned());
-            let (code, err, what) = run(&call.words, &bad_date);
-            assert_eq!(code, Some(2), "{what}");
-            assert!(err.contains("2026-13-01"), "{what}");
-
-            let mut bad_rerun = env.clone();
-            bad_rerun.insert("RERUN".to_owned(), "yes".to_owned());
-            let (code, err, what) = run(&call.words, &bad_rerun);
-            assert_eq!(code, Some(2), "{what}");
-            assert!(err.contains("RERUN"), "{what}");
-
-            let settings: Vec<&String> = env.keys().filter(|k| k.starts_with("BATCH__")).collect();
-            assert!(!settings.is_empty(), "{}: no BATCH__ settings", p.file);
-            for name in settings {
-                let mut misspelled = env.clone();
-                let value = misspelled.remove(name).unwrap();
-                misspelled.insert(format!("{name}X"), value);
-                let (code, err, what) = run(&call.words, &misspelled);
-                assert_eq!(code, Some(2), "{what}");
-                assert!(err.contains("invalid configuration"), "{what}");
-            }
+    let (stub, args_file) = stub_launcher(dir.path());
+    for p in job_pipelines() {
+        let job = p.job();
+        let words = run_call(&p.code()).unwrap();
+        let untouched = build_environment(&p);
+        let mut all_set = untouched.clone();
+        for spec in p.descriptor.parameters {
+            let value = examples(spec.kind)
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "x".into());
+            all_set.insert(jenkins::build_parameter_name(spec.name), value);
         }
-    }
-}
-
-/// What the structure checks compare a pipeline with.
-struct Expectations {
-    /// `[schedule]` of the built-in defaults (every module's default schedules): job → 6-field cron.
-    schedule: BTreeMap<String, String>,
-    /// `batch.timezone` of the built-in defaults.
-    timezone: String,
-    /// jenkins/run-job.sh.
-    run_job_sh: String,
-}
-
-fn expectations() -> Expectations {
-    let root = workspace_root();
-    // The built-in defaults as the launcher merges them: the runtime's and every module's.
-    let defaults = batch_common::config::BatchProperties::load_from(
-        None,
-        Vec::new(),
-        batch_launcher::modules::MODULES,
-    )
-    .expect("the built-in defaults load");
-    Expectations {
-        schedule: defaults.schedule.clone(),
-        timezone: defaults.batch.timezone.to_string(),
-        run_job_sh: read(&root.join("jenkins/run-job.sh")),
-    }
-}
-
-/// Everything wrong with one pipeline's structure (empty: nothing).
-fn structure_problems(p: &Pipeline, want: &Expectations) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut need = |ok: bool, what: String| {
-        if !ok {
-            problems.push(format!("{}: {what}", p.file));
-        }
-    };
-    let calls = match invocations(p) {
-        Ok(c) => c,
-        Err(e) => return vec![e],
-    };
-    let job = calls[0].job().to_owned();
-    need(
-        calls.iter().all(|c| c.job() == job),
-        "runs more than one job".into(),
-    );
-    match p.file.strip_prefix("jenkins/") {
-        Some(name) => need(
-            name == format!("{job}.Jenkinsfile"),
-            format!("runs {job}: name it jenkins/{job}.Jenkinsfile"),
-        ),
-        None => need(
-            job == "pointBalanceSyncJob",
-            format!("the root Jenkinsfile is pointBalanceSyncJob's, not {job}'s"),
-        ),
-    }
-
-    // Schedule: `TZ=<batch.timezone>` then the `[schedule]` default without its seconds.
-    match block(&p.code, "triggers").and_then(|t| t.split_once("cron('")) {
-        None => need(false, "no `triggers { cron('...') }`".into()),
-        Some((_, rest)) => {
-            let spec = rest.split("')").next().unwrap_or("");
-            let lines: Vec<&str> = spec
-                .split("\\n")
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .collect();
-            let tz = format!("TZ={}", want.timezone);
-            need(
-                lines.first() == Some(&tz.as_str()),
-                format!("cron `{spec}` must start with `{tz}\\n`"),
-            );
-            need(
-                lines.len() == 2,
-                format!("cron `{spec}`: want the TZ line and one schedule line"),
-            );
-            let jenkins: Vec<&str> = lines.get(1).unwrap_or(&"").split_whitespace().collect();
-            match want.schedule.get(&job) {
-                None => need(false, format!("{job} has no [schedule] default")),
-                Some(cron) => {
-                    let fields: Vec<&str> = cron.split_whitespace().collect();
-                    need(
-                        fields.len() == 6 && fields[0] == "0",
-                        format!("[schedule] {job} = `{cron}`: want 6 fields, seconds 0"),
-                    );
-                    need(
-                        fields.get(1..) == Some(&jenkins[..]),
-                        format!(
-                            "cron `{}` is not [schedule] {job} = `{cron}` (Jenkins has no seconds field)",
-                            jenkins.join(" ")
-                        ),
-                    );
+        all_set.insert("RERUN".into(), "true".into());
+        for env in [&untouched, &all_set] {
+            let _ = std::fs::remove_file(&args_file);
+            let o = run_job_sh(dir.path(), &stub, &words, env);
+            let what = describe(job, &words, env, &o);
+            assert_eq!(o.status.code(), Some(0), "{what}");
+            let mut want: Vec<String> = ["--log-format", "json", "run"].map(String::from).to_vec();
+            want.extend(words.iter().cloned());
+            for spec in p.descriptor.parameters {
+                let value = &env[&jenkins::build_parameter_name(spec.name)];
+                if !value.is_empty() {
+                    want.push(format!("{}={value}", spec.name));
                 }
             }
-        }
-    }
-
-    let options = block(&p.code, "options").unwrap_or("");
-    need(
-        options.contains("disableConcurrentBuilds()"),
-        "no disableConcurrentBuilds() in options".into(),
-    );
-    let timeout = options
-        .split_once("timeout(time: ")
-        .and_then(|(_, r)| r.split_once(", unit: '"))
-        .and_then(|(n, r)| Some((n.trim().parse::<u32>().ok()?, r.split('\'').next()?)));
-    need(
-        matches!(timeout, Some((n, "MINUTES" | "HOURS")) if n > 0),
-        "no `timeout(time: N, unit: 'MINUTES')` in options".into(),
-    );
-
-    // The binary run-job.sh runs is the one the pipeline builds.
-    need(
-        p.code.lines().any(|l| {
-            l.contains("cargo build --release --locked")
-                && (l.contains("-p batch-launcher") || l.contains("--bin batch-launcher"))
-        }),
-        "no `cargo build --release --locked -p batch-launcher`".into(),
-    );
-    need(
-        want.run_job_sh
-            .contains("${LAUNCHER:-target/release/batch-launcher}"),
-        "jenkins/run-job.sh does not default to target/release/batch-launcher".into(),
-    );
-
-    // The result file: written, archived, summarized, and not left over from an earlier build.
-    let post = block(&p.code, "post").unwrap_or("");
-    let always = block(post, "always").unwrap_or("");
-    for call in &calls {
-        let result_file = call
-            .words
-            .iter()
-            .position(|w| w == "--result-file")
-            .and_then(|i| call.words.get(i + 1));
-        match result_file {
-            None => need(false, format!("{:?} has no --result-file", call.words)),
-            Some(f) => {
-                need(
-                    always.contains(&format!("archiveArtifacts artifacts: '{f}'")),
-                    format!("post {{ always }} does not archiveArtifacts '{f}'"),
-                );
-                need(
-                    p.code.contains(&format!("readJSON(file: '{f}')")),
-                    format!("no readJSON(file: '{f}') for the summary"),
-                );
-                need(
-                    p.code.contains(&format!("sh 'rm -f {f}'")),
-                    format!("no `sh 'rm -f {f}'` before the run"),
-                );
+            if env["RERUN"] == "true" {
+                want.push("--rerun".into());
             }
+            assert_eq!(stub_args(&args_file), want, "{what}");
         }
     }
-
-    for section in ["success", "unstable", "notBuilt", "failure", "aborted"] {
-        need(
-            block(post, section).is_some_and(|b| b.contains("slackSend(")),
-            format!("no slackSend in post {{ {section} }}"),
-        );
-    }
-
-    problems.extend(exit_code_problems(p));
-
-    // Settings: the job's required ones, secrets only from credentials.
-    match environment(p) {
-        Err(e) => problems.push(e),
-        Ok(env) => {
-            for name in required_settings(&job) {
-                if !env.contains_key(*name) {
-                    problems.push(format!("{}: {job} needs {name} in environment", p.file));
-                }
-            }
-            for (name, value) in &env {
-                if SECRETS.contains(&name.as_str()) && !matches!(value, EnvValue::Credential(_)) {
-                    problems.push(format!(
-                        "{}: {name} is a secret: bind it with credentials('...')",
-                        p.file
-                    ));
-                }
-            }
-        }
-    }
-
-    // Every build parameter reaches the launcher through run-job.sh.
-    for (_, name) in parameters(p) {
-        if !want.run_job_sh.contains(&format!("${{{name}")) {
-            problems.push(format!(
-                "{}: parameter {name} is not read by jenkins/run-job.sh",
-                p.file
-            ));
-        }
-    }
-    problems
 }
 
-/// `sh(returnStatus: true)` into a variable, then `switch` on it: 0 passes, 3 is UNSTABLE, 4 is
-/// NOT_BUILT, anything else is an error.
-fn exit_code_problems(p: &Pipeline) -> Vec<String> {
-    let mut problems = Vec::new();
-    let Some(line) = p.code.lines().find(|l| l.contains("'jenkins/run-job.sh ")) else {
-        return vec![format!("{}: no jenkins/run-job.sh call", p.file)];
-    };
-    let Some((lhs, _)) = line.split_once(" = sh(returnStatus: true") else {
-        return vec![format!(
-            "{}: capture the status: `int code = sh(returnStatus: true, ...)`",
-            p.file
-        )];
-    };
-    let var = lhs.split_whitespace().last().unwrap_or("");
-    let Some(switch) = block(&p.code, &format!("switch ({var})")) else {
-        return vec![format!("{}: no `switch ({var})` on the exit code", p.file)];
-    };
-    let mut cases: BTreeMap<String, &str> = BTreeMap::new();
-    for l in switch.lines().map(str::trim) {
-        if let Some(rest) = l.strip_prefix("case ") {
-            if let Some((n, action)) = rest.split_once(':') {
-                cases.insert(n.trim().to_owned(), action);
-            }
-        } else if let Some(action) = l.strip_prefix("default:") {
-            cases.insert("default".to_owned(), action);
-        }
-    }
-    let mut need = |case: &str, ok: fn(&str) -> bool, what: &str| {
-        if !cases.get(case).is_some_and(|a| ok(a)) {
-            problems.push(format!("{}: exit code {case} must {what}", p.file));
-        }
-    };
-    need(
-        "0",
-        |a| !a.contains("error(") && !a.contains("unstable(") && !a.contains("currentBuild.result"),
-        "leave the build SUCCESS",
-    );
-    need(
-        "3",
-        |a| a.contains("unstable("),
-        "be UNSTABLE (`unstable(...)`)",
-    );
-    need(
-        "4",
-        |a| a.contains("currentBuild.result = 'NOT_BUILT'"),
-        "be NOT_BUILT",
-    );
-    need("default", |a| a.contains("error("), "be an `error(...)`");
-    for (case, action) in &cases {
-        if !["0", "3", "4", "default"].contains(&case.as_str()) && !action.contains("error(") {
-            problems.push(format!(
-                "{}: exit code {case} must be an `error(...)`",
-                p.file
-            ));
-        }
-    }
-    problems
-}
-
+/// run-job.sh on its own: names with `.` and `-`, values that a shell would expand or split
+/// arrive as single words and run nothing; a bad JOB_PARAMS entry or RERUN is exit 2, a
+/// missing launcher 127; nothing prints the credentials; the script is executable.
 #[test]
-fn pipelines_have_the_required_structure() {
-    let want = expectations();
-    let mut problems = Vec::new();
-    for p in pipelines() {
-        problems.extend(structure_problems(&p, &want));
-    }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
-}
-
-/// The structure checks can fail: each break of the root Jenkinsfile is reported.
-#[test]
-fn broken_pipelines_fail_the_structure_checks() {
-    let want = expectations();
-    let root = pipelines()
-        .into_iter()
-        .find(|p| p.file == "Jenkinsfile")
-        .unwrap();
-    assert!(structure_problems(&root, &want).is_empty());
-    for (from, to, expected) in [
-        ("TZ=Asia/Seoul", "TZ=UTC", "must start with"),
-        ("\\n0 1 * * *", "\\n0 2 * * *", "is not [schedule]"),
-        ("disableConcurrentBuilds()", "", "disableConcurrentBuilds"),
-        ("timeout(time: ", "timeout(after: ", "timeout"),
-        ("case 3: unstable(", "case 3: echo(", "exit code 3"),
-        (
-            "case 4: currentBuild.result = 'NOT_BUILT'",
-            "case 4: echo 'x'",
-            "exit code 4",
-        ),
-        ("case 2: error(", "case 2: echo(", "exit code 2"),
-        (
-            "returnStatus: true",
-            "returnStdout: true",
-            "capture the status",
-        ),
-        ("archiveArtifacts", "echo", "archiveArtifacts"),
-        (" --result-file result.json'", "'", "--result-file"),
-        (
-            "failure {\n            slackSend(",
-            "failure {\n            echo(",
-            "post { failure }",
-        ),
-        (
-            "success {\n            slackSend(",
-            "success {\n            echo(",
-            "post { success }",
-        ),
-        (
-            "BATCH__REDIS__URL = credentials('batch-redis-url')",
-            "",
-            "BATCH__REDIS__URL",
-        ),
-        (
-            "credentials('batch-database-url')",
-            "'postgres://x'",
-            "is a secret",
-        ),
-        (
-            "jenkins/run-job.sh pointBalanceSyncJob",
-            "jenkins/run-job.sh assetRefreshJob",
-            "root Jenkinsfile",
-        ),
-        (
-            "booleanParam(name: 'RERUN'",
-            "booleanParam(name: 'RERUNS'",
-            "not read by jenkins/run-job.sh",
-        ),
-    ] {
-        assert!(
-            root.code.contains(from),
-            "`{from}` not in the root Jenkinsfile"
-        );
-        let broken = Pipeline {
-            file: root.file.clone(),
-            code: root.code.replacen(from, to, 1),
-        };
-        let problems = structure_problems(&broken, &want);
-        assert!(
-            problems.iter().any(|pr| pr.contains(expected)),
-            "replacing `{from}` with `{to}`: no problem mentions `{expected}`: {problems:?}"
-        );
-    }
-}
-
-#[test]
-fn every_scheduled_job_has_exactly_one_pipeline() {
-    let want = expectations();
-    let mut by_job: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for p in pipelines() {
-        by_job.entry(job_of(&p)).or_default().push(p.file);
-    }
-    let scheduled: BTreeSet<&String> = want.schedule.keys().collect();
-    assert!(!scheduled.is_empty(), "no [schedule] in defaults.toml");
-    let piped: BTreeSet<&String> = by_job.keys().collect();
+fn run_job_sh_passes_values_as_single_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stub, args_file) = stub_launcher(dir.path());
+    let pwned = dir.path().join("pwned");
+    let hostile = format!(
+        "a  b $(touch {0}) `touch {0}` ; touch {0} * \"'\n-x",
+        pwned.display()
+    );
+    let secret = "postgres://batch:very-secret@db.example.invalid/batch";
+    let env: BTreeMap<String, String> = [
+        ("JOB_PARAMS", "DAY=day A_B=a.b X_Y=x-y EMPTY=empty.one"),
+        ("DAY", "2026-11-20"),
+        ("A_B", hostile.as_str()),
+        ("X_Y", "--rerun"),
+        ("EMPTY", ""),
+        ("RERUN", "false"),
+        ("BATCH__DATABASE__URL", secret),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into_iter()
+    .collect();
+    let words = vec![
+        "someJob".to_owned(),
+        "--result-file".to_owned(),
+        "r.json".to_owned(),
+    ];
+    let o = run_job_sh(dir.path(), &stub, &words, &env);
+    let what = describe("someJob", &words, &env, &o);
+    assert_eq!(o.status.code(), Some(0), "{what}");
     assert_eq!(
-        piped, scheduled,
-        "jobs with pipelines vs jobs in [schedule]"
+        stub_args(&args_file),
+        [
+            "--log-format",
+            "json",
+            "run",
+            "someJob",
+            "--result-file",
+            "r.json",
+            "day=2026-11-20",
+            &format!("a.b={hostile}"),
+            "x-y=--rerun",
+        ],
+        "{what}"
     );
-    for (job, files) in &by_job {
-        assert_eq!(files.len(), 1, "{job} has several pipelines: {files:?}");
+    assert!(!pwned.exists(), "a value was executed");
+
+    let mut outputs = vec![o];
+    let mut refusals: Vec<(BTreeMap<String, String>, &str)> = Vec::new();
+    for bad in [
+        "DAY", "1X=day", "X=a b", "X=a;b", "X-Y=day", "=day", "X=", "*",
+    ] {
+        let mut e = env.clone();
+        e.insert("JOB_PARAMS".into(), format!("DAY=day {bad}"));
+        refusals.push((e, "JOB_PARAMS"));
     }
+    let mut bad_rerun = env.clone();
+    bad_rerun.insert("RERUN".into(), "yes".into());
+    refusals.push((bad_rerun, "RERUN"));
+    for (e, mentions) in refusals {
+        let o = run_job_sh(dir.path(), &stub, &words, &e);
+        let what = describe("someJob", &words, &e, &o);
+        assert_eq!(o.status.code(), Some(2), "{what}");
+        assert!(text(&o).1.contains(mentions), "{what}");
+        outputs.push(o);
+    }
+    let o = run_job_sh(dir.path(), &dir.path().join("no-launcher"), &words, &env);
+    let what = describe("someJob", &words, &env, &o);
+    assert_eq!(o.status.code(), Some(127), "{what}");
+    assert!(text(&o).1.contains("no launcher"), "{what}");
+    outputs.push(o);
+    let o = run_job_sh(dir.path(), &stub, &[], &env);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+    outputs.push(o);
+    // Nothing here printed the environment.
+    for o in &outputs {
+        let (out, err) = text(o);
+        assert!(
+            !out.contains("very-secret") && !err.contains("very-secret"),
+            "{out}{err}"
+        );
+    }
+    let script = std::fs::metadata(workspace_root().join("jenkins/run-job.sh")).unwrap();
+    assert!(
+        std::os::unix::fs::PermissionsExt::mode(&script.permissions()) & 0o111 == 0o111,
+        "jenkins/run-job.sh must be executable (git mode 100755): Jenkins runs the file itself"
+    );
 }
