@@ -201,6 +201,7 @@ pub fn normalize_args(mut args: Vec<String>) -> Vec<String> {
                 | "history"
                 | "recover"
                 | "purge"
+                | "jenkinsfile"
                 | "help"
         )
     });
