@@ -124,6 +124,19 @@ pub async fn prepare(
             exit_code: exit_code_for(&cause),
             cause,
         })?;
+    // The registration and the job it builds must describe the same job (one descriptor).
+    if !std::ptr::eq(job.descriptor(), registration.descriptor)
+        && job.descriptor() != registration.descriptor
+    {
+        return Err(LaunchFailure::Setup {
+            job: name.to_owned(),
+            cause: anyhow::anyhow!(
+                "the module registers {name} but its builder made {}",
+                job.descriptor().name
+            ),
+            exit_code: ExitCode::Failed,
+        });
+    }
     launcher
         .prepare(job.as_ref(), given, options)
         .await
