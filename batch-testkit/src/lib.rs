@@ -268,31 +268,7 @@ macro_rules! db_test {
         }
     };
     ($(#[$meta:meta])* async fn $name:ident($db:ident) $body:block) => {
-        $(#[$meta])*
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            async fn body($db: &$crate::TestDb) -> ::anyhow::Result<()> $body
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() -> ::anyhow::Result<()> {
-                let db = $crate::TestDb::new($crate::TestBackend::Sqlite).await;
-                body(&db).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() -> ::anyhow::Result<()> {
-                let db = $crate::TestDb::new($crate::TestBackend::Postgres).await;
-                body(&db).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() -> ::anyhow::Result<()> {
-                let db = $crate::TestDb::new($crate::TestBackend::Mysql).await;
-                body(&db).await
-            }
-        }
+        $crate::db_test!(modules = &[]; $(#[$meta])* async fn $name($db) $body);
     };
 }
 
