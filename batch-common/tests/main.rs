@@ -5,6 +5,7 @@
 
 mod concurrent_step;
 mod external_writer;
+mod keyset;
 mod migrations;
 mod notify;
 mod runtime;
