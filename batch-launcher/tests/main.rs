@@ -12,6 +12,8 @@ mod serve;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use batch_common::job::ParamKind;
+
 /// Runs the launcher in `dir` with only the given BATCH variables set.
 pub fn launcher(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_batch-launcher"));
@@ -31,4 +33,17 @@ pub fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// A value of `kind` the run refuses, if the kind has one.
+pub fn refused_value(kind: ParamKind) -> Option<String> {
+    match kind {
+        ParamKind::Date => Some("2026-02-30".to_owned()),
+        ParamKind::Month => Some("2026-13".to_owned()),
+        ParamKind::Bool => Some("perhaps".to_owned()),
+        ParamKind::Count => Some("-1".to_owned()),
+        ParamKind::Integer { max, .. } => max.checked_add(1).map(|n| n.to_string()),
+        ParamKind::OneOf(_) => Some("no-such-choice".to_owned()),
+        ParamKind::Text | ParamKind::Custom(_) => None,
+    }
 }

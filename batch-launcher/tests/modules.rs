@@ -8,7 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use batch_common::job::{JobDescriptor, ParamDefault, ParamKind};
+use batch_common::job::{JobDescriptor, ParamDefault};
 use batch_common::repository::{BASE_MIGRATIONS, JobRepository};
 use batch_launcher::modules::{MODULES, Registry};
 use batch_testkit::{TestDb, db_test};
@@ -17,7 +17,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
 
-use crate::{launcher, text};
+use crate::{launcher, refused_value, text};
 
 /// The schema check over every set the launcher applies: the runtime's, the shared entities',
 /// and each registered module's, in that order.
@@ -76,19 +76,6 @@ fn list_and_config_show_every_module() {
     }
 }
 
-/// A value of `kind` the run refuses, if the kind has one.
-fn bad_value(kind: ParamKind) -> Option<String> {
-    match kind {
-        ParamKind::Date => Some("2026-02-30".to_owned()),
-        ParamKind::Month => Some("2026-13".to_owned()),
-        ParamKind::Bool => Some("perhaps".to_owned()),
-        ParamKind::Count => Some("-1".to_owned()),
-        ParamKind::Integer { max, .. } => max.checked_add(1).map(|n| n.to_string()),
-        ParamKind::OneOf(_) => Some("no-such-choice".to_owned()),
-        ParamKind::Text | ParamKind::Custom(_) => None,
-    }
-}
-
 fn every_job() -> Vec<&'static JobDescriptor> {
     MODULES
         .iter()
@@ -130,7 +117,7 @@ fn validate_only_refuses_what_the_run_refuses() {
             }
         }
         for p in job.parameters {
-            let Some(bad) = bad_value(p.kind) else {
+            let Some(bad) = refused_value(p.kind) else {
                 continue;
             };
             let arg = format!("{}={bad}", p.name);

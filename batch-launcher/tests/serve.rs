@@ -633,13 +633,8 @@ async fn kicks_refuse_what_the_run_refuses_for_every_registered_job() {
     let mut checked = 0;
     for job in &jobs {
         for p in job.descriptor.parameters {
-            let bad = match p.kind {
-                ParamKind::Date => "2026-02-30".to_owned(),
-                ParamKind::Month => "2026-13".to_owned(),
-                ParamKind::Bool => "perhaps".to_owned(),
-                ParamKind::Integer { max, .. } if max < i64::MAX => (max + 1).to_string(),
-                ParamKind::OneOf(_) => "no-such-choice".to_owned(),
-                _ => continue,
+            let Some(bad) = crate::refused_value(p.kind) else {
+                continue;
             };
             let body = json!({ "parameters": { p.name: bad } });
             let (status, answer) = api.kick(job.descriptor.name, Some(body), Some(TOKEN)).await;

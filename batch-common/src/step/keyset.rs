@@ -47,11 +47,6 @@ impl<Q: KeysetQuery> KeysetReader<Q> {
         }
     }
 
-    /// The last key read (what the checkpoint records).
-    pub fn position(&self) -> i64 {
-        self.last
-    }
-
     fn set_scope(&mut self, scope: &ReadScope) -> anyhow::Result<()> {
         self.only = match scope {
             ReadScope::All => None,
