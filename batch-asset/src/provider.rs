@@ -132,6 +132,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 impl HttpAssetProvider {
     /// A provider configured by `[asset]`; waits between attempts go through `clock`.
     pub fn new(settings: &AssetSettings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        core_domain::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.connect_timeout)

@@ -8,6 +8,8 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args().collect()));
     logging::init(cli.log_format, cli.verbose, cli.quiet);
+    // One TLS crypto provider (ring) for every client: HTTP, PostgreSQL, MySQL, Redis.
+    core_domain::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -102,7 +102,10 @@ impl Api {
     fn new(addr: std::net::SocketAddr) -> Api {
         Api {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http: {
+                core_domain::tls::install_crypto_provider();
+                reqwest::Client::new()
+            },
         }
     }
 

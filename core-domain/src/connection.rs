@@ -86,7 +86,8 @@ impl DbConnection {
     }
 
     /// Opens a new connection (not pooled) and prepares its session: UTC on PostgreSQL and MySQL;
-    /// WAL, a busy timeout and foreign keys on SQLite.
+    /// WAL, a busy timeout and foreign keys on SQLite. PostgreSQL and MySQL connect with the
+    /// URL's TLS options (`sslmode`/`sslrootcert`, `ssl-mode`/`ssl-ca`; see the crate README).
     pub async fn establish(url: &DatabaseUrl) -> Result<Self, DbError> {
         let connect_err = |cause: diesel::ConnectionError| {
             DbError::Connect {
@@ -97,14 +98,14 @@ impl DbConnection {
         };
         match url.backend() {
             Backend::Postgres => {
-                let mut c = AsyncPgConnection::establish(url.expose_secret())
+                let mut c = crate::url_tls::connect_pg(url)
                     .await
                     .map_err(connect_err)?;
                 c.batch_execute("SET TIME ZONE 'UTC'").await?;
                 Ok(DbConnection::Postgres(c))
             }
             Backend::Mysql => {
-                let mut c = AsyncMysqlConnection::establish(url.expose_secret())
+                let mut c = crate::url_tls::connect_mysql(url)
                     .await
                     .map_err(connect_err)?;
                 c.batch_execute("SET time_zone = '+00:00'").await?;

@@ -9,7 +9,9 @@ pub mod models;
 // `table!` generates a struct per column; the tables themselves carry doc comments.
 #[allow(missing_docs)]
 pub mod schema;
+pub mod tls;
 mod url;
+mod url_tls;
 
 pub use db::{Backend, Database, DatabaseUrl, DbConnection, PoolOptions, PooledConnection};
 pub use error::DbError;

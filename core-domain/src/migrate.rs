@@ -213,12 +213,16 @@ async fn with_harness(
                 result
             }
             Backend::Postgres => {
-                let mut conn =
-                    AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose_secret())
+                // Connected on the caller's runtime (this is its blocking pool), where the
+                // wrapper's `block_on` runs the connection too.
+                let mut conn: AsyncConnectionWrapper<AsyncPgConnection> =
+                    tokio::runtime::Handle::current()
+                        .block_on(crate::url_tls::connect_pg(&url))
                         .map_err(|cause| DbError::Connect {
                             url: redacted.clone(),
                             cause,
-                        })?;
+                        })?
+                        .into();
                 if let Mode::List = mode {
                     return apply_all(&mut conn, &sets, Backend::Postgres, mode)
                         .map_err(migration_err);
@@ -230,12 +234,14 @@ async fn with_harness(
                 result
             }
             Backend::Mysql => {
-                let mut conn =
-                    AsyncConnectionWrapper::<AsyncMysqlConnection>::establish(url.expose_secret())
+                let mut conn: AsyncConnectionWrapper<AsyncMysqlConnection> =
+                    tokio::runtime::Handle::current()
+                        .block_on(crate::url_tls::connect_mysql(&url))
                         .map_err(|cause| DbError::Connect {
                             url: redacted.clone(),
                             cause,
-                        })?;
+                        })?
+                        .into();
                 if let Mode::List = mode {
                     return apply_all(&mut conn, &sets, Backend::Mysql, mode)
                         .map_err(migration_err);

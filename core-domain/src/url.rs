@@ -95,7 +95,14 @@ impl DatabaseUrl {
                     "mariadb" => (Backend::Mysql, format!("mysql:{rest}")),
                     _ => (Backend::Mysql, input.to_owned()),
                 };
-                Ok(Self { raw, backend })
+                let url = Self { raw, backend };
+                // The TLS and other driver options are checked now: a mistake is a
+                // configuration error, before anything connects.
+                url.tls().map_err(|reason| DbError::InvalidUrl {
+                    url: url.redacted(),
+                    reason,
+                })?;
+                Ok(url)
             }
             other => Err(DbError::UnsupportedScheme {
                 scheme: other.to_owned(),
@@ -112,6 +119,33 @@ impl DatabaseUrl {
     pub fn sqlite_path(&self) -> Option<&Path> {
         match self.backend {
             Backend::Sqlite => self.raw.strip_prefix("sqlite://").map(Path::new),
+            _ => None,
+        }
+    }
+
+    /// The connection's TLS settings (`Ok(None)` for SQLite and for a MySQL URL without TLS
+    /// options), or why the URL's options are wrong.
+    pub(crate) fn tls(&self) -> Result<Option<crate::url_tls::TlsOptions>, String> {
+        match self.backend {
+            Backend::Sqlite => Ok(None),
+            Backend::Postgres => crate::url_tls::split_pg(&self.raw).map(|(_, t)| Some(t)),
+            Backend::Mysql => crate::url_tls::split_mysql(&self.raw).map(|(_, t)| t),
+        }
+    }
+
+    /// The connection's TLS settings in words (e.g. "required, certificate and host name
+    /// verified, CAs from /etc/ssl/db-ca.pem"), for `batch-launcher config`; `None` for SQLite.
+    pub fn tls_description(&self) -> Option<String> {
+        match self.tls() {
+            Ok(Some(t)) => Some(t.describe()),
+            Ok(None) if self.backend == Backend::Mysql => {
+                let lower = self.raw.to_ascii_lowercase();
+                Some(if lower.contains("require_ssl=true") {
+                    "required (mysql_async options require_ssl/verify_ca/verify_identity)".to_owned()
+                } else {
+                    "off".to_owned()
+                })
+            }
             _ => None,
         }
     }

@@ -34,6 +34,7 @@ impl SlackNotifier {
     /// A notifier posting to `webhook_url`, each message bounded by `timeout` (connect
     /// included). Redirects are not followed.
     pub fn new(webhook_url: Secret<url::Url>, timeout: Duration) -> Result<Self, NotifyError> {
+        core_domain::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
