@@ -38,6 +38,7 @@ pub struct AssetSettings {
 impl SettingsSection for AssetSettings {
     const NAME: &'static str = "asset";
     const DEFAULTS: &'static str = include_str!("../config/defaults.toml");
+    const SECRET_KEYS: &'static [&'static str] = &["asset.api_token"];
 
     fn validate(&self, c: &SectionCheck<'_>) -> Result<(), ConfigError> {
         const MS: Duration = Duration::from_millis(1);

@@ -7,6 +7,7 @@ mod notify_cli;
 mod pipelines;
 mod point_job;
 mod runtime_cli;
+mod secret_files;
 mod serve;
 
 use std::path::Path;

@@ -1,9 +1,12 @@
 //! Configuration errors, and the checks that name the key at fault and where it was set.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config::Config;
+
+use crate::secret::Secret;
 
 /// Why the configuration could not be loaded. Every variant names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,39 @@ impl ConfigError {
             ConfigError::File { .. } | ConfigError::Module { .. } => None,
         }
     }
+
+    /// The error with every occurrence of `hidden` in its message replaced by `***`: a value
+    /// read from a secret file that a check quotes (a "URL" that is in fact a bare password).
+    pub(crate) fn scrub(self, hidden: &[Secret<String>]) -> Self {
+        let scrub = |mut message: String| {
+            for secret in hidden {
+                if !secret.expose().is_empty() {
+                    message = message.replace(secret.expose().as_str(), "***");
+                }
+            }
+            message
+        };
+        match self {
+            ConfigError::File { path, message } => ConfigError::File {
+                path,
+                message: scrub(message),
+            },
+            ConfigError::InFile { path, key, message } => ConfigError::InFile {
+                path,
+                key,
+                message: scrub(message),
+            },
+            ConfigError::Invalid { key, env, message } => ConfigError::Invalid {
+                key,
+                env,
+                message: scrub(message),
+            },
+            ConfigError::Module { module, message } => ConfigError::Module {
+                module,
+                message: scrub(message),
+            },
+        }
+    }
 }
 
 /// `batch.chunk_size` -> `BATCH__BATCH__CHUNK_SIZE`.
@@ -64,25 +100,76 @@ pub(crate) fn env_name(key: &str) -> String {
 }
 
 /// Where the layers above the defaults set their keys, to name the right one in an error: the
-/// environment variable if one sets the key, else the config file if it does.
+/// environment variable if one sets the key, else the config file if it does. A secret read
+/// from a file (`database.url_file`) is named by the key that named the file, and the file.
 pub(crate) struct Origins<'a> {
     pub(crate) file: Option<(&'a Path, Config)>,
     pub(crate) env_vars: Vec<String>,
+    /// Secrets read from files, by their dotted key (`database.url`).
+    pub(crate) secret_files: BTreeMap<String, SecretFile>,
+}
+
+/// A secret read from a file: the key that named the file, and the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SecretFile {
+    /// The dotted `_file` key, e.g. `database.url_file`.
+    pub(crate) file_key: String,
+    /// The file.
+    pub(crate) path: PathBuf,
+}
+
+/// Where a key was set above the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Origin<'a> {
+    /// By this environment variable (`BATCH__DATABASE__URL`).
+    Env(String),
+    /// In this config file.
+    File(&'a Path),
+}
+
+impl std::fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Env(var) => write!(f, "env {var}"),
+            Origin::File(path) => write!(f, "config file {}", path.display()),
+        }
+    }
 }
 
 impl Origins<'_> {
+    /// Where `key` (dotted; `redis.cluster_nodes[1]` is set by `redis.cluster_nodes`) was set:
+    /// its environment variable, else the config file; `None` for a default.
+    pub(crate) fn origin(&self, key: &str) -> Option<Origin<'_>> {
+        let base = key.split('[').next().unwrap_or(key);
+        let env = env_name(base);
+        if self.env_vars.iter().any(|v| v.eq_ignore_ascii_case(&env)) {
+            return Some(Origin::Env(env));
+        }
+        match &self.file {
+            Some((path, layer)) if layer.get::<config::Value>(base).is_ok() => {
+                Some(Origin::File(path))
+            }
+            _ => None,
+        }
+    }
+
     /// An error about `key`; `message` does not repeat the key.
     pub(crate) fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
         let message = message.into();
-        // `redis.cluster_nodes[1]` is set by `redis.cluster_nodes`.
         let base = key.split('[').next().unwrap_or(key);
-        let env = env_name(base);
-        let from_env = self.env_vars.iter().any(|v| v.eq_ignore_ascii_case(&env));
-        match &self.file {
-            Some((path, layer)) if !from_env && layer.get::<config::Value>(base).is_ok() => {
-                let message = match message.strip_prefix("unknown field `") {
+        // A secret read from a file was set where its `_file` key was.
+        let read_from = self.secret_files.get(base);
+        let source = read_from.map_or(base, |f| f.file_key.as_str());
+        match self.origin(source) {
+            Some(Origin::File(path)) => {
+                let message = match (read_from, message.strip_prefix("unknown field `")) {
+                    (Some(f), _) => format!(
+                        "`{key}` (read from `{}` = {}): {message}",
+                        f.file_key,
+                        f.path.display()
+                    ),
                     // "unknown field `x`, expected one of ..." -> "unknown key `section.x`; ..."
-                    Some(rest) => {
+                    (None, Some(rest)) => {
                         let expected = rest.split_once('`').map_or("", |(_, r)| r);
                         let expected = expected.trim_start_matches(',').trim();
                         if expected.is_empty() {
@@ -91,7 +178,7 @@ impl Origins<'_> {
                             format!("unknown key `{key}`; {expected}")
                         }
                     }
-                    None => format!("`{key}`: {message}"),
+                    (None, None) => format!("`{key}`: {message}"),
                 };
                 ConfigError::InFile {
                     path: path.to_path_buf(),
@@ -101,8 +188,11 @@ impl Origins<'_> {
             }
             _ => ConfigError::Invalid {
                 key: key.to_owned(),
-                env,
-                message,
+                env: env_name(source),
+                message: match read_from {
+                    Some(f) => format!("read from {}: {message}", f.path.display()),
+                    None => message,
+                },
             },
         }
     }

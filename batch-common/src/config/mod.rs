@@ -8,18 +8,24 @@
 //! the key and where it was set (the file, or the environment variable); nothing is
 //! half-applied. Every number and duration has an allowed range, named in the error.
 //!
+//! Every secret setting ([`RUNTIME_SECRET_KEYS`], each module's
+//! [`SettingsSection::SECRET_KEYS`]) may also be given as `<key>_file`, the path of a file holding
+//! it (`BATCH__DATABASE__URL_FILE=/run/secrets/db_url`); `database.password` and
+//! `redis.password` are put into their URLs. See `secret_files.rs`.
+//!
 //! The runtime's sections are fields ([`BatchProperties::batch`], …); a domain's section is read
 //! typed with [`BatchProperties::section`].
 
 mod check;
 pub mod de;
 mod runtime;
+mod secret_files;
 mod section;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 use serde::de::DeserializeOwned;
@@ -31,6 +37,7 @@ pub use runtime::{
     DatabaseSettings, NotifySettings, RedisSettings, RuntimeSettings, ServerSettings,
 };
 
+pub use secret_files::MAX_SECRET_FILE;
 pub(crate) use section::Sections;
 pub use section::{MissingSection, SettingsSection, SettingsSpec};
 
@@ -42,6 +49,20 @@ pub const CONFIG_FILE_ENV: &str = "BATCH_CONFIG";
 
 /// The top-level sections the runtime owns.
 const RUNTIME_SECTIONS: [&str; 6] = ["database", "redis", "batch", "notify", "server", "schedule"];
+
+/// The runtime's secret settings. Each may also be given as `<key>_file` (e.g.
+/// `BATCH__DATABASE__URL_FILE`), a file holding the value; they never appear in logs, errors,
+/// `Debug` output or [`BatchProperties::to_redacted_toml`]. `database.password` and
+/// `redis.password` are put into the password of `database.url` and of `redis.url` and every
+/// `redis.cluster_nodes` URL.
+pub const RUNTIME_SECRET_KEYS: &[&str] = &[
+    "database.url",
+    "database.password",
+    "redis.url",
+    "redis.password",
+    "notify.slack_webhook_url",
+    "server.token",
+];
 
 /// Every setting of the launcher and the jobs.
 #[derive(Debug, Clone)]
@@ -61,6 +82,8 @@ pub struct BatchProperties {
     pub schedule: BTreeMap<String, String>,
     /// The registered modules' sections.
     sections: Sections,
+    /// Secrets read from files (`<key>_file`): dotted key → the file.
+    secret_files: BTreeMap<String, PathBuf>,
 }
 
 impl BatchProperties {
@@ -100,9 +123,10 @@ impl BatchProperties {
             .into_iter()
             .filter(|(k, _)| k.starts_with("BATCH__"))
             .collect();
-        let origins = Origins {
+        let mut origins = Origins {
             file: file_layer,
             env_vars: env.keys().cloned().collect(),
+            secret_files: BTreeMap::new(),
         };
         let mut environment = Environment::with_prefix("BATCH")
             .prefix_separator("__")
@@ -113,7 +137,7 @@ impl BatchProperties {
         for key in specs.iter().flat_map(|s| s.list_keys) {
             environment = environment.with_list_parse_key(key);
         }
-        builder = builder.add_source(environment.source(Some(env)));
+        builder = builder.add_source(environment.source(Some(env.clone())));
         let merged = builder.build().map_err(|e| ConfigError::File {
             path: file.map(Path::to_path_buf).unwrap_or_default(),
             message: e.to_string(),
@@ -138,24 +162,21 @@ impl BatchProperties {
                 ),
             ));
         }
-        let mut take = |name: &str| top.remove(name).unwrap_or_else(empty_table);
-        let mut props = BatchProperties {
-            database: runtime_section(take("database"), &origins, "database")?,
-            redis: runtime_section(take("redis"), &origins, "redis")?,
-            batch: runtime_section(take("batch"), &origins, "batch")?,
-            notify: runtime_section(take("notify"), &origins, "notify")?,
-            server: runtime_section(take("server"), &origins, "server")?,
-            schedule: runtime_section(take("schedule"), &origins, "schedule")?,
-            sections: Sections::default(),
-        };
-        props.database.validate(&origins.section("database"))?;
-        props.redis.validate(&origins.section("redis"))?;
-        props.batch.validate(&origins.section("batch"))?;
-        props.notify.validate(&origins.section("notify"))?;
-        for spec in &specs {
-            let loaded = (spec.load)(take(spec.name), &origins.section(spec.name))?;
-            props.sections.0.insert(spec.name, loaded);
-        }
+        let secret_keys: Vec<&str> = RUNTIME_SECRET_KEYS
+            .iter()
+            .chain(specs.iter().flat_map(|s| s.secret_keys))
+            .copied()
+            .collect();
+        let resolved = secret_files::resolve(&mut top, &secret_keys, &origins, &env)?;
+        origins.secret_files = resolved.read_from;
+        let mut hidden = resolved.hidden;
+        secret_files::apply_passwords(&mut top, &origins, &mut hidden)?;
+        let mut props = load_sections(top, &origins, &specs).map_err(|e| e.scrub(&hidden))?;
+        props.secret_files = origins
+            .secret_files
+            .iter()
+            .map(|(key, f)| (key.clone(), f.path.clone()))
+            .collect();
         props.schedule = normalize_schedule(&props.schedule);
         // `off` (or an empty value) unschedules a job, e.g. BATCH__SCHEDULE__MYJOB=off.
         props
@@ -200,7 +221,15 @@ impl BatchProperties {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The effective configuration as TOML, secrets redacted (for `batch-launcher config`).
+    /// The file a secret setting (dotted, e.g. `database.url`) was read from, if it was given
+    /// as `<key>_file`.
+    pub fn secret_file(&self, key: &str) -> Option<&Path> {
+        self.secret_files.get(key).map(PathBuf::as_path)
+    }
+
+    /// The effective configuration as TOML, secrets redacted (for `batch-launcher config`); a
+    /// secret read from a file is followed by a comment naming the file
+    /// (`url = "postgres://app:***@db/x"  # read from url_file = "/run/secrets/db"`).
     pub fn to_redacted_toml(&self) -> String {
         let json = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
         let mut sections = serde_json::Map::new();
@@ -226,11 +255,17 @@ impl BatchProperties {
                 for (k, v) in keys {
                     if !v.is_null() {
                         let key = if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                            k
+                            k.clone()
                         } else {
                             format!("\"{k}\"")
                         };
-                        out.push_str(&format!("{key} = {v}\n"));
+                        out.push_str(&format!("{key} = {v}"));
+                        if let Some(path) = self.secret_files.get(&format!("{section}.{k}")) {
+                            // Where the secret came from, not what it is.
+                            let path = serde_json::Value::from(path.display().to_string());
+                            out.push_str(&format!("  # read from {k}_file = {path}"));
+                        }
+                        out.push('\n');
                     }
                 }
             }
@@ -238,6 +273,34 @@ impl BatchProperties {
         }
         out
     }
+}
+
+/// Deserializes and validates every section of the merged tree (secrets resolved).
+fn load_sections(
+    mut top: BTreeMap<String, config::Value>,
+    origins: &Origins<'_>,
+    specs: &[SettingsSpec],
+) -> Result<BatchProperties, ConfigError> {
+    let mut take = |name: &str| top.remove(name).unwrap_or_else(empty_table);
+    let mut props = BatchProperties {
+        database: runtime_section(take("database"), origins, "database")?,
+        redis: runtime_section(take("redis"), origins, "redis")?,
+        batch: runtime_section(take("batch"), origins, "batch")?,
+        notify: runtime_section(take("notify"), origins, "notify")?,
+        server: runtime_section(take("server"), origins, "server")?,
+        schedule: runtime_section(take("schedule"), origins, "schedule")?,
+        sections: Sections::default(),
+        secret_files: BTreeMap::new(),
+    };
+    props.database.validate(&origins.section("database"))?;
+    props.redis.validate(&origins.section("redis"))?;
+    props.batch.validate(&origins.section("batch"))?;
+    props.notify.validate(&origins.section("notify"))?;
+    for spec in specs {
+        let loaded = (spec.load)(take(spec.name), &origins.section(spec.name))?;
+        props.sections.0.insert(spec.name, loaded);
+    }
+    Ok(props)
 }
 
 /// The sections' specs; a section name claimed twice, or one of the runtime's, and defaults
@@ -263,6 +326,16 @@ fn check_specs(sections: &[(&str, SettingsSpec)]) -> Result<Vec<SettingsSpec>, C
                 "its defaults may only set the [{}] table, not {:?}",
                 spec.name,
                 defaults.keys().collect::<Vec<_>>()
+            )));
+        }
+        let own = format!("{}.", spec.name);
+        if let Some(key) = spec.secret_keys.iter().find(|k| {
+            k.strip_prefix(own.as_str())
+                .is_none_or(|key| key.is_empty() || key.contains('.'))
+        }) {
+            return Err(fault(format!(
+                "its secret key `{key}` is not a key of its section (write `{}.<key>`)",
+                spec.name
             )));
         }
         specs.push(*spec);

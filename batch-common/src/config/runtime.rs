@@ -20,6 +20,11 @@ pub struct DatabaseSettings {
     /// `sqlite://path`, `postgres://…` or `mysql://…`; picks the backend. The password is redacted
     /// whenever the URL is printed.
     pub url: DatabaseUrl,
+    /// A password (a secret) put into `url`'s password, percent-encoded, when loading, so the URL
+    /// can live in a ConfigMap and the password in a secret (`password_file`). Already applied:
+    /// connect with `url`. Not for `sqlite://`.
+    #[serde(default)]
+    pub password: Option<Secret<String>>,
     /// Pool size.
     pub max_connections: NonZeroU32,
     /// How long to wait for a pooled connection.
@@ -44,6 +49,10 @@ pub struct RedisSettings {
     /// Single-node URL (`redis://` or `rediss://`).
     #[serde(deserialize_with = "redis_url")]
     pub url: RedactedUrl,
+    /// A password (a secret: the AUTH token of ElastiCache and the like) put into the password
+    /// of `url` and of every `cluster_nodes` URL when loading. Already applied.
+    #[serde(default)]
+    pub password: Option<Secret<String>>,
     /// Cluster seed nodes; when non-empty the cluster client is used and `url` is ignored.
     #[serde(deserialize_with = "redis_urls")]
     pub cluster_nodes: Vec<RedactedUrl>,

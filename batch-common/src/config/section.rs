@@ -26,6 +26,12 @@ pub trait SettingsSection:
     /// Keys (`NAME.key`) whose environment value is a comma-separated list.
     const LIST_KEYS: &'static [&'static str] = &[];
 
+    /// Keys (`NAME.key`) holding secrets (tokens, passwords, URLs with credentials). Each may
+    /// also be given as `key_file` (`BATCH__NAME__KEY_FILE`): the path of a file holding the
+    /// value, as container platforms hand secrets over (one trailing newline trimmed). Declare
+    /// the field itself as a [`Secret`](crate::Secret) (or another type that never prints it).
+    const SECRET_KEYS: &'static [&'static str] = &[];
+
     /// Ranges and cross-field rules; errors come from `check`, which names the key and where it
     /// was set.
     fn validate(&self, check: &SectionCheck<'_>) -> Result<(), ConfigError> {
@@ -47,6 +53,8 @@ pub struct SettingsSpec {
     pub defaults: &'static str,
     /// Keys whose environment value is a comma-separated list.
     pub list_keys: &'static [&'static str],
+    /// Keys holding secrets, which may also be given as `<key>_file`.
+    pub secret_keys: &'static [&'static str],
     pub(crate) load: LoadFn,
 }
 
@@ -65,6 +73,7 @@ impl SettingsSpec {
             name: S::NAME,
             defaults: S::DEFAULTS,
             list_keys: S::LIST_KEYS,
+            secret_keys: S::SECRET_KEYS,
             load: load_section::<S>,
         }
     }

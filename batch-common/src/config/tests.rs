@@ -33,6 +33,7 @@ impl SettingsSection for ExampleSettings {
     const DEFAULTS: &'static str = "[example]\nttl = \"48h\"\nprefix = \"example:\"\n\
         api_base_url = \"http://127.0.0.1:8089\"\nconcurrency = 16\n";
     const LIST_KEYS: &'static [&'static str] = &["example.tags"];
+    const SECRET_KEYS: &'static [&'static str] = &["example.api_token"];
 
     fn validate(&self, c: &SectionCheck<'_>) -> Result<(), ConfigError> {
         c.duration_in_range(
@@ -496,4 +497,463 @@ fn module_secrets_are_redacted_and_printed_with_the_rest() {
     assert!(shown.contains("[example]"), "{shown}");
     assert!(shown.contains("exampleJob = \"0 0 1 * * *\""), "{shown}");
     assert_eq!(example(&p).api_token.as_ref().unwrap().expose(), "token-6");
+}
+
+/// A secret file holding `content`.
+fn secret(content: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new()
+        .suffix(".secret")
+        .tempfile()
+        .unwrap();
+    f.write_all(content.as_bytes()).unwrap();
+    f
+}
+
+fn path_of(f: &tempfile::NamedTempFile) -> String {
+    f.path().display().to_string()
+}
+
+#[test]
+fn secret_files_lose_one_trailing_newline_and_nothing_else() {
+    for (content, token) in [
+        ("token-a\n", "token-a"),
+        ("token-b\r\n", "token-b"),
+        ("token-c", "token-c"),
+        ("token-d\n\n", "token-d\n"),
+        (" token e \n", " token e "),
+        ("0123\n", "0123"),
+    ] {
+        let f = secret(content);
+        let p = load_from(None, env(&[("BATCH__SERVER__TOKEN_FILE", &path_of(&f))])).unwrap();
+        assert_eq!(
+            p.server.token.as_ref().unwrap().expose(),
+            token,
+            "{content:?}"
+        );
+        assert_eq!(p.secret_file("server.token"), Some(f.path()));
+    }
+    // A secret written in a variable is kept as written too (not read as the number 123).
+    let p = load_from(None, env(&[("BATCH__SERVER__TOKEN", "0123")])).unwrap();
+    assert_eq!(p.server.token.as_ref().unwrap().expose(), "0123");
+    assert_eq!(p.secret_file("server.token"), None);
+}
+
+#[test]
+fn every_secret_setting_takes_a_file() {
+    let db = secret("postgres://app:db-file-1@db:5432/points\n");
+    let redis = secret("redis://:redis-file-2@cache:6379\n");
+    let hook = secret("https://hooks.slack.test/services/T0/B0/webhook-file-3\n");
+    let token = secret("token-file-4\n");
+    let api = secret("api-file-5\n");
+    let p = load_from(
+        None,
+        env(&[
+            ("BATCH__DATABASE__URL_FILE", &path_of(&db)),
+            ("BATCH__REDIS__URL_FILE", &path_of(&redis)),
+            ("BATCH__NOTIFY__SLACK_WEBHOOK_URL_FILE", &path_of(&hook)),
+            ("BATCH__SERVER__TOKEN_FILE", &path_of(&token)),
+            ("BATCH__EXAMPLE__API_TOKEN_FILE", &path_of(&api)),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        p.database.url.expose_secret(),
+        "postgres://app:db-file-1@db:5432/points"
+    );
+    assert_eq!(p.redis.url.expose().password(), Some("redis-file-2"));
+    assert_eq!(
+        p.notify.slack_webhook_url.as_ref().unwrap().expose().path(),
+        "/services/T0/B0/webhook-file-3"
+    );
+    assert_eq!(p.server.token.as_ref().unwrap().expose(), "token-file-4");
+    assert_eq!(
+        example(&p).api_token.as_ref().unwrap().expose(),
+        "api-file-5",
+        "a module's secret, declared in SECRET_KEYS"
+    );
+    // `config` says where each came from, never what it is.
+    let shown = format!("{p:?}\n{}", p.to_redacted_toml());
+    for leaked in [
+        "db-file-1",
+        "redis-file-2",
+        "webhook-file-3",
+        "token-file-4",
+        "api-file-5",
+    ] {
+        assert!(!shown.contains(leaked), "{leaked} leaked:\n{shown}");
+    }
+    let toml = p.to_redacted_toml();
+    assert!(
+        toml.contains(&format!(
+            "url = \"postgres://app:***@db:5432/points\"  # read from url_file = \"{}\"",
+            path_of(&db)
+        )),
+        "{toml}"
+    );
+    assert!(
+        toml.contains(&format!(
+            "api_token = \"[REDACTED]\"  # read from api_token_file = \"{}\"",
+            path_of(&api)
+        )),
+        "{toml}"
+    );
+
+    // The same from the config file.
+    let f = file(&format!(
+        "[server]\ntoken_file = \"{}\"\n[example]\napi_token_file = \"{}\"\n",
+        path_of(&token),
+        path_of(&api)
+    ));
+    let p = load_from(Some(f.path()), env(&[])).unwrap();
+    assert_eq!(p.server.token.as_ref().unwrap().expose(), "token-file-4");
+    assert_eq!(
+        example(&p).api_token.as_ref().unwrap().expose(),
+        "api-file-5"
+    );
+}
+
+#[test]
+fn unreadable_or_empty_secret_files_are_named_never_shown() {
+    // Missing, from the environment: the setting, the variable and the path.
+    let e = err(
+        None,
+        &[("BATCH__DATABASE__URL_FILE", "/nonexistent/run/secrets/db")],
+    );
+    assert_eq!(e.key(), Some("database.url_file"), "{e}");
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(
+            "invalid configuration: `database.url_file` (env BATCH__DATABASE__URL_FILE): \
+             cannot read `/nonexistent/run/secrets/db`: "
+        ),
+        "{shown}"
+    );
+    // Missing, from the config file: the file and the key.
+    let f = file("[server]\ntoken_file = \"/nonexistent/token\"\n");
+    let e = load_from(Some(f.path()), env(&[])).unwrap_err();
+    assert_eq!(e.key(), Some("server.token_file"), "{e}");
+    assert!(
+        e.to_string().starts_with(&format!(
+            "config file {}: `server.token_file`: cannot read `/nonexistent/token`",
+            f.path().display()
+        )),
+        "{e}"
+    );
+    // Empty (or only a newline): an error, not an empty secret.
+    for content in ["", "\n", "\r\n"] {
+        let s = secret(content);
+        let e = err(None, &[("BATCH__EXAMPLE__API_TOKEN_FILE", &path_of(&s))]);
+        assert_eq!(e.key(), Some("example.api_token_file"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("`{}` is empty", path_of(&s))),
+            "{e}"
+        );
+    }
+    // A directory, and a file that is not text.
+    let dir = tempfile::tempdir().unwrap();
+    let e = err(
+        None,
+        &[(
+            "BATCH__SERVER__TOKEN_FILE",
+            &dir.path().display().to_string(),
+        )],
+    );
+    assert_eq!(e.key(), Some("server.token_file"), "{e}");
+    let s = secret("");
+    std::fs::write(s.path(), b"bin-secret-\xff\xfe\n").unwrap();
+    let e = err(None, &[("BATCH__SERVER__TOKEN_FILE", &path_of(&s))]);
+    assert!(e.to_string().contains("is not UTF-8 text"), "{e}");
+    assert!(!e.to_string().contains("bin-secret"), "{e}");
+    // Larger than a secret.
+    std::fs::write(s.path(), "x".repeat(MAX_SECRET_FILE as usize + 1)).unwrap();
+    let e = err(None, &[("BATCH__SERVER__TOKEN_FILE", &path_of(&s))]);
+    assert!(e.to_string().contains("larger than 64 KiB"), "{e}");
+}
+
+#[test]
+fn a_secret_and_its_file_are_one_or_the_other() {
+    let s = secret("sqlite://from-file.db\n");
+    // Both in the environment.
+    let e = err(
+        None,
+        &[
+            ("BATCH__DATABASE__URL", "sqlite://x.db"),
+            ("BATCH__DATABASE__URL_FILE", &path_of(&s)),
+        ],
+    );
+    assert_eq!(e.key(), Some("database.url_file"), "{e}");
+    let shown = e.to_string();
+    assert!(
+        shown.contains("BATCH__DATABASE__URL_FILE")
+            && shown.contains("`database.url` is set too (env BATCH__DATABASE__URL)"),
+        "{shown}"
+    );
+    // The value in the config file, its file in the environment.
+    let f = file("[database]\nurl = \"sqlite://x.db\"\n");
+    let e = load_from(
+        Some(f.path()),
+        env(&[("BATCH__DATABASE__URL_FILE", &path_of(&s))]),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "`database.url` is set too (config file {})",
+            f.path().display()
+        )),
+        "{e}"
+    );
+    // Both in the file.
+    let f = file(&format!(
+        "[example]\napi_token = \"t\"\napi_token_file = \"{}\"\n",
+        path_of(&s)
+    ));
+    let e = load_from(Some(f.path()), env(&[])).unwrap_err();
+    assert_eq!(e.key(), Some("example.api_token_file"), "{e}");
+    assert!(
+        e.to_string().contains("`example.api_token` is set too"),
+        "{e}"
+    );
+    // The built-in default (database.url has one) does not count.
+    let p = load_from(None, env(&[("BATCH__DATABASE__URL_FILE", &path_of(&s))])).unwrap();
+    assert_eq!(p.database.url.expose_secret(), "sqlite://from-file.db");
+}
+
+#[test]
+fn a_file_for_a_setting_that_is_not_secret_is_an_unknown_key() {
+    let s = secret("500\n");
+    for (var, key) in [
+        ("BATCH__BATCH__CHUNK_SIZE_FILE", "batch.chunk_size_file"),
+        ("BATCH__EXAMPLE__PREFIX_FILE", "example.prefix_file"),
+        (
+            "BATCH__DATABASE__MAX_CONNECTIONS_FILE",
+            "database.max_connections_file",
+        ),
+    ] {
+        let e = err(None, &[(var, &path_of(&s))]);
+        assert_eq!(e.key(), Some(key), "{e}");
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+    // A module's secret key must be one of its own section's.
+    let spec = SettingsSpec {
+        secret_keys: &["database.url"],
+        ..SettingsSpec::of::<ExampleSettings>()
+    };
+    let e = BatchProperties::load_layers(None, env(&[]), &[("example", spec)], &[]).unwrap_err();
+    assert!(matches!(e, ConfigError::Module { .. }), "{e}");
+    assert!(e.to_string().contains("`database.url`"), "{e}");
+}
+
+#[test]
+fn a_bad_value_in_a_secret_file_is_the_same_error_without_the_secret() {
+    // The same check as a value given directly; the error also names the file.
+    for (content, needle) in [
+        ("postgres://app:file-secret-9@db:notaport/x", "invalid port"),
+        ("oracle://app:file-secret-9@db/x", "oracle"),
+        // A password written where the URL goes.
+        ("file-secret-9", "expected <scheme>://"),
+    ] {
+        let direct = err(None, &[("BATCH__DATABASE__URL", content)]);
+        let s = secret(&format!("{content}\n"));
+        let e = err(None, &[("BATCH__DATABASE__URL_FILE", &path_of(&s))]);
+        assert_eq!(e.key(), Some("database.url"), "{e}");
+        let shown = e.to_string();
+        assert!(!shown.contains("file-secret-9"), "{content}: {shown}");
+        assert!(shown.contains(needle), "{content}: {shown}");
+        assert!(
+            shown.starts_with(&format!(
+                "invalid configuration: `database.url` (env BATCH__DATABASE__URL_FILE): read from {}: ",
+                path_of(&s)
+            )),
+            "{shown}"
+        );
+        if !direct.to_string().contains("file-secret-9") {
+            let (ConfigError::Invalid { message: a, .. }, ConfigError::Invalid { message: b, .. }) =
+                (&direct, &e)
+            else {
+                panic!("{direct} / {e}");
+            };
+            assert!(b.ends_with(a.as_str()), "{a} / {b}");
+        }
+    }
+    // Named with the config file's key when the file named it.
+    let s = secret("ftp://hook-secret-10@x\n");
+    let f = file(&format!(
+        "[notify]\nslack_webhook_url_file = \"{}\"\n",
+        path_of(&s)
+    ));
+    let e = load_from(Some(f.path()), env(&[])).unwrap_err();
+    assert_eq!(e.key(), Some("notify.slack_webhook_url"), "{e}");
+    let shown = e.to_string();
+    assert!(
+        shown.contains(&format!(
+            "`notify.slack_webhook_url` (read from `notify.slack_webhook_url_file` = {})",
+            path_of(&s)
+        )),
+        "{shown}"
+    );
+    assert!(!shown.contains("hook-secret-10"), "{shown}");
+}
+
+/// `%XX` → byte, for checking what a driver reads back.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn a_database_password_goes_into_the_url_encoded() {
+    let pw = secret("p@ss:/w%rd\n");
+    let f = file("[database]\nurl = \"postgres://app@db:5432/points\"\n");
+    let p = load_from(
+        Some(f.path()),
+        env(&[("BATCH__DATABASE__PASSWORD_FILE", &path_of(&pw))]),
+    )
+    .unwrap();
+    assert_eq!(
+        p.database.url.expose_secret(),
+        "postgres://app:p%40ss%3A%2Fw%25rd@db:5432/points"
+    );
+    let parsed = url::Url::parse(p.database.url.expose_secret()).unwrap();
+    assert_eq!(parsed.username(), "app");
+    assert_eq!(parsed.host_str(), Some("db"));
+    assert_eq!(percent_decode(parsed.password().unwrap()), "p@ss:/w%rd");
+    assert_eq!(p.database.password.as_ref().unwrap().expose(), "p@ss:/w%rd");
+    let toml = p.to_redacted_toml();
+    assert!(
+        toml.contains("url = \"postgres://app:***@db:5432/points\"\n"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains(&format!(
+            "password = \"[REDACTED]\"  # read from password_file = \"{}\"",
+            path_of(&pw)
+        )),
+        "{toml}"
+    );
+    let shown = format!("{p:?}\n{toml}");
+    assert!(
+        !shown.contains("p@ss") && !shown.contains("p%40ss"),
+        "{shown}"
+    );
+
+    // Directly, on MySQL/MariaDB, without a user name.
+    let p = load_from(
+        None,
+        env(&[
+            ("BATCH__DATABASE__URL", "mariadb://db:3306/batch"),
+            ("BATCH__DATABASE__PASSWORD", "é 1"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        p.database.url.expose_secret(),
+        "mysql://:%C3%A9%201@db:3306/batch"
+    );
+
+    // Not for SQLite; not twice.
+    let e = err(None, &[("BATCH__DATABASE__PASSWORD", "pw-secret-11")]);
+    assert_eq!(e.key(), Some("database.password"), "{e}");
+    assert!(e.to_string().contains("sqlite://"), "{e}");
+    let e = err(
+        None,
+        &[
+            ("BATCH__DATABASE__URL", "postgres://app:other@db/x"),
+            ("BATCH__DATABASE__PASSWORD_FILE", &path_of(&pw)),
+        ],
+    );
+    assert_eq!(e.key(), Some("database.password"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("(env BATCH__DATABASE__PASSWORD_FILE)")
+            && e.to_string().contains("already holds a password"),
+        "{e}"
+    );
+    for e in [
+        e.to_string(),
+        err(None, &[("BATCH__DATABASE__PASSWORD", "pw-secret-11")]).to_string(),
+    ] {
+        assert!(!e.contains("pw-secret-11") && !e.contains("p@ss"), "{e}");
+    }
+    // A URL that is bad with its password in: the URL's own error, the password hidden.
+    let e = err(
+        None,
+        &[
+            ("BATCH__DATABASE__URL", "postgres://app@db:notaport/x"),
+            ("BATCH__DATABASE__PASSWORD", "pw-secret-12"),
+        ],
+    );
+    assert_eq!(e.key(), Some("database.url"), "{e}");
+    assert!(!e.to_string().contains("pw-secret-12"), "{e}");
+}
+
+#[test]
+fn a_redis_password_goes_into_every_node_url() {
+    let pw = secret("auth/token+1\n");
+    let p = load_from(
+        None,
+        env(&[
+            (
+                "BATCH__REDIS__CLUSTER_NODES",
+                "redis://127.0.0.1:7000,redis://app@127.0.0.1:7001",
+            ),
+            ("BATCH__REDIS__PASSWORD_FILE", &path_of(&pw)),
+        ]),
+    )
+    .unwrap();
+    let nodes: Vec<&url::Url> = p.redis.cluster_nodes.iter().map(|u| u.expose()).collect();
+    assert_eq!(nodes.len(), 2);
+    for node in &nodes {
+        assert_eq!(percent_decode(node.password().unwrap()), "auth/token+1");
+    }
+    assert_eq!(nodes[1].username(), "app");
+    assert_eq!(
+        percent_decode(p.redis.url.expose().password().unwrap()),
+        "auth/token+1"
+    );
+    let shown = format!("{p:?}\n{}", p.to_redacted_toml());
+    assert!(
+        !shown.contains("auth/token") && !shown.contains("auth%2Ftoken"),
+        "{shown}"
+    );
+
+    // A node that has a password already is named.
+    let e = err(
+        None,
+        &[
+            (
+                "BATCH__REDIS__CLUSTER_NODES",
+                "redis://127.0.0.1:7000,redis://:x@127.0.0.1:7001",
+            ),
+            ("BATCH__REDIS__PASSWORD", "pw"),
+        ],
+    );
+    assert_eq!(e.key(), Some("redis.password"), "{e}");
+    assert!(e.to_string().contains("`redis.cluster_nodes[1]`"), "{e}");
+}
+
+#[test]
+fn with_password_changes_the_password_only() {
+    use super::secret_files::{AlreadyHasPassword, with_password};
+    assert_eq!(
+        with_password(" rediss://app@h:1/0?x=1#insecure ", "p w"),
+        Ok(Some("rediss://app:p%20w@h:1/0?x=1#insecure".to_owned()))
+    );
+    assert_eq!(
+        with_password("postgres://db?host=/run/pg", "a~b-c.d_e"),
+        Ok(Some("postgres://:a~b-c.d_e@db?host=/run/pg".to_owned()))
+    );
+    assert_eq!(with_password("redis://:x@h", "p"), Err(AlreadyHasPassword));
+    assert_eq!(with_password("not a url", "p"), Ok(None));
 }
