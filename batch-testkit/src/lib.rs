@@ -4,6 +4,7 @@ pub mod bench;
 pub mod external_writer;
 pub mod jobs;
 pub mod schema;
+pub mod servers;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
