@@ -1,11 +1,22 @@
 //! Redis for every domain: one connection type over a single node or a Cluster, built from
-//! `[redis]`, and the classification of Redis errors into transient (retry the chunk) or not.
+//! `[redis]` (plain or TLS), and the classification of Redis errors into transient (retry the
+//! chunk) or not.
+//!
+//! - `cluster.rs`: [`ClusterConn`], the cluster connection that replaces itself when it stops
+//!   answering (after a failover);
+//! - `unreachable.rs`: [`RedisUnreachable`], what failed when connecting, in words.
 
+mod cluster;
+mod unreachable;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
+
+pub use cluster::ClusterConn;
+pub use unreachable::RedisUnreachable;
 
 use crate::config::RedisSettings;
 use crate::error::Transient;
@@ -17,7 +28,7 @@ pub enum RedisConn {
     /// A single node (`[redis] url`).
     Single(ConnectionManager),
     /// A Redis Cluster (`[redis] cluster_nodes`).
-    Cluster(ClusterConnection),
+    Cluster(ClusterConn),
 }
 
 impl std::fmt::Debug for RedisConn {
@@ -64,29 +75,6 @@ impl ConnectionLike for RedisConn {
     }
 }
 
-/// Redis could not be reached; the message says where the launcher looked and how to change it.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", unreachable_message(target, cause))]
-pub struct RedisUnreachable {
-    /// Where the launcher looked (passwords redacted).
-    pub target: String,
-    /// The client's error (in the message, not chained, so it is printed once; a field named
-    /// `source` would be chained by thiserror).
-    pub cause: RedisError,
-}
-
-fn unreachable_message(target: &str, cause: &RedisError) -> String {
-    if cause.kind() == ErrorKind::AuthenticationFailed {
-        format!(
-            "Redis at {target} refused the login ({cause}). Set the right user and password in [redis] url / BATCH__REDIS__URL (redis://USER:PASSWORD@host:port)"
-        )
-    } else {
-        format!(
-            "cannot reach Redis at {target} ({cause}). Start it, or point the launcher elsewhere with [redis] url / BATCH__REDIS__URL (or [redis] cluster_nodes / BATCH__REDIS__CLUSTER_NODES for a cluster)"
-        )
-    }
-}
-
 /// A Redis error in an `anyhow` chain, printed once. The redis crate's `Display` of an I/O,
 /// parse or server error already shows the inner error, which it also returns as `source()`, so
 /// `{:#}` printed it twice ("Connection refused (os error 111): Connection refused (os error
@@ -111,16 +99,86 @@ impl std::error::Error for RedisCommandError {
     }
 }
 
-/// Connects as configured: the cluster client if `cluster_nodes` is set, else the single node.
-/// Fails fast (one short retry) with [`RedisUnreachable`] if nothing answers a `PING`.
+/// The TLS set-up of `urls`: whether they ask for TLS (`rediss://`) and whether verification is
+/// off (`#insecure` at the end, redis-rs's convention). A cluster's nodes must agree.
+fn tls_of(urls: &[&crate::RedactedUrl]) -> Result<(bool, bool), RedisError> {
+    let tls = urls.iter().any(|u| u.expose().scheme() == "rediss");
+    let insecure: Vec<bool> = urls
+        .iter()
+        .map(|u| u.expose().fragment() == Some("insecure"))
+        .collect();
+    if insecure.contains(&true) && insecure.contains(&false) {
+        return Err((
+            ErrorKind::InvalidClientConfig,
+            "some nodes end in #insecure and some do not; write it on every node or none",
+        )
+            .into());
+    }
+    Ok((tls, tls && insecure.contains(&true)))
+}
+
+/// The CA certificates of `[redis] ca_file` for the client (`None`: the system's trust store).
+fn root_certificates(
+    settings: &RedisSettings,
+) -> Result<Option<redis::TlsCertificates>, RedisError> {
+    let Some(path) = &settings.ca_file else {
+        return Ok(None);
+    };
+    // Checked when the settings were loaded; read again here, the file may have changed since.
+    core_domain::tls::read_ca_file(path)
+        .map_err(|e| RedisError::from((ErrorKind::InvalidClientConfig, "[redis] ca_file", e)))?;
+    let pem = std::fs::read(path).map_err(|e| {
+        RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "[redis] ca_file",
+            format!("cannot read `{}`: {e}", path.display()),
+        ))
+    })?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
+/// Warns, once per process, that the servers' certificates are not verified.
+fn warn_insecure(target: &str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            target_url = %target,
+            "Redis TLS certificate verification is OFF (#insecure in the URL): the connection is encrypted but the server is not authenticated; [redis] ca_file is not used. Only for tests"
+        );
+    }
+}
+
+/// Connects as configured: the cluster client if `cluster_nodes` is set, else the single node;
+/// over TLS for `rediss://` URLs, verifying the servers' certificates and host names against
+/// `ca_file` (or the system's trust store) unless the URLs end in `#insecure`. Fails fast (one
+/// short retry) with [`RedisUnreachable`] if nothing answers a `PING`; its message says whether
+/// the host, the certificate or its name failed.
 pub async fn connect(settings: &RedisSettings) -> Result<RedisConn, RedisUnreachable> {
+    core_domain::tls::install_crypto_provider();
     if settings.cluster_nodes.is_empty() {
         let target = settings.url.to_string();
+        let (tls, insecure) = tls_of(&[&settings.url]).unwrap_or((false, false));
         let unreachable = |cause| RedisUnreachable {
             target: target.clone(),
             cause,
+            tls,
         };
-        let client = redis::Client::open(settings.url.expose().as_str()).map_err(unreachable)?;
+        let url = settings.url.expose().as_str();
+        let client = if tls && !insecure {
+            match root_certificates(settings).map_err(unreachable)? {
+                Some(certs) => redis::Client::build_with_tls(url, certs),
+                None => redis::Client::open(url),
+            }
+        } else {
+            redis::Client::open(url)
+        }
+        .map_err(unreachable)?;
+        if insecure {
+            warn_insecure(&target);
+        }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_response_timeout(Some(settings.response_timeout))
@@ -141,27 +199,40 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisConn, RedisUnreach
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
+        let nodes: Vec<&crate::RedactedUrl> = settings.cluster_nodes.iter().collect();
+        let tls = nodes.iter().any(|u| u.expose().scheme() == "rediss");
         let unreachable = |cause| RedisUnreachable {
             target: format!("cluster {target}"),
             cause,
+            tls,
         };
-        let nodes: Vec<String> = settings
-            .cluster_nodes
-            .iter()
-            .map(|u| u.expose().to_string())
-            .collect();
-        let client = redis::cluster::ClusterClient::builder(nodes)
+        let (tls, insecure) = tls_of(&nodes).map_err(unreachable)?;
+        let urls: Vec<String> = nodes.iter().map(|u| u.expose().to_string()).collect();
+        let mut builder = redis::cluster::ClusterClient::builder(urls)
             .connection_timeout(settings.connect_timeout)
             .response_timeout(settings.response_timeout)
-            .retries(2)
-            .build()
-            .map_err(unreachable)?;
-        let mut conn = client.get_async_connection().await.map_err(unreachable)?;
+            .retries(2);
+        if tls
+            && !insecure
+            && let Some(certs) = root_certificates(settings).map_err(unreachable)?
+        {
+            builder = builder.certs(certs);
+        }
+        let client = builder.build().map_err(unreachable)?;
+        if insecure {
+            warn_insecure(&target);
+        }
+        let conn = client.get_async_connection().await.map_err(unreachable)?;
+        let mut conn = RedisConn::Cluster(ClusterConn::new(
+            client,
+            conn,
+            settings.connect_timeout + settings.response_timeout,
+        ));
         let _: () = redis::cmd("PING")
             .query_async(&mut conn)
             .await
             .map_err(unreachable)?;
-        Ok(RedisConn::Cluster(conn))
+        Ok(conn)
     }
 }
 
@@ -275,7 +346,9 @@ pub fn run_id_of(info: &str) -> &str {
 /// I/O errors (reset, refused, timeout, dropped — the first command after a reconnect included),
 /// `LOADING` (a restarted server reading its data), `READONLY` (the node written to was demoted
 /// to a replica; its address will point at a master again), `MASTERDOWN` (a replica that lost
-/// its master), `TRYAGAIN` (a slot migrating) and `CLUSTERDOWN`.
+/// its master), `TRYAGAIN` (a slot migrating), `CLUSTERDOWN`, a cluster redirection the client
+/// gave up following (`MOVED`, `ASK`: the topology changed; the cluster connection renews
+/// itself) and no cluster connection for a slot.
 pub fn is_transient_redis(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
@@ -289,6 +362,8 @@ pub fn is_transient_redis(e: &RedisError) -> bool {
                     | ServerErrorKind::ClusterDown
                     | ServerErrorKind::MasterDown
                     | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
             ) | ErrorKind::ClusterConnectionNotFound
         )
 }
@@ -340,6 +415,75 @@ mod tests {
         let err = anyhow::Error::new(connect(&settings).await.unwrap_err());
         let shown = format!("{err:#}");
         assert_eq!(shown.matches("refused").count(), 1, "{shown}");
+    }
+
+    fn settings(url: &str) -> RedisSettings {
+        let mut settings = crate::config::BatchProperties::load_from(None, Vec::new(), &[])
+            .unwrap()
+            .redis;
+        settings.url = crate::RedactedUrl::parse(url, &["redis", "rediss"]).unwrap();
+        settings.connect_timeout = Duration::from_millis(1500);
+        settings.response_timeout = Duration::from_millis(1500);
+        settings
+    }
+
+    #[tokio::test]
+    async fn a_plain_url_to_a_tls_only_server_says_to_write_rediss() {
+        // What a TLS-only Redis port does with a plain client: reads, finds no TLS, hangs up.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt as _;
+                    let mut buf = [0_u8; 64];
+                    let _ = s.read(&mut buf).await;
+                });
+            }
+        });
+        let err = connect(&settings(&format!("redis://127.0.0.1:{port}")))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("write rediss://"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_tls_url_to_a_plain_server_says_it_may_not_speak_tls() {
+        // The local Redis (scripts/services.sh) speaks no TLS.
+        let url = local_redis_url();
+        let err = connect(&settings(&url.replace("redis://", "rediss://")))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not speak TLS (then write redis://)"),
+            "{err}"
+        );
+        assert!(!err.contains("certificate"), "{err}");
+    }
+
+    /// The local Redis's URL (the tests' default).
+    fn local_redis_url() -> String {
+        std::env::var("BATCH_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    }
+
+    #[tokio::test]
+    async fn cluster_nodes_must_agree_on_insecure() {
+        let mut s = settings("redis://127.0.0.1:1");
+        s.cluster_nodes = ["rediss://127.0.0.1:1/#insecure", "rediss://127.0.0.1:2"]
+            .iter()
+            .map(|u| crate::RedactedUrl::parse(u, &["rediss"]).unwrap())
+            .collect();
+        let err = connect(&s).await.unwrap_err().to_string();
+        assert!(
+            err.contains("#insecure") && err.contains("every node or none"),
+            "{err}"
+        );
     }
 
     #[test]
