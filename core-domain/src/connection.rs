@@ -98,14 +98,15 @@ impl DbConnection {
         };
         match url.backend() {
             Backend::Postgres => {
-                let mut c = crate::url_tls::connect_pg(url)
+                // Boxed: the TLS handshake makes the future large, and every caller would carry it.
+                let mut c = Box::pin(crate::url_tls::connect_pg(url.expose_secret()))
                     .await
                     .map_err(connect_err)?;
                 c.batch_execute("SET TIME ZONE 'UTC'").await?;
                 Ok(DbConnection::Postgres(c))
             }
             Backend::Mysql => {
-                let mut c = crate::url_tls::connect_mysql(url)
+                let mut c = Box::pin(crate::url_tls::connect_mysql(url.expose_secret()))
                     .await
                     .map_err(connect_err)?;
                 c.batch_execute("SET time_zone = '+00:00'").await?;

@@ -217,7 +217,7 @@ async fn with_harness(
                 // wrapper's `block_on` runs the connection too.
                 let mut conn: AsyncConnectionWrapper<AsyncPgConnection> =
                     tokio::runtime::Handle::current()
-                        .block_on(crate::url_tls::connect_pg(&url))
+                        .block_on(crate::url_tls::connect_pg(url.expose_secret()))
                         .map_err(|cause| DbError::Connect {
                             url: redacted.clone(),
                             cause,
@@ -236,7 +236,7 @@ async fn with_harness(
             Backend::Mysql => {
                 let mut conn: AsyncConnectionWrapper<AsyncMysqlConnection> =
                     tokio::runtime::Handle::current()
-                        .block_on(crate::url_tls::connect_mysql(&url))
+                        .block_on(crate::url_tls::connect_mysql(url.expose_secret()))
                         .map_err(|cause| DbError::Connect {
                             url: redacted.clone(),
                             cause,

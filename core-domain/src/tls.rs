@@ -13,7 +13,9 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 /// Installs ring as the process's rustls crypto provider (idempotent). Every TLS client of the
 /// process (HTTP, PostgreSQL, MySQL, Redis) then uses it.
@@ -49,12 +51,7 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
         .map_err(|e| format!("cannot read the CA file `{}`: {e}", path.display()))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| {
-            format!(
-                "the CA file `{}` is not valid PEM ({e:?})",
-                path.display()
-            )
-        })?;
+        .map_err(|e| format!("the CA file `{}` is not valid PEM ({e:?})", path.display()))?;
     if certs.is_empty() {
         return Err(format!(
             "the CA file `{}` holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
@@ -273,7 +270,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let missing = dir.join("missing.pem");
         let e = read_ca_file(&missing).unwrap_err();
-        assert!(e.contains("missing.pem") && e.contains("cannot read"), "{e}");
+        assert!(
+            e.contains("missing.pem") && e.contains("cannot read"),
+            "{e}"
+        );
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate, secret-ish text\n").unwrap();
         let e = read_ca_file(&empty).unwrap_err();

@@ -141,7 +141,8 @@ impl DatabaseUrl {
             Ok(None) if self.backend == Backend::Mysql => {
                 let lower = self.raw.to_ascii_lowercase();
                 Some(if lower.contains("require_ssl=true") {
-                    "required (mysql_async options require_ssl/verify_ca/verify_identity)".to_owned()
+                    "required (mysql_async options require_ssl/verify_ca/verify_identity)"
+                        .to_owned()
                 } else {
                     "off".to_owned()
                 })

@@ -14,11 +14,10 @@
 
 use std::path::PathBuf;
 
-use diesel_async::pg::AsyncPgConnection;
 use diesel_async::AsyncMysqlConnection;
+use diesel_async::pg::AsyncPgConnection;
 
 use crate::tls::{self, Verify};
-use crate::url::DatabaseUrl;
 
 /// `sslmode` of a PostgreSQL URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,10 +61,14 @@ impl TlsOptions {
         };
         match (self.mode, self.optional) {
             (None, _) => "off".to_owned(),
-            (Some(_), true) => "preferred (used if the server offers it; certificate not verified)".to_owned(),
+            (Some(_), true) => {
+                "preferred (used if the server offers it; certificate not verified)".to_owned()
+            }
             (Some(Verify::Nothing), false) => "required (certificate not verified)".to_owned(),
             (Some(Verify::Chain), false) => {
-                format!("required, certificate verified against the CA (host name not checked){roots}")
+                format!(
+                    "required, certificate verified against the CA (host name not checked){roots}"
+                )
             }
             (Some(Verify::Full), false) => {
                 format!("required, certificate and host name verified{roots}")
@@ -119,9 +122,17 @@ pub(crate) fn split_pg(raw: &str) -> Result<(String, TlsOptions), String> {
                 }
                 root = Some(v);
             }
-            "sslcert" | "sslkey" | "sslpassword" | "sslcrl" | "sslcrldir" | "sslsni"
-            | "sslcompression" | "ssl_min_protocol_version" | "ssl_max_protocol_version"
-            | "sslcertmode" | "sslnegotiation" => {
+            "sslcert"
+            | "sslkey"
+            | "sslpassword"
+            | "sslcrl"
+            | "sslcrldir"
+            | "sslsni"
+            | "sslcompression"
+            | "ssl_min_protocol_version"
+            | "ssl_max_protocol_version"
+            | "sslcertmode"
+            | "sslnegotiation" => {
                 return Err(format!(
                     "`{k}` is not supported (supported TLS options: sslmode, sslrootcert)"
                 ));
@@ -172,20 +183,18 @@ pub(crate) fn split_mysql(raw: &str) -> Result<(String, Option<TlsOptions>), Str
     for (k, v) in query_pairs(&u) {
         match k.to_ascii_lowercase().replace('_', "-").as_str() {
             "ssl-mode" | "sslmode" => {
-                mode = Some(
-                    match v.to_ascii_uppercase().replace('-', "_").as_str() {
-                        "DISABLED" => None,
-                        "PREFERRED" => Some((Verify::Nothing, true)),
-                        "REQUIRED" => Some((Verify::Nothing, false)),
-                        "VERIFY_CA" => Some((Verify::Chain, false)),
-                        "VERIFY_IDENTITY" => Some((Verify::Full, false)),
-                        _ => {
-                            return Err(format!(
-                                "ssl-mode `{v}` is not one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY"
-                            ));
-                        }
-                    },
-                );
+                mode = Some(match v.to_ascii_uppercase().replace('-', "_").as_str() {
+                    "DISABLED" => None,
+                    "PREFERRED" => Some((Verify::Nothing, true)),
+                    "REQUIRED" => Some((Verify::Nothing, false)),
+                    "VERIFY_CA" => Some((Verify::Chain, false)),
+                    "VERIFY_IDENTITY" => Some((Verify::Full, false)),
+                    _ => {
+                        return Err(format!(
+                            "ssl-mode `{v}` is not one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY"
+                        ));
+                    }
+                });
             }
             "ssl-ca" => {
                 if v.is_empty() {
@@ -257,13 +266,15 @@ fn connect_error(e: &(dyn std::error::Error + 'static)) -> diesel::ConnectionErr
     diesel::ConnectionError::BadConnection(text)
 }
 
-/// Opens a PostgreSQL connection with the URL's TLS options.
-pub(crate) async fn connect_pg(url: &DatabaseUrl) -> Result<AsyncPgConnection, diesel::ConnectionError> {
-    let (cleaned, options) = split_pg(url.expose_secret())
-        .map_err(diesel::ConnectionError::InvalidConnectionUrl)?;
-    let mut config: tokio_postgres::Config = cleaned
-        .parse()
-        .map_err(|e: tokio_postgres::Error| diesel::ConnectionError::InvalidConnectionUrl(e.to_string()))?;
+/// Opens a PostgreSQL connection with the URL's TLS options (`url` holds the password: never
+/// log it).
+pub(crate) async fn connect_pg(url: &str) -> Result<AsyncPgConnection, diesel::ConnectionError> {
+    let (cleaned, options) =
+        split_pg(url).map_err(diesel::ConnectionError::InvalidConnectionUrl)?;
+    let mut config: tokio_postgres::Config =
+        cleaned.parse().map_err(|e: tokio_postgres::Error| {
+            diesel::ConnectionError::InvalidConnectionUrl(e.to_string())
+        })?;
     let Some(verify) = options.mode else {
         config.ssl_mode(tokio_postgres::config::SslMode::Disable);
         let (client, conn) = config
@@ -297,10 +308,10 @@ pub(crate) async fn connect_pg(url: &DatabaseUrl) -> Result<AsyncPgConnection, d
 /// Opens a MySQL/MariaDB connection with the URL's TLS options, set up as diesel-async's own
 /// `establish` does (UTC, utf8mb4, found rows, no driver statement cache).
 pub(crate) async fn connect_mysql(
-    url: &DatabaseUrl,
+    url: &str,
 ) -> Result<AsyncMysqlConnection, diesel::ConnectionError> {
-    let (cleaned, options) = split_mysql(url.expose_secret())
-        .map_err(diesel::ConnectionError::InvalidConnectionUrl)?;
+    let (cleaned, options) =
+        split_mysql(url).map_err(diesel::ConnectionError::InvalidConnectionUrl)?;
     let opts = mysql_async::Opts::from_url(&cleaned)
         .map_err(|e| diesel::ConnectionError::InvalidConnectionUrl(e.to_string()))?;
     let base = mysql_async::OptsBuilder::from_opts(opts)
@@ -341,9 +352,7 @@ pub(crate) async fn connect_mysql(
         Verify::Full => ssl,
     };
     match connect(base.clone().ssl_opts(ssl)).await {
-        Err(diesel::ConnectionError::BadConnection(m))
-            if optional && m.contains("CLIENT_SSL") =>
-        {
+        Err(diesel::ConnectionError::BadConnection(m)) if optional && m.contains("CLIENT_SSL") => {
             // PREFERRED, and the server offers no TLS: a plain connection, as the mysql client.
             connect(base).await
         }
@@ -357,19 +366,43 @@ mod tests {
 
     #[test]
     fn pg_modes_follow_libpq() {
-        let mode = |q: &str| split_pg(&format!("postgres://u:pw@h/db{q}")).map(|(u, t)| (u, t.mode, t.optional, t.roots));
+        let mode = |q: &str| {
+            split_pg(&format!("postgres://u:pw@h/db{q}"))
+                .map(|(u, t)| (u, t.mode, t.optional, t.roots))
+        };
         let (url, verify, optional, roots) = mode("").unwrap();
-        assert_eq!((url.as_str(), verify, optional, roots), ("postgres://u:pw@h/db", Some(Verify::Nothing), true, Roots::Default));
+        assert_eq!(
+            (url.as_str(), verify, optional, roots),
+            (
+                "postgres://u:pw@h/db",
+                Some(Verify::Nothing),
+                true,
+                Roots::Default
+            )
+        );
         assert_eq!(mode("?sslmode=disable").unwrap().1, None);
         assert_eq!(mode("?sslmode=require").unwrap().1, Some(Verify::Nothing));
-        assert_eq!(mode("?sslmode=require&sslrootcert=/ca.pem").unwrap().1, Some(Verify::Chain));
+        assert_eq!(
+            mode("?sslmode=require&sslrootcert=/ca.pem").unwrap().1,
+            Some(Verify::Chain)
+        );
         assert_eq!(mode("?sslmode=verify-ca").unwrap().1, Some(Verify::Chain));
-        let (url, verify, optional, roots) = mode("?sslmode=verify-full&sslrootcert=/c%20a.pem&application_name=x").unwrap();
+        let (url, verify, optional, roots) =
+            mode("?sslmode=verify-full&sslrootcert=/c%20a.pem&application_name=x").unwrap();
         assert_eq!(url, "postgres://u:pw@h/db?application_name=x");
-        assert_eq!((verify, optional, roots), (Some(Verify::Full), false, Roots::File("/c a.pem".into())));
-        assert_eq!(mode("?sslmode=verify-full&sslrootcert=system").unwrap().3, Roots::System);
+        assert_eq!(
+            (verify, optional, roots),
+            (Some(Verify::Full), false, Roots::File("/c a.pem".into()))
+        );
+        assert_eq!(
+            mode("?sslmode=verify-full&sslrootcert=system").unwrap().3,
+            Roots::System
+        );
         let e = mode("?sslmode=verify_full").unwrap_err();
-        assert!(e.contains("`verify_full`") && e.contains("verify-full"), "{e}");
+        assert!(
+            e.contains("`verify_full`") && e.contains("verify-full"),
+            "{e}"
+        );
         assert!(mode("?sslcert=/x").unwrap_err().contains("`sslcert`"));
         assert!(mode("?bogus=1").is_err());
         assert!(mode("?sslmode=disable&sslrootcert=/ca.pem").is_err());
@@ -379,18 +412,39 @@ mod tests {
     fn mysql_modes_follow_the_mysql_client() {
         let split = |q: &str| split_mysql(&format!("mysql://u:pw@h:3306/db{q}"));
         assert_eq!(split("").unwrap().1, None);
-        let (url, tls) = split("?ssl-mode=verify_identity&ssl-ca=/ca.pem&prefer_socket=false").unwrap();
+        let (url, tls) =
+            split("?ssl-mode=verify_identity&ssl-ca=/ca.pem&prefer_socket=false").unwrap();
         assert_eq!(url, "mysql://u:pw@h:3306/db?prefer_socket=false");
         let tls = tls.unwrap();
-        assert_eq!((tls.mode, tls.optional, tls.roots), (Some(Verify::Full), false, Roots::File("/ca.pem".into())));
-        assert_eq!(split("?ssl-mode=REQUIRED").unwrap().1.unwrap().mode, Some(Verify::Nothing));
-        assert_eq!(split("?ssl_mode=VERIFY-CA").unwrap().1.unwrap().mode, Some(Verify::Chain));
+        assert_eq!(
+            (tls.mode, tls.optional, tls.roots),
+            (Some(Verify::Full), false, Roots::File("/ca.pem".into()))
+        );
+        assert_eq!(
+            split("?ssl-mode=REQUIRED").unwrap().1.unwrap().mode,
+            Some(Verify::Nothing)
+        );
+        assert_eq!(
+            split("?ssl_mode=VERIFY-CA").unwrap().1.unwrap().mode,
+            Some(Verify::Chain)
+        );
         assert!(split("?ssl-mode=PREFERRED").unwrap().1.unwrap().optional);
         assert_eq!(split("?ssl-mode=DISABLED").unwrap().1.unwrap().mode, None);
-        assert_eq!(split("?ssl-ca=/ca.pem").unwrap().1.unwrap().mode, Some(Verify::Chain));
+        assert_eq!(
+            split("?ssl-ca=/ca.pem").unwrap().1.unwrap().mode,
+            Some(Verify::Chain)
+        );
         assert!(split("?require_ssl=true").unwrap().1.is_none());
-        assert!(split("?require_ssl=true&ssl-mode=REQUIRED").unwrap_err().contains("require_ssl"));
-        assert!(split("?ssl-mode=sometimes").unwrap_err().contains("`sometimes`"));
+        assert!(
+            split("?require_ssl=true&ssl-mode=REQUIRED")
+                .unwrap_err()
+                .contains("require_ssl")
+        );
+        assert!(
+            split("?ssl-mode=sometimes")
+                .unwrap_err()
+                .contains("`sometimes`")
+        );
         assert!(split("?ssl-cert=/x").unwrap_err().contains("`ssl-cert`"));
     }
 }

@@ -62,6 +62,24 @@ pub struct RedisSettings {
     /// Per-command response timeout.
     #[serde(with = "duration")]
     pub response_timeout: Duration,
+    /// PEM file of the CA(s) that sign the Redis servers' certificates, for `rediss://` (single
+    /// node and cluster nodes); unset: the system's trust store. Certificates and host names are
+    /// always verified; only a URL ending in `#insecure` skips that, and the launcher warns.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl RedisSettings {
+    /// True when the connection uses TLS (`rediss://` for the single node or every cluster node).
+    pub fn uses_tls(&self) -> bool {
+        if self.cluster_nodes.is_empty() {
+            self.url.expose().scheme() == "rediss"
+        } else {
+            self.cluster_nodes
+                .iter()
+                .all(|u| u.expose().scheme() == "rediss")
+        }
+    }
 }
 
 /// `[batch]`: the runtime.
@@ -157,7 +175,35 @@ impl DatabaseSettings {
 impl RedisSettings {
     pub(crate) fn validate(&self, c: &SectionCheck<'_>) -> Result<(), ConfigError> {
         c.duration_in_range("connect_timeout", self.connect_timeout, MS..=HOUR)?;
-        c.duration_in_range("response_timeout", self.response_timeout, MS..=HOUR)
+        c.duration_in_range("response_timeout", self.response_timeout, MS..=HOUR)?;
+        let schemes: Vec<&str> = if self.cluster_nodes.is_empty() {
+            vec![self.url.expose().scheme()]
+        } else {
+            self.cluster_nodes
+                .iter()
+                .map(|u| u.expose().scheme())
+                .collect()
+        };
+        if schemes.contains(&"rediss") && schemes.contains(&"redis") {
+            return Err(c.invalid(
+                "cluster_nodes",
+                "mixes redis:// and rediss:// nodes; a cluster is either all TLS or none",
+            ));
+        }
+        if let Some(path) = &self.ca_file {
+            let key = "ca_file";
+            if !self.uses_tls() {
+                return Err(c.invalid(
+                    key,
+                    format!(
+                        "`{}` is set, but Redis is reached without TLS; write rediss:// in redis.url (or redis.cluster_nodes) to use it",
+                        path.display()
+                    ),
+                ));
+            }
+            core_domain::tls::read_ca_file(path).map_err(|e| c.invalid(key, e))?;
+        }
+        Ok(())
     }
 }
 
