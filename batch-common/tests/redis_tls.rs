@@ -63,7 +63,7 @@ async fn a_tls_redis_is_verified_against_the_ca_file() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("not valid for this host name"), "{err}");
+    assert!(err.contains("not valid for the host name"), "{err}");
     assert!(!err.contains("trusted CA"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
 

@@ -9,6 +9,7 @@ mod point_job;
 mod runtime_cli;
 mod secret_files;
 mod serve;
+mod tls;
 
 use std::path::Path;
 use std::process::{Command, Output};

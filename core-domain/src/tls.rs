@@ -238,15 +238,27 @@ pub fn explain(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
+/// `DnsName("db.local")` (how rustls lists a certificate's names) as `db.local`.
+fn presented_name(p: &str) -> String {
+    p.split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .map_or(p, |inner| inner.trim_matches('"'))
+        .to_owned()
+}
+
 /// [`explain`] for a rustls error.
 pub fn explain_rustls(error: &rustls::Error) -> String {
     match error {
         rustls::Error::InvalidCertificate(c) => match c {
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            CertificateError::NotValidForNameContext { expected, presented } => {
+                let names: Vec<String> = presented.iter().map(|p| presented_name(p)).collect();
                 format!(
-                    "TLS: the server's certificate is not valid for this host name ({c:?}); connect by a name the certificate lists, or use a mode that checks the CA only"
+                    "TLS: the server's certificate is not valid for the host name `{}` (it is for {}); connect by a name the certificate lists, or use a mode that checks the CA only",
+                    expected.to_str(),
+                    names.join(", ")
                 )
             }
+            CertificateError::NotValidForName => "TLS: the server's certificate is not valid for the host name connected to; connect by a name the certificate lists, or use a mode that checks the CA only".to_owned(),
             CertificateError::UnknownIssuer => "TLS: the server's certificate is not signed by a trusted CA (unknown issuer); give the CA that signed it as the CA file".to_owned(),
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 "TLS: the server's certificate has expired".to_owned()
@@ -286,6 +298,15 @@ mod tests {
         let name = rustls::Error::InvalidCertificate(CertificateError::NotValidForName);
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, name);
         assert!(explain(&io).unwrap().contains("host name"));
+        let context = rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            expected: ServerName::try_from("127.0.0.1").unwrap(),
+            presented: vec!["DnsName(\"localhost\")".to_owned()],
+        });
+        let text = explain(&context).unwrap();
+        assert!(
+            text.contains("host name `127.0.0.1` (it is for localhost)"),
+            "{text}"
+        );
         let issuer = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
         assert!(explain(&issuer).unwrap().contains("trusted CA"));
         let plain = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);

@@ -265,6 +265,9 @@ impl BatchProperties {
                             let path = serde_json::Value::from(path.display().to_string());
                             out.push_str(&format!("  # read from {k}_file = {path}"));
                         }
+                        if let Some(tls) = self.tls_comment(&section, &k) {
+                            out.push_str(&format!("  # TLS: {tls}"));
+                        }
                         out.push('\n');
                     }
                 }
@@ -272,6 +275,22 @@ impl BatchProperties {
             out.push('\n');
         }
         out
+    }
+}
+
+impl BatchProperties {
+    /// The TLS settings behind a connection key, in words, for [`to_redacted_toml`](Self::to_redacted_toml).
+    fn tls_comment(&self, section: &str, key: &str) -> Option<String> {
+        match (section, key) {
+            ("database", "url") => self.database.url.tls_description(),
+            ("redis", "url") if self.redis.cluster_nodes.is_empty() => {
+                Some(self.redis.tls_description())
+            }
+            ("redis", "cluster_nodes") if !self.redis.cluster_nodes.is_empty() => {
+                Some(self.redis.tls_description())
+            }
+            _ => None,
+        }
     }
 }
 

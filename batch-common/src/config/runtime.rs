@@ -70,6 +70,28 @@ pub struct RedisSettings {
 }
 
 impl RedisSettings {
+    /// The TLS settings in words (for `batch-launcher config`).
+    pub fn tls_description(&self) -> String {
+        if !self.uses_tls() {
+            return "off (redis://)".to_owned();
+        }
+        let urls: Vec<&url::Url> = if self.cluster_nodes.is_empty() {
+            vec![self.url.expose()]
+        } else {
+            self.cluster_nodes.iter().map(|u| u.expose()).collect()
+        };
+        if urls.iter().any(|u| u.fragment() == Some("insecure")) {
+            return "required (rediss://), certificate NOT verified (#insecure)".to_owned();
+        }
+        match &self.ca_file {
+            Some(ca) => format!(
+                "required (rediss://), certificate and host name verified, CAs from {}",
+                ca.display()
+            ),
+            None => "required (rediss://), certificate and host name verified, CAs from the system trust store".to_owned(),
+        }
+    }
+
     /// True when the connection uses TLS (`rediss://` for the single node or every cluster node).
     pub fn uses_tls(&self) -> bool {
         if self.cluster_nodes.is_empty() {

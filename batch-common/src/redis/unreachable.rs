@@ -278,7 +278,7 @@ mod tests {
             CertificateError::NotValidForName,
         ));
         let m = unreachable_message("rediss://h:1", &name, true);
-        assert!(m.contains("not valid for this host name"), "{m}");
+        assert!(m.contains("not valid for the host name"), "{m}");
         let expired = tls_io(rustls::Error::InvalidCertificate(CertificateError::Expired));
         let m = unreachable_message("rediss://h:1", &expired, true);
         assert!(m.contains("has expired"), "{m}");
@@ -314,7 +314,7 @@ mod tests {
             &flat(named.to_string()),
             true,
         );
-        assert!(m.contains("not valid for this host name"), "{m}");
+        assert!(m.contains("not valid for the host name"), "{m}");
         assert!(m.contains("127.0.0.1"), "{m}");
         let m = unreachable_message(
             "cluster rediss://h:1",
