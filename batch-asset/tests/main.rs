@@ -3,3 +3,4 @@
 
 mod http;
 mod refresh;
+mod server_restarts;

@@ -4,6 +4,7 @@
 mod cache_loss;
 mod cluster;
 mod report;
+mod server_restarts;
 mod sync;
 
 use std::collections::BTreeMap;

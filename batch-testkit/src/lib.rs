@@ -131,8 +131,25 @@ impl TestDb {
         db
     }
 
+    /// A fresh database on the PostgreSQL or MySQL/MariaDB server of `admin_url` (e.g. a
+    /// throwaway one of [`servers`]) migrated with `sets`, in order; dropped from that server on
+    /// drop (drop it before the server).
+    pub async fn on_server(admin_url: &str, sets: &[&'static MigrationSet]) -> TestDb {
+        let backend = DatabaseUrl::parse(admin_url).expect("server URL").backend();
+        let db = Self::unmigrated_on(backend, Some(admin_url.to_owned())).await;
+        core_domain::migrate::run_pending(&db.url, sets)
+            .await
+            .unwrap_or_else(|e| panic!("migrating test database {}: {e}", db.url));
+        db
+    }
+
     /// A fresh, empty database on `backend` with no tables (for migration tests).
     pub async fn unmigrated(backend: Backend) -> TestDb {
+        Self::unmigrated_on(backend, None).await
+    }
+
+    /// [`unmigrated`](Self::unmigrated) on the server of `admin` (default: the shared one).
+    async fn unmigrated_on(backend: Backend, admin: Option<String>) -> TestDb {
         let name = unique_name("bt");
         let (url, admin_url, dir) = match backend {
             Backend::Sqlite => {
@@ -141,12 +158,12 @@ impl TestDb {
                 (format!("sqlite://{}", path.display()), None, Some(dir))
             }
             Backend::Postgres => {
-                let admin = postgres_admin_url();
+                let admin = admin.unwrap_or_else(postgres_admin_url);
                 admin_exec(&admin, &format!("CREATE DATABASE \"{name}\"")).await;
                 (with_database(&admin, &name), Some(admin), None)
             }
             Backend::Mysql => {
-                let admin = mysql_admin_url();
+                let admin = admin.unwrap_or_else(mysql_admin_url);
                 admin_exec(
                     &admin,
                     &format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"),
