@@ -35,7 +35,13 @@ enum DbServer {
 impl DbServer {
     fn start(backend: Backend) -> DbServer {
         match backend {
-            Backend::Postgres => DbServer::Pg(PgServer::start(None)),
+            Backend::Postgres => {
+                // Prepared transactions, whose locks outlive their session and a restart.
+                let mut s = PgServer::start(None);
+                s.sql("postgres", "ALTER SYSTEM SET max_prepared_transactions = 4");
+                s.restart();
+                DbServer::Pg(s)
+            }
             Backend::Mysql => DbServer::Maria(MariaDbServer::start(None)),
             Backend::Sqlite => panic!("no server for SQLite"),
         }
@@ -48,10 +54,25 @@ impl DbServer {
         }
     }
 
-    fn lock_sql(&self, table: &str) -> String {
+    /// Statements that lock `table` against every other session: on PostgreSQL in a prepared
+    /// transaction (held across the restart until [`release`](Self::release)), on MariaDB for
+    /// as long as the connection lives.
+    fn lock_sql(&self, table: &str) -> Vec<String> {
         match self {
-            DbServer::Pg(_) => format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"),
-            DbServer::Maria(_) => format!("LOCK TABLES {table} WRITE"),
+            DbServer::Pg(_) => vec![
+                "BEGIN".to_owned(),
+                format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"),
+                "PREPARE TRANSACTION 'held_lock'".to_owned(),
+            ],
+            DbServer::Maria(_) => vec![format!("LOCK TABLES {table} WRITE")],
+        }
+    }
+
+    /// Ends the lock of [`lock_sql`](Self::lock_sql) after the restart (PostgreSQL: rolls the
+    /// prepared transaction back; MariaDB's ended with its connection).
+    fn release(&self, database: &str) {
+        if let DbServer::Pg(s) = self {
+            s.sql(database, "ROLLBACK PREPARED 'held_lock'");
         }
     }
 
@@ -70,6 +91,12 @@ impl DbServer {
         out.trim().parse().unwrap_or(0)
     }
 
+    /// Restarts it while a statement waits for the lock: PostgreSQL with a fast shutdown (the
+    /// statement is ended with 57P01; the prepared transaction keeps the lock, so the statement
+    /// cannot get it and complete while the server goes down: with a lock of a session, it
+    /// sometimes did); MariaDB with a clean shutdown (SIGTERM; not SIGKILL: the server runs
+    /// with `innodb_flush_log_at_trx_commit=0`, so a crash loses the last second's commits).
+    /// Down for `down`.
     fn restart_after(&mut self, down: Duration) {
         match self {
             DbServer::Pg(s) => s.stop(),
@@ -114,12 +141,15 @@ impl JobListener for RestartMidStep {
         let mut holder = DbConnection::establish(&self.url)
             .await
             .expect("the lock's connection");
-        holder.batch_execute(&lock).await.expect("lock the table");
+        for sql in &lock {
+            holder.batch_execute(sql).await.expect("lock the table");
+        }
         tokio::spawn(async move {
             let _held = holder;
             tokio::time::sleep(Duration::from_secs(60)).await;
         });
         let (server, restarted) = (self.server.clone(), self.restarted.clone());
+        let database = self.url.database_name();
         *self.thread.lock().unwrap() = Some(std::thread::spawn(move || {
             let mut s = server.lock().unwrap();
             let start = Instant::now();
@@ -131,6 +161,7 @@ impl JobListener for RestartMidStep {
                 std::thread::sleep(Duration::from_millis(20));
             }
             s.restart_after(Duration::from_secs(1));
+            s.release(&database);
             restarted.store(true, Ordering::SeqCst);
         }));
     }
