@@ -2,9 +2,10 @@
 //! a commit of the step is running (issue 22): the commit is retried until the server is back,
 //! the run completes, and every active user has exactly one snapshot of the day.
 //!
-//! The restart lands on a running statement: a connection of the test locks `asset_history`,
-//! the step's next commit waits for the lock, and once the server shows it waiting the server
-//! is restarted (ending both connections).
+//! The restart lands on a running statement: the test locks `asset_history` (PostgreSQL: in a
+//! prepared transaction, which outlives the restart; MariaDB: `LOCK TABLES` in a session), the
+//! step's next commit waits for the lock, and once the server shows it waiting the server is
+//! restarted (a clean shutdown) and the lock released.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

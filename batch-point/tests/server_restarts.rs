@@ -3,9 +3,16 @@
 //! a big RDB file (`LOADING` while it reads it), and a Redis Cluster slot half-migrated
 //! (`TRYAGAIN`). Each run must complete within the chunk retry budget with exact results.
 //!
-//! A restart is made to land on a running statement, not between two: a connection of the test
-//! locks the table the step reads next, the step's statement waits for the lock, and only once
-//! the server shows it waiting is the server restarted (which ends both connections).
+//! A restart is made to land on a running statement, not between two: the test locks the table
+//! the step reads next, the step's statement waits for the lock, and only once the server shows
+//! it waiting is the server restarted (a clean shutdown, which ends the statement) and the lock
+//! released. On PostgreSQL the lock is a prepared transaction's, which outlives the restart (a
+//! session's lock could be released by the shutdown first and the statement complete); on
+//! MariaDB a `LOCK TABLES` session's (see [`restart_costs_a_retry`]).
+//!
+//! The report is a tasklet: `TaskletStep` does not retry transient errors with the chunk retry
+//! policy, so the report's restart is ridden out by one step retry (1 s here, 5 minutes by
+//! default).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
