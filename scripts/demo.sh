@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh redis
-cargo build --release --quiet -p batch-launcher
-launcher=target/release/batch-launcher
+# The `demo` profile (Cargo.toml): release at opt-level 1, a few minutes on a fresh machine.
+cargo build --profile demo --quiet -p batch-launcher
+launcher=target/demo/batch-launcher
 "$launcher" seed-demo --users "${DEMO_USERS:-10000}" --if-empty
 exec "$launcher" run pointBalanceSyncJob "$@"

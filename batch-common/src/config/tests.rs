@@ -832,7 +832,9 @@ fn a_database_password_goes_into_the_url_encoded() {
     assert_eq!(p.database.password.as_ref().unwrap().expose(), "p@ss:/w%rd");
     let toml = p.to_redacted_toml();
     assert!(
-        toml.contains("url = \"postgres://app:***@db:5432/points\"\n"),
+        toml.contains(
+            "url = \"postgres://app:***@db:5432/points\"  # TLS: preferred (used if the server offers it; certificate not verified)\n"
+        ),
         "{toml}"
     );
     assert!(

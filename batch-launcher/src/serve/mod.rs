@@ -53,7 +53,7 @@ impl Server {
             .is_none_or(|t| t.expose().trim().is_empty())
         {
             return Err(UsageError(
-                "server.token is not set: serve requires a bearer token for its API (BATCH__SERVER__TOKEN)"
+                "server.token is not set: serve requires a bearer token for its API (BATCH__SERVER__TOKEN, or a file holding it: BATCH__SERVER__TOKEN_FILE)"
                     .to_owned(),
             )
             .into());
