@@ -257,6 +257,36 @@ db_test!(async fn failing_step_is_retried_without_real_waiting(db) {
     Ok(())
 });
 
+db_test!(async fn a_tasklet_rides_out_transient_errors_without_a_step_retry(db) {
+    let mut s = settings(10);
+    s.step_retry_attempts = 0;
+    let h = Harness::new(db, s);
+    h.plan.flaky_failures_left.store(3, Ordering::SeqCst);
+    h.plan.transient.store(true, Ordering::SeqCst);
+    let before = h.clock.now();
+    let r = h.launch(&["run=tasklet", "items=4"]).await;
+    assert_eq!(r.exit_code, ExitCode::Completed, "{r:#?}");
+    let flaky = step(&r, "flakyStep");
+    assert_eq!((flaky.counts.retry_count, flaky.counts.rollback_count), (3, 3), "{flaky:#?}");
+    assert_eq!(flaky.counts.counters.get("flaky_ok"), Some(&1));
+    assert_eq!(flaky.counts.counters.get("flaky_partial"), None, "a failed attempt's counters are undone");
+    assert_eq!(h.plan.flaky_runs.load(Ordering::SeqCst), 4);
+    assert!(h.clock.now() - before < chrono::Duration::seconds(60), "chunk backoff, no step retry");
+    let events = h.recorder.0.lock().unwrap().clone();
+    assert!(!events.iter().any(|e| e.starts_with("retry flakyStep")), "{events:?}");
+    // A transient error that outlasts the chunk retry policy fails the step (no step retry here),
+    // counting its retries and rollbacks.
+    h.plan.flaky_failures_left.store(1_000, Ordering::SeqCst);
+    h.plan.flaky_runs.store(0, Ordering::SeqCst);
+    let failed = h.launch(&["run=tasklet2", "items=4"]).await;
+    assert_eq!(failed.exit_code, ExitCode::Failed, "{failed:#?}");
+    let flaky = step(&failed, "flakyStep");
+    let runs = i64::from(h.plan.flaky_runs.load(Ordering::SeqCst));
+    assert!(runs > 1, "retried before giving up: {runs}");
+    assert_eq!((flaky.counts.retry_count, flaky.counts.rollback_count), (runs - 1, runs), "{flaky:#?}");
+    Ok(())
+});
+
 db_test!(async fn exhausted_step_retries_fail_the_job_and_notify(db) {
     let mut s = settings(10);
     s.step_retry_attempts = 2;

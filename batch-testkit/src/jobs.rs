@@ -69,7 +69,8 @@ pub struct FailPlan {
     pub write_failures_left: AtomicU32,
     /// ... as a transient error (true) or a permanent one.
     pub transient: std::sync::atomic::AtomicBool,
-    /// The flaky tasklet step fails this many times before it succeeds.
+    /// The flaky tasklet step fails this many times before it succeeds (transiently, after
+    /// counting a `flaky_partial` that must not survive the failed attempt, when `transient`).
     pub flaky_failures_left: AtomicU32,
     /// How often the flaky step ran.
     pub flaky_runs: AtomicU32,
@@ -242,7 +243,8 @@ impl TransactionalWriter<i64> for PointWriter {
     }
 }
 
-/// A tasklet that fails `flaky_failures_left` times, then succeeds.
+/// A tasklet that fails `flaky_failures_left` times (transiently when the plan says so), then
+/// succeeds.
 pub struct Flaky {
     plan: Arc<FailPlan>,
 }
@@ -253,6 +255,13 @@ impl Tasklet for Flaky {
         self.plan.flaky_runs.fetch_add(1, Ordering::SeqCst);
         if self.plan.flaky_failures_left.load(Ordering::SeqCst) > 0 {
             self.plan.flaky_failures_left.fetch_sub(1, Ordering::SeqCst);
+            if self.plan.transient.load(Ordering::SeqCst) {
+                ctx.progress.add_counter("flaky_partial", 1);
+                return Err(batch_common::Transient::new(anyhow::anyhow!(
+                    "flaky step lost its connection on purpose"
+                ))
+                .into());
+            }
             anyhow::bail!("flaky step failed on purpose");
         }
         ctx.progress.add_counter("flaky_ok", 1);
