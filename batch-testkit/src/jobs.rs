@@ -257,7 +257,7 @@ impl Tasklet for Flaky {
             self.plan.flaky_failures_left.fetch_sub(1, Ordering::SeqCst);
             if self.plan.transient.load(Ordering::SeqCst) {
                 ctx.progress.add_counter("flaky_partial", 1);
-                return Err(batch_common::Transient::new(anyhow::anyhow!(
+                return Err(Transient::new(anyhow::anyhow!(
                     "flaky step lost its connection on purpose"
                 ))
                 .into());
