@@ -7,7 +7,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use batch_common::job::{Job, JobDescriptor, ParamDefault, ParamKind, ParameterSpec};
 use batch_common::params::JobParameters;
-use batch_common::step::{ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeysetReader};
+use batch_common::step::{
+    ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyRangePartitioner, KeysetReader,
+    PartitionedStep,
+};
 use batch_common::step::{InTransaction, Step, TransactionalWriter, WriteOutcome};
 use batch_common::{Clock, ClockExt};
 use chrono::NaiveDate;
@@ -69,21 +72,38 @@ impl Job for AssetRefreshJob {
 
     fn steps(&self, params: &JobParameters) -> anyhow::Result<Vec<Arc<dyn Step>>> {
         let day = params.date("date")?;
-        Ok(vec![Arc::new(ConcurrentStep::new(
-            STEP_NAME,
-            // Active users by id; in a failed-items run, only those still active.
-            KeysetReader::new(self.db.clone(), ActiveUsers),
-            RefreshProcessor {
-                usecase: AssetRefreshUseCase::new(self.provider.clone()),
-                day,
-                clock: self.clock.clone(),
-            },
-            InTransaction(AssetHistoryWriter {
-                day,
-                clock: self.clock.clone(),
-            }),
+        let (db, provider, clock, concurrency) = (
+            self.db.clone(),
+            self.provider.clone(),
+            self.clock.clone(),
             self.concurrency,
-        ))])
+        );
+        // Partitioned by user id ([batch.partitions] / run --partitions): each partition calls
+        // the API for its users with `concurrency` calls in flight, so a process working
+        // `workers` partitions has up to workers × concurrency calls in flight.
+        let step = PartitionedStep::new(
+            STEP_NAME,
+            KeyRangePartitioner::new(self.db.clone(), "users", "id"),
+            move |range| {
+                let step: Arc<dyn Step> = Arc::new(ConcurrentStep::new(
+                    STEP_NAME,
+                    // Active users by id; in a failed-items run, only those still active.
+                    KeysetReader::new(db.clone(), ActiveUsers).in_range(range),
+                    RefreshProcessor {
+                        usecase: AssetRefreshUseCase::new(provider.clone()),
+                        day,
+                        clock: clock.clone(),
+                    },
+                    InTransaction(AssetHistoryWriter {
+                        day,
+                        clock: clock.clone(),
+                    }),
+                    concurrency,
+                ));
+                Ok(step)
+            },
+        );
+        Ok(vec![Arc::new(step)])
     }
 }
 

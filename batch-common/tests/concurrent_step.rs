@@ -18,7 +18,9 @@ use batch_common::step::{
     ChunkSettings, InTransaction, ReadScope, Step, StepContext, StepOutcome, TransactionalWriter,
     WriteOutcome,
 };
-use batch_common::step::{ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page};
+use batch_common::step::{
+    ConcurrentProcessor, ConcurrentStep, ItemOutcome, KeyedReader, Page, Partitioning,
+};
 use batch_common::{BatchResult, Clock, ExitCode, FixedClock, RetryPolicy, Transient};
 use batch_testkit::{TestDb, db_test};
 use chrono::{TimeZone, Utc};
@@ -351,6 +353,9 @@ async fn step_context(
         clock,
         cancel,
         listeners: Arc::new(Vec::new()),
+        resumed_from: None,
+        fence: None,
+        partitioning: Partitioning::default(),
     }
 }
 

@@ -49,6 +49,8 @@ fn settings() -> RuntimeSettings {
         heartbeat_interval: Duration::from_secs(3600),
         stale_after: Duration::from_secs(120),
         progress_log_chunks: NonZeroU32::new(1).unwrap(),
+        partition_workers: NonZeroU32::new(1).unwrap(),
+        partitions: Default::default(),
     }
 }
 

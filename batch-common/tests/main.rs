@@ -8,6 +8,7 @@ mod external_writer;
 mod keyset;
 mod migrations;
 mod notify;
+mod partitions;
 mod redis_tls;
 mod runtime;
 mod schema_equality;

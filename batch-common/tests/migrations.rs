@@ -2,12 +2,21 @@
 //!
 //! Until 2026-11 every migration lived in one folder per dialect (`migrations/{dialect}`). The
 //! release's set is kept frozen in `tests/fixtures/migrations-2026-11`: a database it migrated
-//! must be up to date for today's two sets and keep its rows and its migration history.
+//! is recognised by today's two sets (only later migrations are pending), keeps its rows and its
+//! migration history, and its failed executions restart.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use batch_common::config::BatchProperties;
+use batch_common::launcher::{JobLauncher, LaunchOptions};
+use batch_common::params::{JobParameters, ParamContext};
 use batch_common::repository::{
-    BASE_MIGRATIONS, CreateExecution, JobRepository, METADATA_MIGRATIONS, StepCounts, StepProgress,
+    BASE_MIGRATIONS, CreateExecution, JobRepository, METADATA_MIGRATIONS,
 };
+use batch_common::{FixedClock, SystemClock};
 use batch_testkit::TestDb;
+use batch_testkit::jobs::{COUNTING, COUNTING_JOB, CountingJob, FailPlan, written_items};
 use chrono::NaiveDate;
 use core_domain::migrate::{self, DOMAIN_MIGRATIONS};
 use core_domain::{Backend, Database, DbConnection, DbError, MigrationSet, PoolOptions, dispatch};
@@ -31,8 +40,11 @@ const NAMES: [&str; 2] = [
     "2026-11-21-000002_create_batch_metadata",
 ];
 
-/// The same migrations in today's order of sets: the runtime's metadata, then the shared entities.
-const BASE_ORDER: [&str; 2] = [NAMES[1], NAMES[0]];
+/// The runtime's migration after the release: partitioned steps (worker step executions).
+const PARTITIONS: &str = "2026-12-04-000001_partitioned_steps";
+
+/// Today's migrations in their order of sets: the runtime's metadata, then the shared entities.
+const BASE_ORDER: [&str; 3] = [NAMES[1], PARTITIONS, NAMES[0]];
 
 /// core-domain's migrations once more, as a second owner's set: every version clashes.
 static CLASHING: MigrationSet = MigrationSet {
@@ -63,7 +75,7 @@ fn at(h: u32) -> chrono::NaiveDateTime {
         .unwrap()
 }
 
-async fn a_database_of_the_2026_11_release_is_up_to_date(backend: Backend) {
+async fn a_database_of_the_2026_11_release_migrates_and_restarts(backend: Backend) {
     let db = TestDb::unmigrated(backend).await;
     let old: &[&'static MigrationSet] = &[&RELEASE_2026_11];
     assert_eq!(migrate::all_names(backend, old), NAMES);
@@ -73,45 +85,45 @@ async fn a_database_of_the_2026_11_release_is_up_to_date(backend: Backend) {
         "{backend}: the release's set"
     );
 
-    // History written by the release: an instance, a finished execution with a step.
+    // History written by the release: a countingJob instance whose execution failed in
+    // countStep after 4 chunks (checkpoint: next number 41). The step row is written as the
+    // release wrote it (its columns only).
     let repo = JobRepository::new(db.db.clone());
+    let ctx = ParamContext::new(&FixedClock::new(at(1).and_utc()), chrono_tz::UTC);
+    let given = BTreeMap::from([("run".to_owned(), "legacy".to_owned())]);
+    let params = JobParameters::resolve(&COUNTING, given, &ctx).unwrap();
     let instance = repo
-        .get_or_create_instance("legacyJob", "k1", "{}", at(1))
+        .get_or_create_instance(
+            COUNTING_JOB,
+            &params.job_key(),
+            &params.identifying_json(),
+            at(1),
+        )
         .await
         .unwrap();
     let CreateExecution::Created { execution, .. } = repo
-        .create_execution(instance.id, "{}", "old-host:1", at(1), at(0))
+        .create_execution(instance.id, &params.to_json(), "old-host:1", at(1), at(0))
         .await
         .unwrap()
     else {
         panic!("{backend}: no execution created");
     };
-    let step = repo
-        .create_step_execution(execution.id, "legacyStep", &StepProgress::default(), at(1))
-        .await
-        .unwrap();
-    repo.finish_step(
-        step.id,
-        batch_common::repository::BatchStatus::Completed,
-        "COMPLETED",
-        None,
-        &StepProgress {
-            counts: StepCounts {
-                read_count: 7,
-                write_count: 7,
-                ..StepCounts::default()
-            },
-            ..StepProgress::default()
-        },
-        at(2),
-    )
-    .await
-    .unwrap();
+    let legacy_step = format!(
+        "INSERT INTO batch_step_execution (job_execution_id, step_name, status, read_count, \
+         write_count, filter_count, skip_count, commit_count, rollback_count, retry_count, \
+         counters, execution_context, exit_code, exit_message, start_time, end_time, last_updated) \
+         VALUES ({}, 'countStep', 'FAILED', 40, 40, 0, 0, 4, 0, 0, '{{}}', '{{\"next\":41}}', \
+         'FAILED', 'boom', '2026-11-20 01:00:00', '2026-11-20 02:00:00', '2026-11-20 02:00:00')",
+        execution.id
+    );
+    let mut conn = db.conn().await;
+    dispatch!(&mut *conn, c => diesel::sql_query(legacy_step.as_str()).execute(c).await).unwrap();
+    drop(conn);
     repo.finish_execution(
         execution.id,
-        batch_common::repository::BatchStatus::Completed,
-        "COMPLETED",
-        None,
+        batch_common::repository::BatchStatus::Failed,
+        "FAILED",
+        Some("countStep failed: boom"),
         at(2),
     )
     .await
@@ -119,15 +131,20 @@ async fn a_database_of_the_2026_11_release_is_up_to_date(backend: Backend) {
     let versions_before = recorded_versions(&mut *db.conn().await).await;
     assert_eq!(versions_before, ["20261121000001", "20261121000002"]);
 
-    // Today's code: nothing pending, connect accepts it (PostgreSQL and MySQL refuse a database
-    // with pending migrations; SQLite would apply them), migrating applies nothing.
+    // Today's code: the release's migrations are recognised; only this change's is pending
+    // (PostgreSQL and MySQL refuse to connect until it is applied; SQLite applies it).
     assert_eq!(migrate::all_names(backend, BASE_MIGRATIONS), BASE_ORDER);
-    assert!(
-        migrate::pending(db.url(), BASE_MIGRATIONS)
-            .await
-            .unwrap()
-            .is_empty(),
+    assert_eq!(
+        migrate::pending(db.url(), BASE_MIGRATIONS).await.unwrap(),
+        [PARTITIONS],
         "{backend}: pending after the release's migrations"
+    );
+    assert_eq!(
+        migrate::run_pending(db.url(), BASE_MIGRATIONS)
+            .await
+            .unwrap(),
+        [PARTITIONS],
+        "{backend}: migrating"
     );
     let new = Database::connect(db.url(), &PoolOptions::default(), BASE_MIGRATIONS)
         .await
@@ -137,38 +154,72 @@ async fn a_database_of_the_2026_11_release_is_up_to_date(backend: Backend) {
             .await
             .unwrap()
             .is_empty(),
-        "{backend}: migrating applied something"
+        "{backend}: migrating twice applied something"
     );
 
-    // The history is still there, read through today's repository, and so is the record of
-    // which migrations ran.
+    // The history is still there, read through today's repository.
     let repo = JobRepository::new(new.clone());
-    let history = repo.history(Some("legacyJob"), 10).await.unwrap();
+    let history = repo.history(Some(COUNTING_JOB), 10).await.unwrap();
     assert_eq!(history.len(), 1, "{backend}: history");
     let (e, i) = &history[0];
     assert_eq!((e.id, i.id), (execution.id, instance.id));
-    assert_eq!((e.status.as_str(), e.end_time), ("COMPLETED", Some(at(2))));
+    assert_eq!((e.status.as_str(), e.end_time), ("FAILED", Some(at(2))));
     let steps = repo.step_executions(execution.id).await.unwrap();
     assert_eq!(steps.len(), 1);
     assert_eq!(
-        (steps[0].counts.read_count, steps[0].counts.write_count),
-        (7, 7)
+        (
+            steps[0].counts.read_count,
+            steps[0].partition_of,
+            steps[0].claim_count
+        ),
+        (40, None, 0)
     );
     let mut conn = new.get().await.unwrap();
-    assert_eq!(recorded_versions(&mut conn).await, versions_before);
+    let mut versions = versions_before.clone();
+    versions.push("20261204000001".to_owned());
+    assert_eq!(recorded_versions(&mut conn).await, versions);
+    drop(conn);
+
+    // Today's launcher restarts the release's failed execution from its checkpoint.
+    let mut settings = BatchProperties::load_from(None, Vec::new(), &[])
+        .unwrap()
+        .batch;
+    settings.step_retry_attempts = 0;
+    let launcher = JobLauncher::new(repo.clone(), Arc::new(SystemClock), settings);
+    let given = BTreeMap::from([
+        ("run".to_owned(), "legacy".to_owned()),
+        ("items".to_owned(), "100".to_owned()),
+    ]);
+    let job = CountingJob {
+        plan: Arc::new(FailPlan::default()),
+    };
+    let result = launcher
+        .launch(&job, given, &LaunchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(result.status.as_str(), "COMPLETED", "{backend}: {result}");
+    assert_eq!(
+        result.steps[0].counts.read_count, 60,
+        "{backend}: resumed at 41"
+    );
+    assert_eq!(
+        written_items(&db).await,
+        (41..=100).collect::<Vec<_>>(),
+        "{backend}: the restart wrote 41..=100"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_database_of_the_2026_11_release_is_up_to_date() {
-    a_database_of_the_2026_11_release_is_up_to_date(Backend::Sqlite).await;
+async fn sqlite_a_database_of_the_2026_11_release_migrates_and_restarts() {
+    a_database_of_the_2026_11_release_migrates_and_restarts(Backend::Sqlite).await;
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_database_of_the_2026_11_release_is_up_to_date() {
-    a_database_of_the_2026_11_release_is_up_to_date(Backend::Postgres).await;
+async fn postgres_a_database_of_the_2026_11_release_migrates_and_restarts() {
+    a_database_of_the_2026_11_release_migrates_and_restarts(Backend::Postgres).await;
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_a_database_of_the_2026_11_release_is_up_to_date() {
-    a_database_of_the_2026_11_release_is_up_to_date(Backend::Mysql).await;
+async fn mysql_a_database_of_the_2026_11_release_migrates_and_restarts() {
+    a_database_of_the_2026_11_release_migrates_and_restarts(Backend::Mysql).await;
 }
 
 async fn both_sets_apply_in_order_once(backend: Backend) {
@@ -193,7 +244,7 @@ async fn both_sets_apply_in_order_once(backend: Backend) {
     );
     assert_eq!(
         recorded_versions(&mut *db.conn().await).await,
-        ["20261121000001", "20261121000002"]
+        ["20261121000001", "20261121000002", "20261204000001"]
     );
 }
 
@@ -222,7 +273,9 @@ async fn connect_checks_every_set() {
             .await
             .unwrap_err();
         match &err {
-            DbError::SchemaNotMigrated { pending, .. } => assert_eq!(pending, &NAMES[1..]),
+            DbError::SchemaNotMigrated { pending, .. } => {
+                assert_eq!(pending, &BASE_ORDER[..2])
+            }
             other => panic!("{backend}: expected SchemaNotMigrated, got {other}"),
         }
         assert!(err.to_string().contains("batch-launcher migrate"), "{err}");
@@ -230,7 +283,7 @@ async fn connect_checks_every_set() {
             migrate::pending(db.url(), &[&METADATA_MIGRATIONS])
                 .await
                 .unwrap(),
-            &NAMES[1..],
+            &BASE_ORDER[..2],
             "{backend}: the refused connect migrated something"
         );
     }

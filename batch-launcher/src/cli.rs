@@ -132,6 +132,22 @@ pub struct RunArgs {
     /// Check the job name and parameters, print what would run, and exit without connecting.
     #[arg(long)]
     pub validate_only: bool,
+
+    /// If the job instance is already running (another process or machine), join that execution
+    /// as a worker and claim its partitions instead of exiting 4; otherwise start it. Every
+    /// worker can run the same command (Kubernetes Indexed Job pods, Jenkins parallel stages); a
+    /// worker with nothing left to claim exits 0 (status JOINED). PostgreSQL or MySQL/MariaDB.
+    #[arg(long)]
+    pub join: bool,
+
+    /// Split every partitioned step of this run into N partitions (over [batch.partitions]; a
+    /// restart keeps the partitions of the run it resumes).
+    #[arg(long, value_name = "N")]
+    pub partitions: Option<std::num::NonZeroU32>,
+
+    /// Work up to N partitions at once in this process (over [batch] partition_workers).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<std::num::NonZeroU32>,
 }
 
 impl RunArgs {

@@ -228,11 +228,18 @@ async fn run_cmd(
     let options = LaunchOptions {
         rerun: args.rerun,
         cancel: shutdown_token(),
+        join: args.join,
+        partitions: args.partitions,
+        workers: args.workers,
     };
     // A failure here becomes the result file (FAILED, its exit code) in `run_reporting`.
     let result = match prepare(registration, &env, &launcher, given, &options).await? {
         Prepared::Done(result) => result,
         Prepared::Ready(run) => run
+            .run()
+            .await
+            .map_err(|e| LaunchFailure::from_launch(&job_name, e))?,
+        Prepared::Join(worker) => worker
             .run()
             .await
             .map_err(|e| LaunchFailure::from_launch(&job_name, e))?,

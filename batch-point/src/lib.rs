@@ -14,7 +14,7 @@ use batch_common::job::{JobDescriptor, ParameterSpec};
 use batch_common::module::{HealthCheck, JobModule, JobRegistration};
 use batch_common::params::JobParameters;
 use batch_common::redis::{RedisConn, RedisHealth};
-use batch_common::step::{Step, TaskletStep};
+use batch_common::step::{KeyRangePartitioner, PartitionedStep, Step, TaskletStep};
 use core_domain::Database;
 
 use crate::daily_report::DailyReport;
@@ -122,15 +122,25 @@ impl Job for PointBalanceSyncJob {
         let date = params.date("date")?;
         let verify = params.bool("verify")?;
         let point = self.props.section::<PointSettings>()?;
-        let sync: Arc<dyn Step> = Arc::new(CacheSyncStep::new(
-            BalanceReader::new(self.db.clone()),
-            CacheWriter::new(
-                self.redis.clone(),
-                &point.cache_key_prefix,
-                point.cache_ttl,
-                verify,
-            ),
+        // Partitioned by balance id ([batch.partitions] / run --partitions): each partition is
+        // a whole sync of its id range (its own cache-loss check and checkpoint).
+        let (db, redis) = (self.db.clone(), self.redis.clone());
+        let (prefix, ttl, chunk) = (
+            point.cache_key_prefix.clone(),
+            point.cache_ttl,
             point.sync_chunk_size,
+        );
+        let sync: Arc<dyn Step> = Arc::new(PartitionedStep::new(
+            sync_balance::STEP_NAME,
+            KeyRangePartitioner::new(self.db.clone(), "point_balance", "id"),
+            move |range| {
+                let step: Arc<dyn Step> = Arc::new(CacheSyncStep::new(
+                    BalanceReader::new(db.clone()).in_range(range),
+                    CacheWriter::new(redis.clone(), &prefix, ttl, verify),
+                    chunk,
+                ));
+                Ok(step)
+            },
         ));
         if verify {
             // Verify mode writes nothing: no report either.

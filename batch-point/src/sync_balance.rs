@@ -34,8 +34,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use batch_common::redis::{RedisConn, SINGLE_NODE, classify, server_identity};
 use batch_common::step::{
-    ChunkStep, External, ExternalWriter, ItemReader, KeysetCheckpoint, KeysetReader, PassThrough,
-    ReadScope, Step, StepContext, StepOutcome, WriteOutcome,
+    ChunkStep, External, ExternalWriter, ItemReader, KeyRange, KeysetCheckpoint, KeysetReader,
+    PassThrough, ReadScope, Step, StepContext, StepOutcome, WriteOutcome,
 };
 use core_domain::models::PointBalance;
 use core_domain::{Database, DbConnection, KeysetQuery};
@@ -159,6 +159,16 @@ impl KeysetQuery for Balances {
         PointBalance::page_after(conn, after, limit).await
     }
 
+    async fn page_between(
+        &self,
+        conn: &mut DbConnection,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> QueryResult<Vec<PointBalance>> {
+        PointBalance::page_between(conn, after, upto, limit).await
+    }
+
     async fn count(&self, conn: &mut DbConnection) -> QueryResult<Option<i64>> {
         PointBalance::count(conn).await.map(Some)
     }
@@ -179,6 +189,12 @@ impl BalanceReader {
             keyset: KeysetReader::new(db, Balances),
             guard: None,
         }
+    }
+
+    /// Reads only the balances with ids in `range` (one partition of the sync).
+    pub fn in_range(mut self, range: KeyRange) -> Self {
+        self.keyset = self.keyset.in_range(range);
+        self
     }
 
     /// Stores `guard`'s cache identity in every checkpoint.

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use batch_common::job::{Job, JobDescriptor, ParamDefault, ParamKind, ParameterSpec};
 use batch_common::params::{JobParameters, ParameterError, parse_pairs};
 use batch_common::step::{
-    ChunkStep, ItemReader, PassThrough, ReadScope, Step, StepContext, StepOutcome, Tasklet,
-    TaskletStep, TransactionalWriter, WriteOutcome,
+    ChunkStep, ItemReader, KeyRange, PartitionedStep, Partitioner, PassThrough, ReadScope, Step,
+    StepContext, StepOutcome, Tasklet, TaskletStep, TransactionalWriter, WriteOutcome,
 };
 use batch_common::{Transient, repository::ItemFailureRecord};
 use core_domain::DbConnection;
@@ -100,19 +100,25 @@ impl Job for CountingJob {
         } else {
             Vec::new()
         };
+        let plan = self.plan.clone();
         Ok(vec![
-            Arc::new(ChunkStep::transactional(
+            // Partitioned by number ([batch.partitions] countStep / --partitions); one partition
+            // by default, which is the plain chunk step.
+            Arc::new(PartitionedStep::new(
                 "countStep",
-                NumberReader {
-                    items,
-                    next: 1,
-                    only: None,
-                },
-                PassThrough,
-                PointWriter {
-                    plan: self.plan.clone(),
-                    delay,
-                    fail_items,
+                NumberPartitioner { items },
+                move |range| {
+                    let step: Arc<dyn Step> = Arc::new(ChunkStep::transactional(
+                        "countStep",
+                        NumberReader::new(items, range),
+                        PassThrough,
+                        PointWriter {
+                            plan: plan.clone(),
+                            delay,
+                            fail_items: fail_items.clone(),
+                        },
+                    ));
+                    Ok(step)
                 },
             )),
             Arc::new(TaskletStep::new(
@@ -125,11 +131,44 @@ impl Job for CountingJob {
     }
 }
 
-/// Reads 1..=items; checkpoint `{"next": n}`.
+/// Splits the numbers 1..=items into ranges of about the same size.
+pub struct NumberPartitioner {
+    items: i64,
+}
+
+#[async_trait]
+impl Partitioner for NumberPartitioner {
+    async fn partition(&self, n: u32) -> anyhow::Result<Vec<KeyRange>> {
+        Ok(KeyRange::split(1, self.items.max(1), n))
+    }
+}
+
+/// Reads 1..=items (within a partition's range); checkpoint `{"next": n}`.
 pub struct NumberReader {
     items: i64,
+    range: KeyRange,
     next: i64,
     only: Option<Vec<i64>>,
+}
+
+impl NumberReader {
+    /// The numbers 1..=items in `range`.
+    pub fn new(items: i64, range: KeyRange) -> Self {
+        NumberReader {
+            items,
+            range,
+            next: 1,
+            only: None,
+        }
+    }
+
+    fn first(&self) -> i64 {
+        self.range.from.max(1)
+    }
+
+    fn last(&self) -> i64 {
+        self.range.to.min(self.items)
+    }
 }
 
 /// The number readers' checkpoint: the next number to read.
@@ -149,7 +188,7 @@ impl ItemReader for NumberReader {
         checkpoint: Option<NextNumber>,
         scope: &ReadScope,
     ) -> anyhow::Result<()> {
-        self.next = checkpoint.map_or(1, |c| c.next);
+        self.next = checkpoint.map_or(self.first(), |c| c.next.max(self.first()));
         self.only = match scope {
             ReadScope::All => None,
             ReadScope::FailedItems(keys) => {
@@ -161,11 +200,11 @@ impl ItemReader for NumberReader {
 
     async fn read_chunk(&mut self, max: usize) -> anyhow::Result<(Vec<i64>, NextNumber)> {
         let chunk: Vec<i64> = match &self.only {
-            None => (self.next..=self.items).take(max).collect(),
+            None => (self.next..=self.last()).take(max).collect(),
             Some(only) => only
                 .iter()
                 .copied()
-                .filter(|n| *n >= self.next)
+                .filter(|n| *n >= self.next && *n <= self.last())
                 .take(max)
                 .collect(),
         };
@@ -177,7 +216,7 @@ impl ItemReader for NumberReader {
 
     async fn total(&mut self, scope: &ReadScope) -> anyhow::Result<Option<u64>> {
         Ok(Some(match scope {
-            ReadScope::All => self.items.max(0) as u64,
+            ReadScope::All => (self.last() - self.first() + 1).max(0) as u64,
             ReadScope::FailedItems(keys) => keys.len() as u64,
         }))
     }

@@ -38,6 +38,22 @@ pub trait KeysetQuery: Send + Sync + 'static {
         limit: i64,
     ) -> QueryResult<Vec<Self::Row>>;
 
+    /// Up to `limit` rows with a key above `after` and at most `upto`, keys ascending: a page of
+    /// one partition of a partitioned step. The default filters [`page_after`](Self::page_after)'s
+    /// rows, so a partition's last page reads up to `limit` rows of the next partition for
+    /// nothing; override it with `key <= upto` in the statement.
+    async fn page_between(
+        &self,
+        conn: &mut DbConnection,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> QueryResult<Vec<Self::Row>> {
+        let mut rows = self.page_after(conn, after, limit).await?;
+        rows.retain(|r| Self::key(r) <= upto);
+        Ok(rows)
+    }
+
     /// How many rows the query returns in all, if that is cheap to know (progress bars).
     async fn count(&self, conn: &mut DbConnection) -> QueryResult<Option<i64>> {
         let _ = conn;
@@ -82,6 +98,16 @@ impl KeysetQuery for ActiveUsers {
         limit: i64,
     ) -> QueryResult<Vec<User>> {
         User::active_page_after(conn, after, limit).await
+    }
+
+    async fn page_between(
+        &self,
+        conn: &mut DbConnection,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> QueryResult<Vec<User>> {
+        User::active_page_between(conn, after, upto, limit).await
     }
 
     async fn count(&self, conn: &mut DbConnection) -> QueryResult<Option<i64>> {

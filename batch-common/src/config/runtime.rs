@@ -1,6 +1,7 @@
 //! The runtime's own settings sections: `[database]`, `[redis]`, `[batch]`, `[notify]`,
 //! `[server]` (the domains' sections live in their crates, see [`crate::module`]).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
@@ -141,6 +142,12 @@ pub struct RuntimeSettings {
     pub stale_after: Duration,
     /// Without a terminal, one progress log line per this many chunks of a step.
     pub progress_log_chunks: NonZeroU32,
+    /// Partitions a process works at once in a partitioned step (`run --workers N`).
+    pub partition_workers: NonZeroU32,
+    /// `[batch.partitions]`: partitions per step name (a step not named: 1, unpartitioned);
+    /// `run --partitions N` overrides it for every partitioned step of a run.
+    #[serde(default)]
+    pub partitions: BTreeMap<String, NonZeroU32>,
 }
 
 /// `[notify]`: job notifications (see `crate::notify`).
@@ -266,6 +273,10 @@ impl RuntimeSettings {
             self.progress_log_chunks.get(),
             1..=1_000_000,
         )?;
+        c.in_range("partition_workers", self.partition_workers.get(), 1..=1024)?;
+        for (step, n) in &self.partitions {
+            c.in_range(&format!("partitions.{step}"), n.get(), 1..=100_000)?;
+        }
         if self.stale_after <= self.heartbeat_interval * 2 {
             return Err(c.invalid(
                 "stale_after",

@@ -1,6 +1,7 @@
 //! Running a claimed execution: its steps in order (skipping, resuming or retrying each as the
 //! instance's history says), step retries, and the end of the execution recorded.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +12,7 @@ use crate::clock::ClockExt;
 use crate::listener::JobRunInfo;
 use crate::repository::{BatchStatus, StepProgress, exit_codes};
 use crate::result::{BatchResult, ExitCode, StepResult};
-use crate::step::{ChunkSettings, ReadScope, Step, StepContext, StepOutcome};
+use crate::step::{ChunkSettings, Partitioning, ReadScope, Step, StepContext, StepOutcome};
 
 impl JobLauncher {
     /// Runs a claimed execution to its end: heartbeat, listeners, the steps, the end recorded.
@@ -49,8 +50,15 @@ impl JobLauncher {
             l.before_job(&run).await;
         }
 
+        let partitioning = self.partitioning(options);
         let (status, message) = self
-            .run_steps(&run, &steps, restart_after, &run_cancel, &mut result)
+            .run_steps(
+                &run,
+                &steps,
+                restart_after,
+                (&run_cancel, &partitioning),
+                &mut result,
+            )
             .await;
         heartbeat.abort();
 
@@ -88,7 +96,28 @@ impl JobLauncher {
         Ok(result)
     }
 
-    fn chunk_settings(&self) -> ChunkSettings {
+    /// How this launch partitions its steps: `[batch.partitions]`, `[batch] partition_workers`
+    /// and the launch's overrides.
+    pub(super) fn partitioning(&self, options: &LaunchOptions) -> Partitioning {
+        Partitioning {
+            per_step: self
+                .settings
+                .partitions
+                .iter()
+                .map(|(k, v)| (k.clone(), v.get()))
+                .collect(),
+            all_steps: options.partitions.map(NonZeroU32::get),
+            workers: options
+                .workers
+                .unwrap_or(self.settings.partition_workers)
+                .get(),
+            owner: self.partition_owner.clone(),
+            lease: self.settings.stale_after,
+            renew_every: self.settings.heartbeat_interval,
+        }
+    }
+
+    pub(super) fn chunk_settings(&self) -> ChunkSettings {
         ChunkSettings {
             chunk_size: self.settings.chunk_size.get(),
             retry: self.settings.chunk_retry_policy(),
@@ -102,7 +131,7 @@ impl JobLauncher {
         run: &JobRunInfo,
         steps: &[Arc<dyn Step>],
         restart_after: i64,
-        cancel: &CancellationToken,
+        (cancel, partitioning): (&CancellationToken, &Partitioning),
         result: &mut BatchResult,
     ) -> (BatchStatus, Option<String>) {
         for step in steps {
@@ -121,7 +150,7 @@ impl JobLauncher {
                 }
             };
             // Decide how this step runs.
-            let (progress, scope) = match &previous {
+            let (progress, scope, resumed_from) = match &previous {
                 Some(prev)
                     if prev.status == BatchStatus::Completed && prev.counts.skip_count == 0 =>
                 {
@@ -161,7 +190,7 @@ impl JobLauncher {
                         continue;
                     }
                     tracing::info!(step = %name, items = keys.len(), "retrying the items that failed in execution {}", prev.job_execution_id);
-                    (StepProgress::default(), ReadScope::FailedItems(keys))
+                    (StepProgress::default(), ReadScope::FailedItems(keys), None)
                 }
                 Some(prev) => {
                     // FAILED or STOPPED: resume after its last committed chunk.
@@ -171,12 +200,17 @@ impl JobLauncher {
                         context: p.context,
                         ..StepProgress::default()
                     };
-                    (resumed, ReadScope::All)
+                    (resumed, ReadScope::All, Some(prev.id))
                 }
-                None => (StepProgress::default(), ReadScope::All),
+                None => (StepProgress::default(), ReadScope::All, None),
             };
             let step_result = self
-                .run_step(run, step.as_ref(), progress, scope, cancel)
+                .run_step(
+                    run,
+                    step.as_ref(),
+                    (progress, scope, resumed_from),
+                    (cancel, partitioning),
+                )
                 .await;
             let status = step_result.status;
             let message = step_result.message.clone();
@@ -200,9 +234,8 @@ impl JobLauncher {
         &self,
         run: &JobRunInfo,
         step: &dyn Step,
-        progress: StepProgress,
-        scope: ReadScope,
-        cancel: &CancellationToken,
+        (progress, scope, resumed_from): (StepProgress, ReadScope, Option<i64>),
+        (cancel, partitioning): (&CancellationToken, &Partitioning),
     ) -> StepResult {
         let name = step.name().to_owned();
         let started = Instant::now();
@@ -238,6 +271,9 @@ impl JobLauncher {
             clock: self.clock.clone(),
             cancel: cancel.clone(),
             listeners: self.listeners.clone(),
+            resumed_from,
+            fence: None,
+            partitioning: partitioning.clone(),
         };
         let retries = self.settings.step_retry_attempts;
         let mut attempt = 0u32;

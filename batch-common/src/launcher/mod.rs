@@ -10,6 +10,7 @@
 //! - A failed step is retried `step_retry_attempts` times, `step_retry_interval` apart.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use crate::step::Step;
 
 mod execution;
 mod heartbeat;
+mod join;
 mod prepare;
 
 /// Why a launch did not produce a result.
@@ -64,6 +66,13 @@ pub struct LaunchOptions {
     /// Cancelled to stop the run after its current chunk (e.g. on SIGTERM); the execution ends
     /// STOPPED and restarts cleanly.
     pub cancel: CancellationToken,
+    /// When the instance is running elsewhere, join that execution as a worker (claim its
+    /// partitions) instead of answering ALREADY_RUNNING. PostgreSQL and MySQL/MariaDB only.
+    pub join: bool,
+    /// Partitions of every partitioned step of this run (over `[batch.partitions]`).
+    pub partitions: Option<NonZeroU32>,
+    /// Partitions this process works at once (over `[batch] partition_workers`).
+    pub workers: Option<NonZeroU32>,
 }
 
 /// What [`JobLauncher::prepare`] decided.
@@ -74,6 +83,44 @@ pub enum Prepared {
     Done(BatchResult),
     /// An execution was created and claimed the instance; run it with [`PendingRun::run`].
     Ready(Box<PendingRun>),
+    /// The instance is running elsewhere and the launch asked to join it
+    /// ([`LaunchOptions::join`]): work its partitions with [`JoinRun::run`].
+    Join(Box<JoinRun>),
+}
+
+/// A worker joining a live execution, ready to claim its partitions.
+pub struct JoinRun {
+    launcher: JobLauncher,
+    steps: Vec<Arc<dyn Step>>,
+    result: BatchResult,
+    options: LaunchOptions,
+    span: tracing::Span,
+}
+
+impl std::fmt::Debug for JoinRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRun")
+            .field("execution_id", &self.result.execution_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JoinRun {
+    /// Works the execution's partitions until nothing is left to claim; the result has status
+    /// JOINED and the partitions this process ended as its steps.
+    pub async fn run(self: Box<Self>) -> Result<BatchResult, LaunchError> {
+        let JoinRun {
+            launcher,
+            steps,
+            result,
+            options,
+            span,
+        } = *self;
+        launcher
+            .join(&steps, result, &options)
+            .instrument(span)
+            .await
+    }
 }
 
 /// A claimed execution, ready to run. Run it promptly: until it runs, its heartbeat does not
@@ -140,6 +187,9 @@ pub struct JobLauncher {
     settings: RuntimeSettings,
     listeners: Listeners,
     owner: String,
+    /// This process as a partition owner: `host:pid:tag`, the tag telling apart processes that
+    /// share a pid (PID 1 in every container).
+    partition_owner: String,
 }
 
 impl std::fmt::Debug for JobLauncher {
@@ -161,6 +211,17 @@ pub fn process_owner() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// `owner:tag`, the tag from the clock's nanoseconds and a per-process counter: unique among
+/// the workers of one execution even when they share a host name and pid.
+fn partition_owner(owner: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{owner}:{:x}", (u64::from(nanos) << 8) ^ u64::from(n))
+}
+
 fn to_utc(t: chrono::NaiveDateTime) -> DateTime<Utc> {
     DateTime::from_naive_utc_and_offset(t, Utc)
 }
@@ -178,6 +239,7 @@ impl JobLauncher {
             settings,
             listeners: Arc::new(Vec::new()),
             owner: process_owner(),
+            partition_owner: partition_owner(&process_owner()),
         }
     }
 
@@ -190,6 +252,7 @@ impl JobLauncher {
     /// Overrides the `host:pid` recorded as the owner (tests).
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = owner.into();
+        self.partition_owner = partition_owner(&self.owner);
         self
     }
 
@@ -208,6 +271,7 @@ impl JobLauncher {
         match self.prepare(job, given, options).await? {
             Prepared::Done(result) => Ok(result),
             Prepared::Ready(run) => run.run().await,
+            Prepared::Join(worker) => worker.run().await,
         }
     }
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::{
-    Claimed, JobLauncher, LaunchError, LaunchOptions, PendingRun, Prepared, chrono_duration,
+    Claimed, JobLauncher, JoinRun, LaunchError, LaunchOptions, PendingRun, Prepared,
+    chrono_duration,
 };
 use crate::clock::ClockExt;
 use crate::job::Job;
@@ -28,6 +29,21 @@ impl JobLauncher {
         let ctx = ParamContext::new(self.clock.as_ref(), self.settings.timezone);
         let params = JobParameters::resolve(descriptor, given, &ctx)?;
         let steps = job.steps(&params).map_err(LaunchError::Setup)?;
+        if options.join {
+            if self.repo.database().backend() == core_domain::Backend::Sqlite {
+                return Err(LaunchError::Setup(anyhow::anyhow!(
+                    "--join: workers in other processes need PostgreSQL or MySQL/MariaDB (they \
+                     claim partitions with SELECT … FOR UPDATE SKIP LOCKED); on SQLite a \
+                     partitioned step runs its partitions in one process: use --workers N"
+                )));
+            }
+            if !steps.iter().any(|s| s.partitioned().is_some()) {
+                return Err(LaunchError::Setup(anyhow::anyhow!(
+                    "--join: {} has no partitioned step to join",
+                    descriptor.name
+                )));
+            }
+        }
         let started = Instant::now();
         let now = self.clock.now_naive_utc();
         let instance = self
@@ -80,6 +96,21 @@ impl JobLauncher {
                     live.owner.as_deref().unwrap_or("?"),
                     live.last_updated.format("%Y-%m-%d %H:%M:%S")
                 ));
+                if options.join {
+                    let span = tracing::info_span!(
+                        "worker",
+                        job.name = descriptor.name,
+                        execution.id = live.execution_id,
+                        job.instance = instance.id
+                    );
+                    return Ok(Prepared::Join(Box::new(JoinRun {
+                        launcher: self.clone(),
+                        steps,
+                        result,
+                        options: options.clone(),
+                        span,
+                    })));
+                }
                 tracing::warn!(
                     job.name = descriptor.name,
                     live.execution = live.execution_id,

@@ -58,6 +58,22 @@ impl std::fmt::Debug for DomainCounters {
     }
 }
 
+impl StepCounts {
+    /// Adds every count and counter of `other` (the partitions of a step, summed).
+    pub fn add_all(&mut self, other: &StepCounts) {
+        self.read_count += other.read_count;
+        self.write_count += other.write_count;
+        self.filter_count += other.filter_count;
+        self.skip_count += other.skip_count;
+        self.commit_count += other.commit_count;
+        self.rollback_count += other.rollback_count;
+        self.retry_count += other.retry_count;
+        for (name, value) in &other.counters {
+            self.counters.add(name, *value);
+        }
+    }
+}
+
 impl DomainCounters {
     /// Adds `delta` to counter `name`.
     pub fn add(&mut self, name: &str, delta: i64) {

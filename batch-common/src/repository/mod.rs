@@ -9,13 +9,15 @@
 //! The tables (`schema`), their row types and their migrations (`migrations/batch`) belong to
 //! this module too, as Spring Batch's core ships its own schema; the business entities are
 //! core-domain's. The queries are cut by aggregate: job instance, job execution (heartbeat,
-//! takeover, `recover`), step execution (the chunk checkpoint) and item failure.
+//! takeover, `recover`), step execution (the chunk checkpoint), partition (claims, leases and
+//! fenced checkpoints of a partitioned step's worker step executions) and item failure.
 
 mod counts;
 mod execution;
 mod instance;
 mod item_failure;
 mod migrations;
+mod partition;
 mod rows;
 // `table!` generates a struct per column; the tables themselves carry doc comments.
 #[allow(missing_docs)]
@@ -33,6 +35,7 @@ pub use counts::{DomainCounters, StepCounts};
 pub use execution::{AlreadyRunning, CreateExecution};
 pub use item_failure::ItemFailureRecord;
 pub use migrations::{BASE_MIGRATIONS, METADATA_MIGRATIONS};
+pub use partition::{LeaseLost, NewPartition, partition_name};
 pub use rows::{ItemFailure, JobExecution, JobInstance, StepExecution};
 use schema::{
     batch_item_failure as f, batch_job_execution as e, batch_job_instance as i,

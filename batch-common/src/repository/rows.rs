@@ -86,8 +86,18 @@ pub struct StepExecution {
     pub start_time: NaiveDateTime,
     /// Ended (UTC).
     pub end_time: Option<NaiveDateTime>,
-    /// Last change (UTC).
+    /// Last change (UTC); of a claimed partition, its lease.
     pub last_updated: NaiveDateTime,
+    /// Of a partition: its manager step execution.
+    pub partition_of: Option<i64>,
+    /// Of a partition: the first key of its range.
+    pub range_from: Option<i64>,
+    /// Of a partition: the last key of its range (inclusive).
+    pub range_to: Option<i64>,
+    /// Of a claimed partition: the worker process holding it.
+    pub owner: Option<String>,
+    /// How often the partition was claimed.
+    pub claim_count: i32,
 }
 
 /// An item that failed in a step (a partial failure).

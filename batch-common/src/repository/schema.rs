@@ -59,7 +59,18 @@ diesel::table! {
         exit_message -> Nullable<Text>,
         start_time -> Timestamp,
         end_time -> Nullable<Timestamp>,
+        /// The heartbeat; of a claimed partition, its lease (renewed by its owner).
         last_updated -> Timestamp,
+        /// Of a partition (a worker step execution): its manager step execution. NULL otherwise.
+        partition_of -> Nullable<BigInt>,
+        /// Of a partition: the first key of its range.
+        range_from -> Nullable<BigInt>,
+        /// Of a partition: the last key of its range (inclusive).
+        range_to -> Nullable<BigInt>,
+        /// Of a claimed partition: the worker process holding it (`host:pid:tag`).
+        owner -> Nullable<Varchar>,
+        /// How often the partition was claimed (more than 1: re-claimed).
+        claim_count -> Integer,
     }
 }
 

@@ -94,6 +94,9 @@ pub enum NotRun {
     Noop,
     /// The instance is running elsewhere (exit 4).
     AlreadyRunning,
+    /// This process joined the live execution of the instance as a worker and worked its
+    /// partitions (exit 0, or 1 if a partition it ran failed); the execution is the other's.
+    Joined,
 }
 
 /// The status of one launch: its execution's [`BatchStatus`], or why none ran. Serialises as the
@@ -114,6 +117,7 @@ impl RunStatus {
             RunStatus::Ran(s) => s.as_str(),
             RunStatus::NotRun(NotRun::Noop) => "NOOP",
             RunStatus::NotRun(NotRun::AlreadyRunning) => "ALREADY_RUNNING",
+            RunStatus::NotRun(NotRun::Joined) => "JOINED",
         }
     }
 }
@@ -124,6 +128,7 @@ impl FromStr for RunStatus {
         Ok(match v {
             "NOOP" => RunStatus::NotRun(NotRun::Noop),
             "ALREADY_RUNNING" => RunStatus::NotRun(NotRun::AlreadyRunning),
+            "JOINED" => RunStatus::NotRun(NotRun::Joined),
             other => RunStatus::Ran(other.parse()?),
         })
     }

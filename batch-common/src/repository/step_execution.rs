@@ -37,7 +37,8 @@ impl StepProgress {
 }
 
 impl JobRepository {
-    /// The step executions of one job execution, in the order they started.
+    /// The step executions of one job execution, in the order they started (without the
+    /// partitions of partitioned steps: [`partitions`](Self::partitions)).
     pub async fn step_executions(
         &self,
         job_execution_id: i64,
@@ -45,6 +46,7 @@ impl JobRepository {
         let mut conn = self.db.get().await?;
         Ok(dispatch!(&mut *conn, c => s::table
             .filter(s::job_execution_id.eq(job_execution_id))
+            .filter(s::partition_of.is_null())
             .order(s::id.asc())
             .select(StepExecution::as_select())
             .load(c)

@@ -108,6 +108,7 @@ pub struct CommitTarget {
     pub(super) job_instance_id: i64,
     pub(super) step_execution_id: i64,
     pub(super) step_name: String,
+    pub(super) fence: Option<Arc<str>>,
     pub(super) retry: RetryEnv,
 }
 
@@ -119,6 +120,7 @@ impl CommitTarget {
             job_instance_id: ctx.run.job_instance_id,
             step_execution_id: ctx.step_execution_id,
             step_name: ctx.step_name.clone(),
+            fence: ctx.fence.clone(),
             retry: RetryEnv::of(ctx),
         }
     }
@@ -161,7 +163,7 @@ pub(crate) async fn finish_chunk(
             )
             .await?;
         }
-        JobRepository::save_progress(conn, ctx.step_execution_id, next, now).await?;
+        super::save_progress(conn, ctx.step_execution_id, ctx.fence.as_deref(), next, now).await?;
         anyhow::Ok(())
     }
     .await;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use core_domain::{Database, DbConnection, KeysetQuery};
 use serde::{Deserialize, Serialize};
 
-use super::{ItemReader, KeyedReader, Page, ReadScope};
+use super::{ItemReader, KeyRange, KeyedReader, Page, ReadScope};
 
 /// A [`KeysetReader`]'s checkpoint: every row up to this key has been read and committed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +22,8 @@ pub struct KeysetCheckpoint {
 pub struct KeysetReader<Q: KeysetQuery> {
     db: Database,
     query: Q,
+    /// The keys read: every key for [`KeyRange::ALL`], else one partition's.
+    range: KeyRange,
     last: i64,
     /// In a failed-items run: the keys to read again, ascending.
     only: Option<Vec<i64>>,
@@ -42,8 +44,26 @@ impl<Q: KeysetQuery> KeysetReader<Q> {
         KeysetReader {
             db,
             query,
+            range: KeyRange::ALL,
             last: 0,
             only: None,
+        }
+    }
+
+    /// Reads only the keys of `range` (a partition of a [`PartitionedStep`](super::PartitionedStep)).
+    pub fn in_range(mut self, range: KeyRange) -> Self {
+        self.range = range;
+        self.last = self.start();
+        self
+    }
+
+    /// The key reading starts after: 0 for all keys (keys are positive), else just before the
+    /// range.
+    fn start(&self) -> i64 {
+        if self.range.is_all() {
+            0
+        } else {
+            self.range.from.saturating_sub(1)
         }
     }
 
@@ -71,10 +91,16 @@ impl<Q: KeysetQuery> KeysetReader<Q> {
     async fn page(&mut self, after: i64, max: usize) -> anyhow::Result<(Vec<Q::Row>, Option<i64>)> {
         let mut conn = self.db.get().await?;
         let conn: &mut DbConnection = &mut conn;
+        let after = after.max(self.start());
         match &self.only {
             None => {
                 let limit = i64::try_from(max).unwrap_or(i64::MAX);
-                let rows = self.query.page_after(conn, after, limit).await?;
+                let rows = if self.range.is_all() {
+                    self.query.page_after(conn, after, limit).await?
+                } else {
+                    let upto = self.range.to;
+                    self.query.page_between(conn, after, upto, limit).await?
+                };
                 // A short page is the last one.
                 let next = (rows.len() >= max)
                     .then(|| rows.last().map(Q::key))
@@ -93,6 +119,7 @@ impl<Q: KeysetQuery> KeysetReader<Q> {
 
     async fn total_in(&mut self, scope: &ReadScope) -> anyhow::Result<Option<u64>> {
         Ok(match scope {
+            ReadScope::All if !self.range.is_all() => None,
             ReadScope::All => {
                 let mut conn = self.db.get().await?;
                 self.query.count(&mut conn).await?.map(|n| n.max(0) as u64)
@@ -112,7 +139,7 @@ impl<Q: KeysetQuery> ItemReader for KeysetReader<Q> {
         checkpoint: Option<KeysetCheckpoint>,
         scope: &ReadScope,
     ) -> anyhow::Result<()> {
-        self.last = checkpoint.map_or(0, |c| c.last_id);
+        self.last = checkpoint.map_or(self.start(), |c| c.last_id.max(self.start()));
         self.set_scope(scope)
     }
 

@@ -14,15 +14,19 @@
 //! - `commit.rs`: a chunk's checkpoint commit and the chunk retry, shared by both loops;
 //! - `tasklet.rs`: [`TaskletStep`];
 //! - `concurrent.rs`: [`ConcurrentStep`], per-item work in flight at once (slow remote calls);
-//! - `keyset.rs`: [`KeysetReader`], any keyset query as either step's reader.
+//! - `keyset.rs`: [`KeysetReader`], any keyset query as either step's reader;
+//! - `partition.rs`: [`PartitionedStep`], a step split into key ranges that worker processes
+//!   claim from the database; `worker.rs`: the claim-run-end loop of a process's workers.
 
 mod chunk;
 mod commit;
 mod concurrent;
 mod item;
 mod keyset;
+mod partition;
 mod pipeline;
 mod tasklet;
+pub(crate) mod worker;
 
 use std::sync::Arc;
 
@@ -38,6 +42,9 @@ pub use item::{
     Map, PassThrough, Processed, TransactionalWriter, WriteOutcome,
 };
 pub use keyset::{KeysetCheckpoint, KeysetReader};
+pub use partition::{
+    KeyRange, KeyRangePartitioner, PartitionedStep, Partitioner, Partitioning, WorkerFactory,
+};
 pub use tasklet::{Tasklet, TaskletStep};
 
 use crate::clock::{Clock, ClockExt};
@@ -99,6 +106,15 @@ pub struct StepContext {
     pub cancel: CancellationToken,
     /// Listeners.
     pub listeners: Listeners,
+    /// On a restart: the step execution this one resumes (a partitioned step copies the
+    /// partitions it did not complete).
+    pub resumed_from: Option<i64>,
+    /// Of a partition: the worker holding it. Its checkpoints are then fenced: saved only while
+    /// that worker still holds the partition ([`LeaseLost`](crate::repository::LeaseLost)
+    /// otherwise, which rolls the chunk back).
+    pub fence: Option<Arc<str>>,
+    /// How partitioned steps are split and worked.
+    pub partitioning: Partitioning,
 }
 
 impl StepContext {
@@ -110,14 +126,31 @@ impl StepContext {
     /// Saves the current progress (for tasklets that checkpoint by hand).
     pub async fn save_progress(&self) -> anyhow::Result<()> {
         let mut conn = self.repo.database().get().await?;
-        JobRepository::save_progress(
+        save_progress(
             &mut conn,
             self.step_execution_id,
+            self.fence.as_deref(),
             &self.progress,
             self.now(),
         )
-        .await?;
-        Ok(())
+        .await
+    }
+}
+
+/// Saves a step execution's progress on `conn`, fenced by `owner` for a partition.
+pub(crate) async fn save_progress(
+    conn: &mut core_domain::DbConnection,
+    step_execution_id: i64,
+    owner: Option<&str>,
+    progress: &StepProgress,
+    now: NaiveDateTime,
+) -> anyhow::Result<()> {
+    match owner {
+        Some(owner) => {
+            JobRepository::save_partition_progress(conn, step_execution_id, owner, progress, now)
+                .await
+        }
+        None => Ok(JobRepository::save_progress(conn, step_execution_id, progress, now).await?),
     }
 }
 
@@ -129,4 +162,10 @@ pub trait Step: Send + Sync {
 
     /// Runs the step (or resumes it from `ctx.progress.context`).
     async fn execute(&self, ctx: &mut StepContext) -> anyhow::Result<StepOutcome>;
+
+    /// A partitioned step gives itself, so that a process joining the execution can build and
+    /// run the worker step of a partition it claims.
+    fn partitioned(&self) -> Option<&PartitionedStep> {
+        None
+    }
 }

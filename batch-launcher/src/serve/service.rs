@@ -162,10 +162,12 @@ impl Service {
         let options = LaunchOptions {
             rerun,
             cancel: self.shutdown.child_token(),
+            ..LaunchOptions::default()
         };
         let prepared = prepare(registration, &env, &self.launcher, given, &options).await?;
         match prepared {
             Prepared::Done(result) => Ok(KickOutcome::NotStarted(result)),
+            Prepared::Join(_) => unreachable!("serve never asks to join (options.join is false)"),
             Prepared::Ready(run) => {
                 let execution_id = run.execution_id();
                 let job_instance_id = run.job_instance_id();

@@ -2,7 +2,8 @@
 //! It runs `countingJob` with the real `JobLauncher`, configured like `batch-launcher` from
 //! `BATCH__*` variables, and exits with the same exit codes.
 //!
-//! Usage: `testkit-launcher run=<id> items=<n> delay_ms=<ms>`
+//! Usage: `testkit-launcher run=<id> items=<n> delay_ms=<ms> [--join] [--partitions=N]
+//! [--workers=N]` (the flags as `batch-launcher run` has them).
 
 use std::sync::Arc;
 
@@ -33,7 +34,21 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: &[String]) -> anyhow::Result<batch_common::ExitCode> {
     let props = BatchProperties::load(None, &[])?;
-    let given = parse_args(args)?;
+    let (flags, pairs): (Vec<String>, Vec<String>) =
+        args.iter().cloned().partition(|a| a.starts_with("--"));
+    let given = parse_args(&pairs)?;
+    let mut options = LaunchOptions {
+        cancel: shutdown_on_sigterm(),
+        ..LaunchOptions::default()
+    };
+    for flag in &flags {
+        match flag.split_once('=') {
+            None if flag == "--join" => options.join = true,
+            Some(("--partitions", n)) => options.partitions = Some(n.parse()?),
+            Some(("--workers", n)) => options.workers = Some(n.parse()?),
+            _ => anyhow::bail!("unknown flag {flag}"),
+        }
+    }
     let db = Database::connect(
         &props.database.url,
         &props.database.pool_options(),
@@ -48,10 +63,7 @@ async fn run(args: &[String]) -> anyhow::Result<batch_common::ExitCode> {
     let job = CountingJob {
         plan: Arc::new(FailPlan::default()),
     };
-    match launcher
-        .launch(&job, given, &LaunchOptions::default())
-        .await
-    {
+    match launcher.launch(&job, given, &options).await {
         Ok(result) => {
             println!("{}", result.to_json());
             Ok(result.exit_code)
@@ -61,4 +73,20 @@ async fn run(args: &[String]) -> anyhow::Result<batch_common::ExitCode> {
             Ok(e.exit_code())
         }
     }
+}
+
+/// Cancelled on SIGTERM or SIGINT: the run stops after its current chunk.
+fn shutdown_on_sigterm() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        cancel.cancel();
+    });
+    token
 }

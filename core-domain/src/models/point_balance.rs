@@ -55,6 +55,24 @@ impl PointBalance {
         Ok(total)
     }
 
+    /// Keyset page of one partition: up to `limit` balances with `after_id < id <= upto`,
+    /// ordered by id.
+    pub async fn page_between(
+        conn: &mut DbConnection,
+        after_id: i64,
+        upto: i64,
+        limit: i64,
+    ) -> QueryResult<Vec<PointBalance>> {
+        dispatch!(conn, c => point_balance::table
+            .filter(point_balance::id.gt(after_id))
+            .filter(point_balance::id.le(upto))
+            .order(point_balance::id.asc())
+            .limit(limit)
+            .select(PointBalance::as_select())
+            .load(c)
+            .await)
+    }
+
     /// Keyset page: up to `limit` balances with `id > after_id`, ordered by id (never OFFSET).
     pub async fn page_after(
         conn: &mut DbConnection,

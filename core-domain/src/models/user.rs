@@ -78,6 +78,25 @@ impl User {
         Ok(total)
     }
 
+    /// Keyset page of active users in one partition: up to `limit` with
+    /// `after_id < id <= upto`, ordered by id.
+    pub async fn active_page_between(
+        conn: &mut DbConnection,
+        after_id: i64,
+        upto: i64,
+        limit: i64,
+    ) -> QueryResult<Vec<User>> {
+        dispatch!(conn, c => users::table
+            .filter(users::status.eq(UserStatus::Active.as_str()))
+            .filter(users::id.gt(after_id))
+            .filter(users::id.le(upto))
+            .order(users::id.asc())
+            .limit(limit)
+            .select(User::as_select())
+            .load(c)
+            .await)
+    }
+
     /// Keyset page of active users: up to `limit` with `id > after_id`, ordered by id.
     pub async fn active_page_after(
         conn: &mut DbConnection,
