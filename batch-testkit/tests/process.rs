@@ -1,10 +1,11 @@
 //! Process-level runtime tests on SQLite, PostgreSQL and MySQL: a launcher killed with SIGKILL is
-//! recovered, and two launchers racing for one instance let exactly one run.
+//! recovered, two launchers racing for one instance let exactly one run, and a partitioned run's
+//! workers in four processes survive a SIGKILLed worker and a SIGKILLed manager.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use batch_common::repository::JobRepository;
+use batch_common::repository::{BatchStatus, JobRepository, StepExecution};
 use batch_testkit::TestDb;
 use core_domain::schema::point;
 use core_domain::{Backend, dispatch};
@@ -198,4 +199,239 @@ async fn concurrent_launches_run_once_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_launches_run_once_mysql() {
     concurrent_launches_run_once(Backend::Mysql).await;
+}
+
+/// The arguments every process of a partitioned run gets: the same command for all (`--join`).
+const PARTITIONED: [&str; 6] = [
+    "run=split",
+    "items=800",
+    "delay_ms=40",
+    "--partitions=16",
+    "--workers=2",
+    "--join",
+];
+
+/// The pid in a partition owner (`host:pid:tag`).
+fn owner_pid(p: &StepExecution) -> Option<u32> {
+    p.owner.as_deref()?.split(':').nth(1)?.parse().ok()
+}
+
+/// The newest execution's countStep manager and its partitions.
+async fn latest_partitions(
+    repo: &JobRepository,
+) -> Option<(i64, StepExecution, Vec<StepExecution>)> {
+    let (exec, _) = repo.history(Some("countingJob"), 1).await.ok()?.pop()?;
+    let manager = repo
+        .step_executions(exec.id)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|s| s.step_name == "countStep")?;
+    let partitions = repo.partitions(manager.id).await.ok()?;
+    (!partitions.is_empty()).then_some((exec.id, manager, partitions))
+}
+
+/// Four processes run the same command: the first starts the execution, three join it as
+/// workers; one of those is SIGKILLed in the middle of a partition. Its partition is re-claimed
+/// after the lease and resumed from its checkpoint; every item is written exactly once and the
+/// counts are exact.
+async fn a_killed_worker_s_partition_is_reclaimed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let repo = JobRepository::new(db.db.clone());
+    let first = spawn(&db, &PARTITIONED);
+    wait_for(Duration::from_secs(60), "the partitions", || {
+        latest_partitions(&repo)
+    })
+    .await;
+    let mut victim = spawn(&db, &PARTITIONED);
+    let others = [spawn(&db, &PARTITIONED), spawn(&db, &PARTITIONED)];
+    let victim_pid = victim.id();
+    let held = wait_for(
+        Duration::from_secs(60),
+        "the victim in the middle of a partition",
+        || async {
+            let (_, _, partitions) = latest_partitions(&repo).await?;
+            partitions.into_iter().find(|p| {
+                p.status == BatchStatus::Started
+                    && owner_pid(p) == Some(victim_pid)
+                    && p.counts.commit_count >= 1
+                    && p.counts.read_count < 50
+            })
+        },
+    )
+    .await;
+    victim.kill().expect("SIGKILL");
+    let _ = victim.wait();
+
+    let (code, out) = finish(first);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"status\": \"COMPLETED\""), "{out}");
+    for other in others {
+        let (code, out) = finish(other);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("\"status\": \"JOINED\""), "{out}");
+    }
+    assert_eq!(written_numbers(&db).await, (1..=800).collect::<Vec<i64>>());
+    let (exec, manager, partitions) = latest_partitions(&repo).await.expect("partitions");
+    assert_eq!(
+        repo.history(Some("countingJob"), 10).await.unwrap().len(),
+        1,
+        "workers are not executions"
+    );
+    assert_eq!(
+        repo.execution(exec).await.unwrap().unwrap().status,
+        BatchStatus::Completed
+    );
+    assert_eq!(partitions.len(), 16);
+    assert!(
+        partitions
+            .iter()
+            .all(|p| p.status == BatchStatus::Completed),
+        "{partitions:#?}"
+    );
+    let reclaimed = partitions.iter().find(|p| p.id == held.id).unwrap();
+    assert!(reclaimed.claim_count >= 2, "{reclaimed:?}");
+    assert_ne!(owner_pid(reclaimed), Some(victim_pid), "{reclaimed:?}");
+    assert_eq!(
+        reclaimed.counts.read_count, 50,
+        "resumed from its checkpoint, counted once: {reclaimed:?}"
+    );
+    assert_eq!(
+        (manager.counts.read_count, manager.counts.write_count),
+        (800, 800)
+    );
+    let owners: std::collections::BTreeSet<Option<u32>> =
+        partitions.iter().map(owner_pid).collect();
+    assert!(
+        owners.len() >= 2,
+        "the partitions were shared out: {owners:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_partition_is_reclaimed_postgres() {
+    a_killed_worker_s_partition_is_reclaimed(Backend::Postgres).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_partition_is_reclaimed_mysql() {
+    a_killed_worker_s_partition_is_reclaimed(Backend::Mysql).await;
+}
+
+/// The process that started the execution (its manager) is SIGKILLed while three workers work
+/// its partitions: once its heartbeat is stale, one worker takes the instance over (a new
+/// execution resuming the partitions that did not complete) and the others join that one.
+async fn a_killed_manager_is_taken_over_by_a_worker(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let repo = JobRepository::new(db.db.clone());
+    let mut manager = spawn(&db, &PARTITIONED);
+    let (first_exec, _, _) = wait_for(Duration::from_secs(60), "the partitions", || {
+        latest_partitions(&repo)
+    })
+    .await;
+    let workers = [
+        spawn(&db, &PARTITIONED),
+        spawn(&db, &PARTITIONED),
+        spawn(&db, &PARTITIONED),
+    ];
+    let manager_pid = manager.id();
+    wait_for(Duration::from_secs(60), "every process working", || async {
+        let (_, _, partitions) = latest_partitions(&repo).await?;
+        let busy: std::collections::BTreeSet<u32> = partitions
+            .iter()
+            .filter(|p| p.status == BatchStatus::Started && p.counts.commit_count >= 1)
+            .filter_map(owner_pid)
+            .collect();
+        (busy.len() >= 3 && busy.contains(&manager_pid)).then_some(())
+    })
+    .await;
+    manager.kill().expect("SIGKILL");
+    let _ = manager.wait();
+
+    for worker in workers {
+        let (code, out) = finish(worker);
+        assert_eq!(code, 0, "{out}");
+    }
+    assert_eq!(written_numbers(&db).await, (1..=800).collect::<Vec<i64>>());
+    let history = repo.history(Some("countingJob"), 10).await.unwrap();
+    assert_eq!(
+        history.len(),
+        2,
+        "the dead one and the one that took over: {history:?}"
+    );
+    let dead = repo.execution(first_exec).await.unwrap().unwrap();
+    assert_eq!(dead.status, BatchStatus::Failed);
+    assert!(
+        dead.exit_message
+            .as_deref()
+            .unwrap_or("")
+            .contains("abandoned"),
+        "{dead:?}"
+    );
+    let (latest, _) = &history[0];
+    assert_ne!(latest.id, first_exec);
+    assert_eq!(latest.status, BatchStatus::Completed);
+    let count_step = |exec: i64| {
+        let repo = repo.clone();
+        async move {
+            repo.step_executions(exec)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|s| s.step_name == "countStep")
+                .unwrap()
+        }
+    };
+    let (first_manager, latest_manager) =
+        (count_step(first_exec).await, count_step(latest.id).await);
+    // The new execution resumed only the partitions that had not completed (none, if the
+    // workers re-claimed and finished the dead manager's before one of them took over).
+    let resumed = repo.partitions(latest_manager.id).await.unwrap();
+    assert!(
+        resumed.iter().all(|p| p.status == BatchStatus::Completed),
+        "{resumed:#?}"
+    );
+    let first_partitions = repo.partitions(first_manager.id).await.unwrap();
+    let completed_first = first_partitions
+        .iter()
+        .filter(|p| p.status == BatchStatus::Completed)
+        .count();
+    assert_eq!(resumed.len(), 16 - completed_first, "{first_partitions:#?}");
+    // Counts exact across the two executions: the first's committed chunks and the second's.
+    let before: i64 = first_partitions.iter().map(|p| p.counts.write_count).sum();
+    assert_eq!(
+        before + latest_manager.counts.write_count,
+        800,
+        "before {before}, after {latest_manager:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_manager_is_taken_over_by_a_worker_postgres() {
+    a_killed_manager_is_taken_over_by_a_worker(Backend::Postgres).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_manager_is_taken_over_by_a_worker_mysql() {
+    a_killed_manager_is_taken_over_by_a_worker(Backend::Mysql).await;
+}
+
+/// SQLite runs the partitions in one process, with the same results; a worker in another
+/// process is refused (exit 2) and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_partitions_run_in_one_process_and_refuse_remote_workers() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (code, out) = finish(spawn(&db, &PARTITIONED));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--join") && out.contains("PostgreSQL or MySQL"),
+        "{out}"
+    );
+    let repo = JobRepository::new(db.db.clone());
+    assert!(repo.history(None, 10).await.unwrap().is_empty());
+    let local = ["run=split", "items=800", "--partitions=16", "--workers=4"];
+    let (code, out) = finish(spawn(&db, &local));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(written_numbers(&db).await, (1..=800).collect::<Vec<i64>>());
+    let (_, manager, partitions) = latest_partitions(&repo).await.expect("partitions");
+    assert_eq!(partitions.len(), 16);
+    assert_eq!(manager.counts.read_count, 800);
 }

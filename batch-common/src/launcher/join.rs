@@ -4,9 +4,11 @@
 //! first one starts the execution, the others work its partitions.
 //!
 //! The worker stays while the execution is live and one of the job's partitioned steps may still
-//! hand out partitions: it leaves when the job's last partitioned step has none left to claim
-//! (its running ones belong to live workers, or are re-claimed by the manager when their lease
-//! expires), when that step has ended, or when the execution has.
+//! hand out partitions: it leaves when every partition of the job's last partitioned step has
+//! ended (while others run, it waits: a holder that dies has its partition re-claimed after the
+//! lease), when that step has ended, or when the execution has. When the manager dies (its
+//! heartbeat goes stale, or another process abandons it), the worker launches again and takes
+//! the instance over or joins the execution that did ([`JoinRun::run`](super::JoinRun::run)).
 
 use async_trait::async_trait;
 
@@ -22,15 +24,16 @@ use crate::step::{PartitionedStep, Step};
 
 impl JobLauncher {
     /// Works the partitions of the live execution `result` names (an ALREADY_RUNNING answer) as
-    /// a worker; returns the worker's result (status JOINED, the partitions it ended as steps).
+    /// a worker; returns the worker's result (status JOINED, the partitions it ended as steps)
+    /// and whether it left because the execution's manager stopped sending heartbeats.
     pub(super) async fn join(
         &self,
         steps: &[Arc<dyn Step>],
         mut result: BatchResult,
         options: &LaunchOptions,
-    ) -> Result<BatchResult, LaunchError> {
+    ) -> Result<(BatchResult, bool), LaunchError> {
         let Some(execution_id) = result.execution_id else {
-            return Ok(result);
+            return Ok((result, false));
         };
         let partitioned: Vec<&PartitionedStep> =
             steps.iter().filter_map(|s| s.partitioned()).collect();
@@ -57,6 +60,7 @@ impl JobLauncher {
             steps: partitioned,
             stale_after: self.settings.stale_after,
             why: std::sync::Mutex::new(String::new()),
+            manager_gone: std::sync::atomic::AtomicBool::new(false),
         };
         work(&env, &source).await;
         let done = std::mem::take(&mut *env.done.lock().expect("done"));
@@ -65,6 +69,9 @@ impl JobLauncher {
             .iter()
             .filter(|s| s.status == BatchStatus::Failed)
             .count();
+        let manager_gone = source
+            .manager_gone
+            .load(std::sync::atomic::Ordering::SeqCst);
         let why = if options.cancel.is_cancelled() {
             "stopped on request (its partitions released after their current chunk)".to_owned()
         } else {
@@ -87,7 +94,7 @@ impl JobLauncher {
             message = result.message.as_deref().unwrap_or(""),
             "worker done"
         );
-        Ok(result)
+        Ok((result, manager_gone))
     }
 }
 
@@ -98,6 +105,9 @@ struct JoinSource<'a> {
     stale_after: std::time::Duration,
     /// Why the worker left.
     why: std::sync::Mutex<String>,
+    /// It left because the execution's manager died (its heartbeat is stale, or another process
+    /// abandoned it and took the instance over).
+    manager_gone: std::sync::atomic::AtomicBool,
 }
 
 impl JoinSource<'_> {
@@ -127,6 +137,14 @@ impl ClaimSource for JoinSource<'_> {
             return Ok(self.leave("the execution is gone".to_owned()));
         };
         if execution.live_instance_id.is_none() {
+            // Abandoned (its manager died and another process took the instance over): the
+            // instance's new execution is where the work went.
+            let abandoned = execution
+                .exit_message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("abandoned"));
+            self.manager_gone
+                .store(abandoned, std::sync::atomic::Ordering::SeqCst);
             return Ok(self.leave(format!(
                 "the execution ended ({}); nothing left to claim",
                 execution.status
@@ -134,8 +152,10 @@ impl ClaimSource for JoinSource<'_> {
         }
         let now = env.clock.now_naive_utc();
         if execution.last_updated < now - chrono_duration(self.stale_after) {
+            self.manager_gone
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             return Ok(self.leave(format!(
-                "the execution's manager ({}) stopped sending heartbeats; the next launch takes the instance over and resumes the partitions left",
+                "the execution's manager ({}) stopped sending heartbeats",
                 execution.owner.as_deref().unwrap_or("?")
             )));
         }
@@ -167,9 +187,14 @@ impl ClaimSource for JoinSource<'_> {
                     manager.step_name
                 )));
         }
-        if partitions.iter().all(|p| p.status != BatchStatus::Starting) {
+        // Running partitions held by others keep this worker: if their owner dies, their lease
+        // expires and this worker resumes them (and takes the instance over if the manager died).
+        if partitions
+            .iter()
+            .all(|p| !matches!(p.status, BatchStatus::Starting | BatchStatus::Started))
+        {
             return Ok(self.leave(format!(
-                "every partition of {} is claimed or done; nothing left to claim",
+                "every partition of {} has ended; nothing left to claim",
                 manager.step_name
             )));
         }

@@ -91,6 +91,8 @@ pub enum Prepared {
 /// A worker joining a live execution, ready to claim its partitions.
 pub struct JoinRun {
     launcher: JobLauncher,
+    descriptor: &'static crate::job::JobDescriptor,
+    params: crate::params::JobParameters,
     steps: Vec<Arc<dyn Step>>,
     result: BatchResult,
     options: LaunchOptions,
@@ -107,19 +109,37 @@ impl std::fmt::Debug for JoinRun {
 
 impl JoinRun {
     /// Works the execution's partitions until nothing is left to claim; the result has status
-    /// JOINED and the partitions this process ended as its steps.
+    /// JOINED and the partitions this process ended as its steps. When the execution's manager
+    /// died (its heartbeat went stale, or another process abandoned it), this worker launches
+    /// again: it takes the instance over as a new launch would — the new execution resumes the
+    /// partitions that did not complete — or joins the execution that took it over, so a group
+    /// of workers that all run the same command never strands a run.
     pub async fn run(self: Box<Self>) -> Result<BatchResult, LaunchError> {
         let JoinRun {
             launcher,
+            descriptor,
+            params,
             steps,
             result,
             options,
             span,
         } = *self;
-        launcher
+        let (result, manager_gone) = launcher
             .join(&steps, result, &options)
             .instrument(span)
-            .await
+            .await?;
+        if !manager_gone || options.cancel.is_cancelled() {
+            return Ok(result);
+        }
+        tracing::warn!(
+            job.name = descriptor.name,
+            "the execution's manager is gone: taking the instance over"
+        );
+        match Box::pin(launcher.claim(descriptor, params, steps, &options)).await? {
+            Prepared::Done(done) => Ok(done),
+            Prepared::Ready(run) => run.run().await,
+            Prepared::Join(worker) => Box::pin(worker.run()).await,
+        }
     }
 }
 

@@ -9,11 +9,14 @@ use super::{
     chrono_duration,
 };
 use crate::clock::ClockExt;
-use crate::job::Job;
+use std::sync::Arc;
+
+use crate::job::{Job, JobDescriptor};
 use crate::listener::JobRunInfo;
 use crate::params::{JobParameters, ParamContext};
 use crate::repository::{BatchStatus, CreateExecution, NotRun, RunStatus, exit_codes};
 use crate::result::{BatchResult, ExitCode};
+use crate::step::Step;
 
 impl JobLauncher {
     /// The first half of [`launch`](Self::launch): resolves the parameters, claims the instance's
@@ -44,6 +47,17 @@ impl JobLauncher {
                 )));
             }
         }
+        self.claim(descriptor, params, steps, options).await
+    }
+
+    /// Claims the instance's live slot for `params` and decides what to do.
+    pub(super) async fn claim(
+        &self,
+        descriptor: &'static JobDescriptor,
+        params: JobParameters,
+        steps: Vec<Arc<dyn Step>>,
+        options: &LaunchOptions,
+    ) -> Result<Prepared, LaunchError> {
         let started = Instant::now();
         let now = self.clock.now_naive_utc();
         let instance = self
@@ -105,6 +119,8 @@ impl JobLauncher {
                     );
                     return Ok(Prepared::Join(Box::new(JoinRun {
                         launcher: self.clone(),
+                        descriptor,
+                        params,
                         steps,
                         result,
                         options: options.clone(),
