@@ -28,7 +28,7 @@
 //!   whole table when the day is most of it.
 
 use async_trait::async_trait;
-use batch_common::step::{StepContext, Tasklet};
+use batch_common::step::{KeyRange, StepContext, Tasklet};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
 use core_domain::{Backend, Database, DbConnection, DbError, dispatch};
@@ -51,6 +51,23 @@ pub const POSTGRES_WORK_MEM: &str = "256MB";
 /// Binds, in order: report_date, now, now, window start, window end; `@FROM@` and `@TO@` mark
 /// where the window's bounds are used again ([`placeholders`] numbers them).
 pub fn aggregate_select(backend: Backend, plan: Plan) -> String {
+    aggregate_select_in(backend, plan, KeyRange::ALL)
+}
+
+/// The condition on `column` that limits a statement to the users of `range` (a partition of
+/// the report), as SQL text: empty for every user. The bounds are the partition's own integers
+/// (never input), written as literals so the statement's binds stay the same.
+fn users_in(range: KeyRange, column: &str) -> String {
+    if range.is_all() {
+        String::new()
+    } else {
+        format!(" AND {column} BETWEEN {} AND {}", range.from, range.to)
+    }
+}
+
+/// [`aggregate_select`] for the users of `range` only (a partition of the report).
+pub fn aggregate_select_in(backend: Backend, plan: Plan, range: KeyRange) -> String {
+    let users = users_in(range, "user_id");
     let from = match backend {
         Backend::Postgres => "point",
         // Otherwise the optimizer walks that whole index in user order with a row lookup per
@@ -104,7 +121,7 @@ pub fn aggregate_select(backend: Backend, plan: Plan) -> String {
     match last {
         Some(last) => format!(
             "SELECT user_id, ?, {SUMS}, {last}, {COUNTS}, ?, ? \
-             FROM {from} WHERE created_at >= ? AND created_at < ? GROUP BY user_id{order} "
+             FROM {from} WHERE created_at >= ? AND created_at < ?{users} GROUP BY user_id{order} "
         ),
         // The aggregate in a derived table (sorted by user on PostgreSQL), then one probe per
         // user at its last instant; the transactions at that very instant are few, sorted by id.
@@ -113,7 +130,7 @@ pub fn aggregate_select(backend: Backend, plan: Plan) -> String {
              (SELECT p.balance_snapshot FROM point p WHERE p.user_id = a.user_id AND p.created_at = a.l \
              ORDER BY p.id DESC LIMIT 1), a.ec, a.uc, a.cc, a.f, a.l, ?, ? \
              FROM (SELECT user_id, {SUMS}, {COUNTS} FROM {from} \
-             WHERE created_at >= ? AND created_at < ? GROUP BY user_id{order}) a "
+             WHERE created_at >= ? AND created_at < ?{users} GROUP BY user_id{order}) a "
         ),
     }
 }
@@ -182,13 +199,17 @@ fn upsert_clause(backend: Backend) -> String {
     }
 }
 
-/// Rows of the date whose user has no transaction in the window any more.
-/// Binds: report_date, window start, window end.
-const DELETE_STALE: &str = "DELETE FROM daily_point_report WHERE report_date = ? AND NOT EXISTS \
-(SELECT 1 FROM point p WHERE p.user_id = daily_point_report.user_id AND p.created_at >= ? AND p.created_at < ?)";
+/// Rows of the date (of the users `users` names) whose user has no transaction in the window any
+/// more. Binds: report_date, window start, window end.
+fn delete_stale(users: &str) -> String {
+    format!(
+        "DELETE FROM daily_point_report WHERE report_date = ?{users} AND NOT EXISTS \
+         (SELECT 1 FROM point p WHERE p.user_id = daily_point_report.user_id AND p.created_at >= ? AND p.created_at < ?)"
+    )
+}
 
 /// Binds: report_date. `{int}` is the backend's 64-bit integer cast target.
-fn summary_sql(backend: Backend) -> String {
+fn summary_sql(backend: Backend, users: &str) -> String {
     let int = if backend == Backend::Mysql {
         "SIGNED"
     } else {
@@ -197,7 +218,7 @@ fn summary_sql(backend: Backend) -> String {
     format!(
         "SELECT CAST(COUNT(*) AS {int}) AS report_rows, \
          CAST(COALESCE(SUM(earn_count + use_count + cancel_count), 0) AS {int}) AS transactions \
-         FROM daily_point_report WHERE report_date = ?"
+         FROM daily_point_report WHERE report_date = ?{users}"
     )
 }
 
@@ -242,12 +263,13 @@ pub fn placeholders(sql: &str, backend: Backend) -> String {
         .replace("@TO@", &format!("{mark}5"))
 }
 
-/// The report for one date, as a tasklet.
+/// The report for one date (of the users of one key range, in a partition), as a tasklet.
 pub struct DailyReport {
     db: Database,
     date: NaiveDate,
     tz: Tz,
     plan: Option<Plan>,
+    users: KeyRange,
 }
 
 impl DailyReport {
@@ -258,7 +280,15 @@ impl DailyReport {
             date,
             tz,
             plan: None,
+            users: KeyRange::ALL,
         }
+    }
+
+    /// Only the users whose id is in `range` (a partition of the report): their rows of the
+    /// date are replaced in the partition's own transaction; the other users' are not touched.
+    pub fn in_range(mut self, range: KeyRange) -> Self {
+        self.users = range;
+        self
     }
 
     /// Runs `plan` instead of the one [`Plan::choose`](crate::report_plan::Plan::choose) picks (tests and benchmarks compare them).
@@ -272,11 +302,12 @@ impl DailyReport {
         let (from, to) = batch_common::day_window_utc(self.date, self.tz);
         let backend = self.db.backend();
         let upsert = upsert_clause(backend);
-        let delete = placeholders(DELETE_STALE, backend);
-        let summary = placeholders(&summary_sql(backend), backend);
+        let users = users_in(self.users, "user_id");
+        let delete = placeholders(&delete_stale(&users), backend);
+        let summary = placeholders(&summary_sql(backend, &users), backend);
         let existing = placeholders(
             &format!(
-                "SELECT CAST(COUNT(*) AS {}) AS n FROM (SELECT 1 AS one FROM daily_point_report WHERE report_date = ? LIMIT 1) x",
+                "SELECT CAST(COUNT(*) AS {}) AS n FROM (SELECT 1 AS one FROM daily_point_report WHERE report_date = ?{users} LIMIT 1) x",
                 if backend == Backend::Mysql {
                     "SIGNED"
                 } else {
@@ -285,6 +316,7 @@ impl DailyReport {
             ),
             backend,
         );
+        let range = self.users;
         let date = self.date;
         let forced = self.plan;
         let mut conn = self.db.get().await?;
@@ -330,7 +362,10 @@ impl DailyReport {
                 }
                 let first_run = existing.n == 0;
                 let conflict = if first_run { "" } else { upsert.as_str() };
-                let insert = format!("{INSERT_INTO}{}{conflict}", aggregate_select(backend, plan));
+                let insert = format!(
+                    "{INSERT_INTO}{}{conflict}",
+                    aggregate_select_in(backend, plan, range)
+                );
                 if first_run && backend == Backend::Postgres {
                     // The insert's own rows are the date's rows: their totals come back with it
                     // (a data-modifying CTE), instead of a second read of the report table.

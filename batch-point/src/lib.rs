@@ -146,9 +146,19 @@ impl Job for PointBalanceSyncJob {
             // Verify mode writes nothing: no report either.
             return Ok(vec![sync]);
         }
-        let report: Arc<dyn Step> = Arc::new(TaskletStep::new(
+        // Partitioned by user id: each partition replaces its users' rows of the date in its
+        // own transaction.
+        let (db, tz) = (self.db.clone(), self.props.batch.timezone);
+        let report: Arc<dyn Step> = Arc::new(PartitionedStep::new(
             daily_report::STEP_NAME,
-            DailyReport::new(self.db.clone(), date, self.props.batch.timezone),
+            KeyRangePartitioner::new(self.db.clone(), "users", "id"),
+            move |range| {
+                let step: Arc<dyn Step> = Arc::new(TaskletStep::new(
+                    daily_report::STEP_NAME,
+                    DailyReport::new(db.clone(), date, tz).in_range(range),
+                ));
+                Ok(step)
+            },
         ));
         Ok(vec![sync, report])
     }

@@ -227,6 +227,27 @@ db_test!(async fn report_matches_a_reference_on_every_plan(db) {
         check(points.clone(), rows.clone());
         assert_eq!(forced.generate(ts("2026-11-21 04:00:00")).await?, (report_rows, transactions, 0), "{plan:?}");
         assert_eq!(DailyPointReport::for_date(c, date).await?, rows, "a re-run with {plan:?} changed rows");
+
+        // Partitioned by user (4 ranges, each its own transaction): the same rows, first run
+        // and re-run; a re-run of one partition touches its users only.
+        core_domain::dispatch!(c, c => diesel::sql_query("DELETE FROM daily_point_report").execute(c).await)?;
+        let ranges = batch_common::step::KeyRange::split(1, 12, 4);
+        assert_eq!(ranges.len(), 4);
+        for at in ["2026-11-21 05:00:00", "2026-11-21 06:00:00"] {
+            let mut sums = (0, 0);
+            for range in &ranges {
+                let part = DailyReport::new(db.db.clone(), date, chrono_tz::Asia::Seoul)
+                    .with_plan(plan)
+                    .in_range(*range);
+                let (r, t, deleted) = part.generate(ts(at)).await?;
+                assert_eq!(deleted, 0);
+                sums = (sums.0 + r, sums.1 + t);
+            }
+            assert_eq!(sums, (report_rows, transactions), "partitioned {plan:?} at {at}");
+            let parted = DailyPointReport::for_date(c, date).await?;
+            check(points.clone(), parted.clone());
+            assert!(parted.iter().all(|r| r.updated_at == ts("2026-11-21 05:00:00")), "a re-run changed nothing");
+        }
     }
     Ok(())
 });

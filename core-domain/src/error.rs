@@ -108,7 +108,7 @@ impl DbError {
 /// - MySQL/MariaDB: 1053 `Server shutdown in progress`, 1927 `Connection was killed`, the client
 ///   errors of a lost socket (`server has gone away`, `lost connection`, mysql_async's
 ///   `Connection to the server is closed` and `Input/output error`), 1205 lock wait timeout,
-///   1213 deadlock;
+///   1213 deadlock, 1467 an AUTO-INC lock that lost a deadlock or timed out;
 /// - SQLite: `database is locked` / `database is busy`.
 const TRANSIENT_MESSAGES: &[&str] = &[
     // PostgreSQL
@@ -134,6 +134,10 @@ const TRANSIENT_MESSAGES: &[&str] = &[
     "input/output error",
     "lock wait timeout",
     "deadlock",
+    // InnoDB's answer (1467) when a statement's AUTO-INC lock request loses a deadlock or times
+    // out, e.g. two transactions' `INSERT … SELECT` into one table with
+    // innodb_autoinc_lock_mode = 1 (MariaDB's default).
+    "failed to read auto-increment value from storage engine",
     // any driver
     "connection reset",
     "connection refused",
