@@ -46,6 +46,39 @@ pub trait JobListener: Send + Sync {
     async fn on_step_retry(&self, _job: &JobRunInfo, _step: &str, _attempt: u32, _error: &str) {}
     /// A step failed and has no retries left.
     async fn on_retries_exhausted(&self, _job: &JobRunInfo, _step: &str, _error: &str) {}
+    /// A worker of this process claimed, ended, released or lost a partition of `step`.
+    async fn on_partition(&self, _job: &JobRunInfo, _step: &str, _event: PartitionEvent) {}
+}
+
+/// What happened to a partition in a worker of this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PartitionEvent {
+    /// Claimed for the first time.
+    Claimed,
+    /// Claimed again: its previous owner's lease expired, or it was released.
+    Reclaimed,
+    /// Ran to its end.
+    Completed,
+    /// Failed (the step fails after the running partitions end).
+    Failed,
+    /// Released after its current chunk (the worker was stopped); another worker resumes it.
+    Released,
+    /// Lost: its lease expired and another worker claimed it, or its step ended.
+    Lost,
+}
+
+impl PartitionEvent {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionEvent::Claimed => "claimed",
+            PartitionEvent::Reclaimed => "reclaimed",
+            PartitionEvent::Completed => "completed",
+            PartitionEvent::Failed => "failed",
+            PartitionEvent::Released => "released",
+            PartitionEvent::Lost => "lost",
+        }
+    }
 }
 
 /// The listeners of one launcher.

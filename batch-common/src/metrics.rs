@@ -14,6 +14,9 @@
 //!   (an item that failed alone and was recorded as an item failure; the run goes on).
 //! - `batch_step_counter_total{job,step,counter}`: the steps' domain counters (`created`, ...).
 //! - `batch_job_item_failures_total{job}`: item failures recorded by finished executions.
+//! - `batch_partitions_total{job,step,event}`: partitions this process's workers `claimed`,
+//!   `reclaimed` (after a lost lease or a release), `completed`, `failed`, `released` (stopped)
+//!   and `lost` (its lease expired while it worked).
 //! - `batch_job_last_success_timestamp_seconds{job}`: end time of the last COMPLETED execution.
 
 use std::collections::BTreeMap;
@@ -23,7 +26,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::listener::{JobListener, JobRunInfo};
+use crate::listener::{JobListener, JobRunInfo, PartitionEvent};
 use crate::result::{BatchResult, StepResult};
 
 /// Upper bounds (seconds) of the duration histograms' buckets: batch runs take seconds to hours.
@@ -64,6 +67,7 @@ struct State {
     counters: BTreeMap<(String, String, String), i64>,
     item_failures: BTreeMap<String, u64>,
     last_success: BTreeMap<String, DateTime<Utc>>,
+    partitions: BTreeMap<(String, String, &'static str), u64>,
 }
 
 /// The metrics of one process; cheap to share (`Arc<Metrics>`), updated by its listener methods.
@@ -196,6 +200,20 @@ impl Metrics {
         }
         family(
             &mut out,
+            "batch_partitions_total",
+            "counter",
+            "Partitions of partitioned steps that this process's workers claimed, re-claimed, completed, failed, released or lost.",
+        );
+        for ((job, step, event), n) in &s.partitions {
+            sample(
+                &mut out,
+                "batch_partitions_total",
+                &[("job", job), ("step", step), ("event", event)],
+                *n as f64,
+            );
+        }
+        family(
+            &mut out,
             "batch_job_last_success_timestamp_seconds",
             "gauge",
             "End time (Unix seconds) of the job's last COMPLETED execution.",
@@ -268,6 +286,13 @@ fn histogram(out: &mut String, name: &str, pairs: &[(&str, &str)], h: &Histogram
 
 #[async_trait]
 impl JobListener for Metrics {
+    async fn on_partition(&self, job: &JobRunInfo, step: &str, event: PartitionEvent) {
+        let mut s = self.lock();
+        *s.partitions
+            .entry((job.job_name.clone(), step.to_owned(), event.as_str()))
+            .or_insert(0) += 1;
+    }
+
     async fn before_job(&self, job: &JobRunInfo) {
         let mut s = self.lock();
         *s.running.entry(job.job_name.clone()).or_insert(0) += 1;
@@ -401,6 +426,33 @@ mod tests {
             m.render()
                 .contains("batch_job_last_success_timestamp_seconds{job=\"someJob\"} 1700000000.5")
         );
+    }
+
+    #[tokio::test]
+    async fn counts_partition_events() {
+        let m = Metrics::new();
+        for event in [
+            PartitionEvent::Claimed,
+            PartitionEvent::Claimed,
+            PartitionEvent::Completed,
+            PartitionEvent::Reclaimed,
+            PartitionEvent::Lost,
+        ] {
+            m.on_partition(&run(), "aStep", event).await;
+        }
+        let text = m.render();
+        for line in [
+            "# TYPE batch_partitions_total counter",
+            "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"claimed\"} 2",
+            "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"completed\"} 1",
+            "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"reclaimed\"} 1",
+            "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"lost\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
     }
 
     #[test]

@@ -312,8 +312,56 @@ async fn history_cmd(
             secs,
             e.parameters
         );
+        for step in repo.step_executions(e.id).await? {
+            let partitions = repo.partitions(step.id).await?;
+            if !partitions.is_empty() {
+                println!(
+                    "{:>8}{}",
+                    "",
+                    partition_summary(&step.step_name, &partitions)
+                );
+            }
+        }
     }
     Ok(ExitCode::Completed)
+}
+
+/// One line about a partitioned step's partitions: how many in each status, the running ones'
+/// owners and leases, and how many were re-claimed.
+fn partition_summary(step: &str, partitions: &[batch_common::repository::StepExecution]) -> String {
+    use batch_common::repository::BatchStatus;
+    let mut by_status: BTreeMap<&str, usize> = Default::default();
+    for p in partitions {
+        *by_status.entry(p.status.as_str()).or_default() += 1;
+    }
+    let counts: Vec<String> = by_status.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let now = SystemClock.now_naive_utc();
+    let running: Vec<String> = partitions
+        .iter()
+        .filter(|p| p.status == BatchStatus::Started)
+        .map(|p| {
+            let index = p.step_name.rsplit_once(':').map_or("?", |(_, i)| i);
+            format!(
+                "{index} on {} (lease renewed {:.1}s ago)",
+                p.owner.as_deref().unwrap_or("?"),
+                (now - p.last_updated).num_milliseconds() as f64 / 1000.0
+            )
+        })
+        .collect();
+    let reclaimed = partitions.iter().filter(|p| p.claim_count > 1).count();
+    let read: i64 = partitions.iter().map(|p| p.counts.read_count).sum();
+    let mut line = format!(
+        "{step}: {} partitions: {}; read {read}",
+        partitions.len(),
+        counts.join(", ")
+    );
+    if reclaimed > 0 {
+        line.push_str(&format!("; {reclaimed} re-claimed"));
+    }
+    if !running.is_empty() {
+        line.push_str(&format!("; running: {}", running.join(", ")));
+    }
+    line
 }
 
 async fn recover_cmd(

@@ -1,7 +1,8 @@
-//! What `history --json` and the HTTP API show of an execution: one view for both.
+//! What `history --json` and the HTTP API show of an execution: one view for both, partitions
+//! of partitioned steps included.
 
 use batch_common::repository::JobRepository;
-use batch_common::repository::{BatchStatus, StepCounts};
+use batch_common::repository::{BatchStatus, StepCounts, StepExecution};
 use core_domain::DbError;
 
 /// One execution with its steps as JSON: `history --json` and the HTTP API show the same view.
@@ -10,7 +11,15 @@ pub async fn execution_view(
     e: &batch_common::repository::JobExecution,
     i: &batch_common::repository::JobInstance,
 ) -> Result<serde_json::Value, DbError> {
-    let steps = repo.step_executions(e.id).await?;
+    let mut steps = Vec::new();
+    for s in repo.step_executions(e.id).await? {
+        let mut view = step_view(&s.step_name, s.status, &s.counts);
+        let partitions = repo.partitions(s.id).await?;
+        if !partitions.is_empty() {
+            view["partitions"] = partitions.iter().map(partition_view).collect();
+        }
+        steps.push(view);
+    }
     Ok(serde_json::json!({
         "execution_id": e.id,
         "job_name": i.job_name,
@@ -24,7 +33,7 @@ pub async fn execution_view(
         "start_time": e.start_time,
         "end_time": e.end_time,
         "last_updated": e.last_updated,
-        "steps": steps.iter().map(|s| step_view(&s.step_name, s.status, &s.counts)).collect::<Vec<_>>(),
+        "steps": steps,
     }))
 }
 
@@ -35,4 +44,16 @@ fn step_view(name: &str, status: BatchStatus, c: &StepCounts) -> serde_json::Val
         "filtered": c.filter_count, "skipped": c.skip_count, "commits": c.commit_count,
         "rollbacks": c.rollback_count, "retries": c.retry_count, "counters": c.counters,
     })
+}
+
+/// One partition of a partitioned step: its range, status, counts, owner and lease (the owner's
+/// last heartbeat), and how often it was claimed.
+fn partition_view(p: &StepExecution) -> serde_json::Value {
+    let mut view = step_view(&p.step_name, p.status, &p.counts);
+    view["range"] = serde_json::json!({ "from": p.range_from, "to": p.range_to });
+    view["owner"] = serde_json::json!(p.owner);
+    view["lease_renewed_at"] = serde_json::json!(p.last_updated);
+    view["claims"] = serde_json::json!(p.claim_count);
+    view["exit_message"] = serde_json::json!(p.exit_message);
+    view
 }

@@ -481,4 +481,29 @@ async fn sqlite_runs_partitions_locally_and_refuses_join() {
         assert_eq!(parts.len(), 4, "{}", step.step_name);
     }
     assert_eq!(redis.keys().await.len(), 500);
+
+    // What operators see: the partitions in `history` and in the API's execution view.
+    let o = launcher(dir.path(), &["history", "pointBalanceSyncJob"], &env);
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("syncPointBalanceStep: 4 partitions: 4 COMPLETED; read 500"),
+        "{out}"
+    );
+    let o = launcher(dir.path(), &["history", "--json"], &env);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sync = &json[0]["steps"][0];
+    assert_eq!(sync["read"], 500, "{sync}");
+    let partitions = sync["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 4);
+    let read: i64 = partitions.iter().map(|p| p["read"].as_i64().unwrap()).sum();
+    assert_eq!(read, 500);
+    for p in partitions {
+        assert_eq!(p["status"], "COMPLETED", "{p}");
+        assert_eq!(p["claims"], 1, "{p}");
+        assert!(p["owner"].as_str().unwrap().contains(':'), "{p}");
+        assert!(
+            p["range"]["from"].is_i64() && p["range"]["to"].is_i64(),
+            "{p}"
+        );
+    }
 }

@@ -14,7 +14,7 @@ use tracing::Instrument as _;
 use super::partition::{KeyRange, PartitionedStep, Partitioning};
 use super::{ChunkSettings, ReadScope, Step, StepContext, StepOutcome};
 use crate::clock::{Clock, ClockExt};
-use crate::listener::{JobListener, JobRunInfo, Listeners};
+use crate::listener::{JobListener, JobRunInfo, Listeners, PartitionEvent};
 use crate::repository::{BatchStatus, JobRepository, LeaseLost, StepExecution, StepProgress};
 use crate::result::StepResult;
 
@@ -102,6 +102,13 @@ impl WorkerEnv {
     /// The run was asked to stop.
     pub(crate) fn cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// Tells the run's listeners what happened to a partition of `step`.
+    async fn event(&self, step: &PartitionedStep, event: PartitionEvent) {
+        for l in self.listeners.iter() {
+            l.on_partition(&self.run, step.name(), event).await;
+        }
     }
 
     /// Waits `POLL` or until the run is stopped.
@@ -212,8 +219,10 @@ async fn run_partition(env: &WorkerEnv, step: &PartitionedStep, row: StepExecuti
             .insert(row.id, lease.clone());
         if row.claim_count > 1 {
             tracing::warn!(claims = row.claim_count, "re-claimed: resuming from its checkpoint");
+            env.event(step, PartitionEvent::Reclaimed).await;
         } else {
             tracing::info!("claimed");
+            env.event(step, PartitionEvent::Claimed).await;
         }
         let started = std::time::Instant::now();
         let mut ctx = StepContext {
@@ -250,6 +259,7 @@ async fn run_partition(env: &WorkerEnv, step: &PartitionedStep, row: StepExecuti
             Ok(StepOutcome::Stopped) => (BatchStatus::Stopped, Some("released".to_owned())),
             Err(e) if lost || e.chain().any(|c| c.is::<LeaseLost>()) => {
                 tracing::warn!(error = %format!("{e:#}"), "lost the partition; another worker resumes it");
+                env.event(step, PartitionEvent::Lost).await;
                 return;
             }
             Err(_) if env.cancelled() => (BatchStatus::Stopped, Some("released".to_owned())),
@@ -268,6 +278,12 @@ async fn run_partition(env: &WorkerEnv, step: &PartitionedStep, row: StepExecuti
             .await
         {
             Ok(true) => {
+                let event = match status {
+                    BatchStatus::Completed => PartitionEvent::Completed,
+                    BatchStatus::Stopped => PartitionEvent::Released,
+                    _ => PartitionEvent::Failed,
+                };
+                env.event(step, event).await;
                 let c = &ctx.progress.counts;
                 match status {
                     BatchStatus::Completed => tracing::info!(read = c.read_count, written = c.write_count, skipped = c.skip_count, counters = ?c.counters, duration_ms = started.elapsed().as_millis() as u64, "partition completed"),
@@ -280,7 +296,10 @@ async fn run_partition(env: &WorkerEnv, step: &PartitionedStep, row: StepExecuti
                 result.message = message;
                 env.done.lock().expect("done").push(result);
             }
-            Ok(false) => tracing::warn!("the partition was no longer held when it ended; another worker resumes it"),
+            Ok(false) => {
+                tracing::warn!("the partition was no longer held when it ended; another worker resumes it");
+                env.event(step, PartitionEvent::Lost).await;
+            }
             Err(e) => tracing::error!(error = %e, "could not record the end of the partition; its lease expires and another worker resumes it"),
         }
     }
