@@ -435,3 +435,143 @@ async fn sqlite_partitions_run_in_one_process_and_refuse_remote_workers() {
     assert_eq!(partitions.len(), 16);
     assert_eq!(manager.counts.read_count, 800);
 }
+
+/// A joined worker asked to stop (SIGTERM) releases its partitions after its current chunk and
+/// exits 0 saying so; another process resumes them at once from their checkpoints (no lease to
+/// wait for), and every item is written exactly once.
+async fn a_stopped_worker_releases_its_partitions(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let repo = JobRepository::new(db.db.clone());
+    let first = spawn(&db, &PARTITIONED);
+    wait_for(Duration::from_secs(60), "the partitions", || {
+        latest_partitions(&repo)
+    })
+    .await;
+    let worker = spawn(&db, &PARTITIONED);
+    let pid = worker.id();
+    let held = wait_for(
+        Duration::from_secs(60),
+        "the worker in the middle of a partition",
+        || async {
+            let (_, _, partitions) = latest_partitions(&repo).await?;
+            partitions.into_iter().find(|p| {
+                p.status == BatchStatus::Started
+                    && owner_pid(p) == Some(pid)
+                    && p.counts.commit_count >= 1
+                    && p.counts.read_count < 50
+            })
+        },
+    )
+    .await;
+    let stopped_at = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let (code, out) = finish(worker);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("\"status\": \"JOINED\"") && out.contains("stopped on request"),
+        "{out}"
+    );
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(5),
+        "stopped after its current chunk, not at the end: {:?}",
+        stopped_at.elapsed()
+    );
+    let (code, out) = finish(first);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(written_numbers(&db).await, (1..=800).collect::<Vec<i64>>());
+    let (_, manager, partitions) = latest_partitions(&repo).await.expect("partitions");
+    assert!(
+        partitions
+            .iter()
+            .all(|p| p.status == BatchStatus::Completed)
+    );
+    let resumed = partitions.iter().find(|p| p.id == held.id).unwrap();
+    assert!(resumed.claim_count >= 2, "{resumed:?}");
+    assert_eq!(resumed.counts.read_count, 50, "{resumed:?}");
+    assert_eq!(manager.counts.read_count, 800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_releases_its_partitions_postgres() {
+    a_stopped_worker_releases_its_partitions(Backend::Postgres).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_releases_its_partitions_mysql() {
+    a_stopped_worker_releases_its_partitions(Backend::Mysql).await;
+}
+
+/// The process running the execution is asked to stop (SIGTERM): the run ends STOPPED after the
+/// current chunks, the joined workers stop too (their partitions are closed under them) and exit
+/// 0; the same command again restarts the instance, running only the partitions that did not
+/// complete, each from its checkpoint.
+async fn a_stopped_manager_stops_the_run_and_a_restart_resumes_it(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let repo = JobRepository::new(db.db.clone());
+    let manager = spawn(&db, &PARTITIONED);
+    let (first_exec, _, _) = wait_for(Duration::from_secs(60), "the partitions", || {
+        latest_partitions(&repo)
+    })
+    .await;
+    let worker = spawn(&db, &PARTITIONED);
+    let pid = manager.id();
+    wait_for(
+        Duration::from_secs(60),
+        "both processes working",
+        || async {
+            let (_, _, partitions) = latest_partitions(&repo).await?;
+            let busy: std::collections::BTreeSet<u32> = partitions
+                .iter()
+                .filter(|p| p.status == BatchStatus::Started && p.counts.commit_count >= 1)
+                .filter_map(owner_pid)
+                .collect();
+            (busy.len() >= 2).then_some(())
+        },
+    )
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let (code, out) = finish(manager);
+    assert_eq!(code, 1, "STOPPED is exit 1: {out}");
+    assert!(out.contains("\"status\": \"STOPPED\""), "{out}");
+    let (code, out) = finish(worker);
+    assert_eq!(code, 0, "{out}");
+    let stopped = repo.execution(first_exec).await.unwrap().unwrap();
+    assert_eq!(stopped.status, BatchStatus::Stopped);
+    let (_, _, partitions) = latest_partitions(&repo).await.unwrap();
+    assert!(
+        partitions
+            .iter()
+            .all(|p| matches!(p.status, BatchStatus::Completed | BatchStatus::Stopped)),
+        "{partitions:#?}"
+    );
+    let written_before = written_numbers(&db).await.len() as i64;
+    assert!(written_before < 800, "stopped before the end");
+
+    let (code, out) = finish(spawn(&db, &PARTITIONED));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(written_numbers(&db).await, (1..=800).collect::<Vec<i64>>());
+    let (latest, manager, resumed) = latest_partitions(&repo).await.expect("partitions");
+    assert_ne!(latest, first_exec);
+    let done_before = partitions
+        .iter()
+        .filter(|p| p.status == BatchStatus::Completed)
+        .count();
+    assert_eq!(resumed.len(), 16 - done_before);
+    assert_eq!(manager.counts.write_count, 800 - written_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_manager_stops_the_run_and_a_restart_resumes_it_postgres() {
+    a_stopped_manager_stops_the_run_and_a_restart_resumes_it(Backend::Postgres).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_manager_stops_the_run_and_a_restart_resumes_it_mysql() {
+    a_stopped_manager_stops_the_run_and_a_restart_resumes_it(Backend::Mysql).await;
+}
