@@ -175,8 +175,8 @@ impl ClaimSource for JoinSource<'_> {
                 manager.step_name, manager.status
             )));
         }
-        let partitions = env.repo.partitions(manager.id).await?;
-        if partitions.is_empty() {
+        let partitions = env.repo.partition_statuses(manager.id).await?;
+        if partitions.total() == 0 {
             // Partitions not created yet, or the step runs unpartitioned (its checkpoint says).
             let context: serde_json::Value =
                 serde_json::from_str(&manager.execution_context).unwrap_or_default();
@@ -189,10 +189,7 @@ impl ClaimSource for JoinSource<'_> {
         }
         // Running partitions held by others keep this worker: if their owner dies, their lease
         // expires and this worker resumes them (and takes the instance over if the manager died).
-        if partitions
-            .iter()
-            .all(|p| !matches!(p.status, BatchStatus::Starting | BatchStatus::Started))
-        {
+        if partitions.waiting == 0 && partitions.running == 0 {
             return Ok(self.leave(format!(
                 "every partition of {} has ended; nothing left to claim",
                 manager.step_name

@@ -43,6 +43,28 @@ pub struct LeaseLost {
     pub owner: String,
 }
 
+/// How many partitions of a step are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionStatuses {
+    /// Not claimed (STARTING): new, or released by a stopped worker.
+    pub waiting: i64,
+    /// Claimed and running (STARTED), whether or not their owner still renews the lease.
+    pub running: i64,
+    /// COMPLETED.
+    pub completed: i64,
+    /// FAILED.
+    pub failed: i64,
+    /// Any other status (STOPPED: closed with their step).
+    pub other: i64,
+}
+
+impl PartitionStatuses {
+    /// All partitions.
+    pub fn total(&self) -> i64 {
+        self.waiting + self.running + self.completed + self.failed + self.other
+    }
+}
+
 /// The row name of partition `index` of `step`.
 pub fn partition_name(step: &str, index: u32) -> String {
     format!("{step}:partition{index}")
@@ -58,6 +80,29 @@ impl JobRepository {
             .select(StepExecution::as_select())
             .load(c)
             .await)?)
+    }
+
+    /// How many partitions of a manager step execution are in each status (one indexed
+    /// aggregate: what idle workers poll, however many partitions there are).
+    pub async fn partition_statuses(&self, manager_id: i64) -> Result<PartitionStatuses, DbError> {
+        let mut conn = self.db.get().await?;
+        let rows: Vec<(String, i64)> = dispatch!(&mut *conn, c => s::table
+            .filter(s::partition_of.eq(manager_id))
+            .group_by(s::status)
+            .select((s::status, diesel::dsl::count_star()))
+            .load(c)
+            .await)?;
+        let mut out = PartitionStatuses::default();
+        for (status, n) in rows {
+            match status.parse().unwrap_or(BatchStatus::Unknown) {
+                BatchStatus::Starting => out.waiting += n,
+                BatchStatus::Started => out.running += n,
+                BatchStatus::Completed => out.completed += n,
+                BatchStatus::Failed => out.failed += n,
+                _ => out.other += n,
+            }
+        }
+        Ok(out)
     }
 
     /// Creates the partitions of a manager step execution, STARTING (unclaimed), in one

@@ -20,7 +20,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable};
 use serde_json::json;
 
-use super::worker::{ClaimSource, WorkerEnv, work};
+use super::worker::{ClaimSource, MANAGER_MAX_POLL, WorkerEnv, work};
 use super::{ReadScope, Step, StepContext, StepOutcome};
 use crate::repository::{BatchStatus, NewPartition, StepCounts};
 
@@ -386,10 +386,11 @@ impl ClaimSource for ManagerSource<'_> {
     }
 
     async fn finished(&self, env: &WorkerEnv) -> anyhow::Result<bool> {
-        let rows = env.repo.partitions(self.manager).await?;
-        let running = rows.iter().any(|r| r.status == BatchStatus::Started);
-        let waiting = rows.iter().any(|r| r.status == BatchStatus::Starting);
-        let failed = rows.iter().any(|r| r.status == BatchStatus::Failed);
-        Ok(!running && (!waiting || failed))
+        let s = env.repo.partition_statuses(self.manager).await?;
+        Ok(s.running == 0 && (s.waiting == 0 || s.failed > 0))
+    }
+
+    fn max_poll(&self) -> Duration {
+        MANAGER_MAX_POLL
     }
 }

@@ -18,8 +18,18 @@ use crate::listener::{JobListener, JobRunInfo, Listeners, PartitionEvent};
 use crate::repository::{BatchStatus, JobRepository, LeaseLost, StepExecution, StepProgress};
 use crate::result::StepResult;
 
-/// How long a slot with nothing to claim waits before it looks again.
-const POLL: Duration = Duration::from_millis(500);
+/// How long a slot with nothing to claim first waits before it looks again; each empty look
+/// doubles the wait, up to [`MAX_POLL`], and a claim resets it. So the step's end (and a lost
+/// worker's expired lease) is noticed within 100 ms while work moves fast, and an idle slot costs
+/// the database a few indexed queries per second at most.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The longest wait of an idle joined worker's slot (a manager's: [`MANAGER_MAX_POLL`]).
+const MAX_POLL: Duration = Duration::from_millis(1600);
+
+/// The longest wait of an idle slot of the manager, which ends the step once the last
+/// partition ends.
+pub(crate) const MANAGER_MAX_POLL: Duration = Duration::from_millis(400);
 
 /// Where a worker slot finds partitions, and when it is done.
 #[async_trait]
@@ -28,6 +38,11 @@ pub(crate) trait ClaimSource: Send + Sync {
     async fn managers(&self, env: &WorkerEnv) -> anyhow::Result<Vec<(i64, &PartitionedStep)>>;
     /// Whether there is nothing more to wait for (asked when nothing could be claimed).
     async fn finished(&self, env: &WorkerEnv) -> anyhow::Result<bool>;
+
+    /// The longest wait of an idle slot between two looks.
+    fn max_poll(&self) -> Duration {
+        MAX_POLL
+    }
 }
 
 /// What the workers of one process share: the run, the leases they hold, what they did.
@@ -111,10 +126,12 @@ impl WorkerEnv {
         }
     }
 
-    /// Waits `POLL` or until the run is stopped.
-    pub(crate) async fn pause(&self) {
+    /// Waits after the `idle`-th empty look in a row (see [`POLL`]), at most `max`, or until
+    /// the run is stopped.
+    pub(crate) async fn pause(&self, idle: u32, max: Duration) {
+        let wait = POLL.saturating_mul(1 << idle.min(8)).min(max);
         tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = self.cancel.cancelled() => {}
         }
     }
@@ -165,6 +182,7 @@ pub(crate) async fn work(env: &WorkerEnv, source: &dyn ClaimSource) {
 }
 
 async fn slot(env: &WorkerEnv, source: &dyn ClaimSource) {
+    let mut idle = 0u32;
     while !env.cancelled() {
         let claimed = async {
             let managers = source.managers(env).await?;
@@ -187,18 +205,26 @@ async fn slot(env: &WorkerEnv, source: &dyn ClaimSource) {
         }
         .await;
         match claimed {
-            Ok(Some((row, step))) => run_partition(env, step, row).await,
+            Ok(Some((row, step))) => {
+                idle = 0;
+                run_partition(env, step, row).await;
+            }
             Ok(None) => match source.finished(env).await {
                 Ok(true) => return,
-                Ok(false) => env.pause().await,
+                Ok(false) => {
+                    env.pause(idle, source.max_poll()).await;
+                    idle += 1;
+                }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "could not read the partitions; trying again");
-                    env.pause().await;
+                    env.pause(idle, source.max_poll()).await;
+                    idle += 1;
                 }
             },
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "could not claim a partition; trying again");
-                env.pause().await;
+                env.pause(idle, source.max_poll()).await;
+                idle += 1;
             }
         }
     }
