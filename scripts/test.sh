@@ -14,3 +14,6 @@ python3 scripts/module_cycles.py .
 # Adding the example domain touched its folder and the launcher's registration lines only.
 python3 scripts/domain_footprint.py . batch-example
 cargo test --workspace --all-targets "${FEATURES[@]}"
+# The deployment examples (Kubernetes manifests, Dockerfile) offline against the Kubernetes
+# schemas, and each workload's command through the launcher the tests just built.
+BATCH_LAUNCHER_BIN="$PWD/target/debug/batch-launcher" scripts/check_deploy.sh
