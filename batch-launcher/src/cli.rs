@@ -75,6 +75,21 @@ pub struct JenkinsfileArgs {
     /// Write the pipeline to this file instead of stdout.
     #[arg(long, value_name = "PATH")]
     pub output: Option<PathBuf>,
+
+    /// The parallel pipeline: N worker stages (2 to 64), each on an agent of its own, all running
+    /// `run <JOB> --join --partitions P --workers 2` to share the partitions of the job's
+    /// partitioned steps. PostgreSQL or MySQL/MariaDB only (SQLite refuses --join).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub workers: Option<u32>,
+
+    /// Partitions of each partitioned step in the parallel pipeline (at least N; default 4 × N).
+    #[arg(
+        long,
+        value_name = "P",
+        requires = "workers",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub partitions: Option<u32>,
 }
 
 /// Arguments of `fake-asset-api`.

@@ -55,9 +55,7 @@ pub async fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<ExitCode> 
         Command::Recover(args) => recover_cmd(registry, &props, args).await,
         Command::Purge(args) => purge_cmd(registry, &props, args).await,
         Command::FakeAssetApi(args) => fake_asset_api_cmd(args).await,
-        Command::Jenkinsfile(args) => {
-            crate::jenkins::jenkinsfile_cmd(registry, &props, &args.job, args.output.as_deref())
-        }
+        Command::Jenkinsfile(args) => crate::jenkins::jenkinsfile_cmd(registry, &props, &args),
     }
 }
 

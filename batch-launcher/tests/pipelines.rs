@@ -4,9 +4,13 @@
 //! descriptor's parameters, its module's deployment settings, its `[schedule]` default and
 //! `batch.timezone` — and its `jenkins/run-job.sh` call runs through the real binary with
 //! `--validate-only` for representative values of every parameter (derived from the parameter's
-//! kind), while broken variants are refused. The checked-in pipelines (`Jenkinsfile`,
-//! `jenkins/*.Jenkinsfile`) must be the generator's output byte for byte. jenkins/README.md
-//! describes what is checked.
+//! kind), while broken variants are refused. The parallel variant (`jenkinsfile <JOB> --workers
+//! N`) of every job gets the same checks, plus its worker stages', and each worker's call runs
+//! through the script and the binary too. The checked-in pipelines (`Jenkinsfile`,
+//! `jenkins/*.Jenkinsfile`, `jenkins/*.parallel.Jenkinsfile`) must be the generator's output
+//! byte for byte; one of them is named here, because it must exist: the parallel pipeline of
+//! pointBalanceSyncJob with 4 workers ([`CHECKED_IN_PARALLEL`]). jenkins/README.md describes
+//! what is checked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -21,6 +25,13 @@ use crate::{launcher, text};
 
 /// The result file the launcher call writes and the pipeline archives.
 const RESULT_FILE: &str = "result.json";
+
+/// The parallel pipeline that must be checked in: `jenkins/<JOB>.parallel.Jenkinsfile`, the
+/// output of `jenkinsfile <JOB> --workers <N>` with the built-in defaults.
+const CHECKED_IN_PARALLEL: (&str, u32) = ("pointBalanceSyncJob", 4);
+
+/// The worker stages of the parallel pipelines generated for every job here.
+const TEST_WORKERS: u32 = 3;
 
 /// Values tried against a [`ParamKind::Custom`] validator to find one it accepts (and one it
 /// refuses). A validator that accepts none of them is only run with an empty value.
@@ -72,6 +83,8 @@ struct JobPipeline {
     timezone: String,
     /// The generated pipeline.
     text: String,
+    /// The parallel variant's shape, or `None` for the single pipeline.
+    parallel: Option<jenkins::Parallel>,
 }
 
 impl JobPipeline {
@@ -104,9 +117,37 @@ fn job_pipelines() -> Vec<JobPipeline> {
                 timezone: props.batch.timezone.to_string(),
                 text: jenkins::pipeline_for(&registry, &props, job)
                     .unwrap_or_else(|e| panic!("no pipeline for {job}: {e:#}")),
+                parallel: None,
             }
         })
         .collect()
+}
+
+/// Every registered job's generated parallel pipeline with `workers` stages and `partitions`
+/// (default: the generator's).
+fn parallel_pipelines(workers: u32, partitions: Option<u32>) -> Vec<JobPipeline> {
+    let registry = Registry::default();
+    let props = defaults(&registry);
+    let parallel = jenkins::Parallel::new(workers, partitions).expect("a valid shape");
+    job_pipelines()
+        .into_iter()
+        .map(|p| {
+            let job = p.job();
+            JobPipeline {
+                text: jenkins::parallel_pipeline_for(&registry, &props, job, parallel)
+                    .unwrap_or_else(|e| panic!("no parallel pipeline for {job}: {e:#}")),
+                parallel: Some(parallel),
+                ..p
+            }
+        })
+        .collect()
+}
+
+/// Both variants of every registered job's pipeline.
+fn all_pipelines() -> Vec<JobPipeline> {
+    let mut all = job_pipelines();
+    all.extend(parallel_pipelines(TEST_WORKERS, None));
+    all
 }
 
 fn strip_comments(text: &str) -> String {
@@ -323,9 +364,9 @@ fn environment(code: &str) -> Result<BTreeMap<String, EnvValue>, String> {
     Ok(out)
 }
 
-/// The words after `jenkins/run-job.sh` of the pipeline's one call: a single-quoted shell
-/// script of plain words (no Groovy or shell expansion), so what is run here is what Jenkins runs.
-fn run_call(code: &str) -> Result<Vec<String>, String> {
+/// The words after `jenkins/run-job.sh` of each call in `code`: a single-quoted shell script of
+/// plain words (no Groovy or shell expansion), so what is run here is what Jenkins runs.
+fn run_calls(code: &str) -> Result<Vec<Vec<String>>, String> {
     let mut found = Vec::new();
     for line in code.lines() {
         if line.contains("release/batch-launcher") || line.contains("cargo run") {
@@ -359,6 +400,12 @@ fn run_call(code: &str) -> Result<Vec<String>, String> {
                 .collect(),
         );
     }
+    Ok(found)
+}
+
+/// The words after `jenkins/run-job.sh` of the pipeline's one call.
+fn run_call(code: &str) -> Result<Vec<String>, String> {
+    let mut found = run_calls(code)?;
     match found.len() {
         1 => Ok(found.remove(0)),
         n => Err(format!("{n} jenkins/run-job.sh calls, want one")),
@@ -497,18 +544,6 @@ fn structure_problems(p: &JobPipeline, code: &str) -> Vec<String> {
         }
     };
 
-    // The call: `jenkins/run-job.sh <JOB> --result-file result.json`.
-    match run_call(code) {
-        Err(e) => need(false, e),
-        Ok(words) => need(
-            words == [job, "--result-file", RESULT_FILE],
-            format!(
-                "the call is `jenkins/run-job.sh {}`, want `{job} --result-file {RESULT_FILE}`",
-                words.join(" ")
-            ),
-        ),
-    }
-
     // Trigger: the `[schedule]` default in TZ=batch.timezone; none when off or absent, or when
     // a parameter is required (a scheduled build would fail).
     let required: Vec<&str> = p
@@ -579,11 +614,6 @@ fn structure_problems(p: &JobPipeline, code: &str) -> Vec<String> {
     need(
         matches!(timeout, Some((n, "MINUTES" | "HOURS")) if n > 0),
         "no `timeout(time: N, unit: 'MINUTES')` in options".into(),
-    );
-    need(
-        code.lines()
-            .any(|l| l.trim() == "sh 'cargo build --release --locked -p batch-launcher'"),
-        "no `sh 'cargo build --release --locked -p batch-launcher'`".into(),
     );
 
     // Parameters: one per declared job parameter, then RERUN.
@@ -700,24 +730,7 @@ fn structure_problems(p: &JobPipeline, code: &str) -> Vec<String> {
         }
     }
 
-    // The result file: not left from an earlier build, archived, summarized.
-    let post = block(code, "post").unwrap_or("");
-    let always = block(post, "always").unwrap_or("");
-    need(
-        code.contains(&format!("sh 'rm -f {RESULT_FILE}'")),
-        format!("no `sh 'rm -f {RESULT_FILE}'` before the run"),
-    );
-    need(
-        always.contains(&format!(
-            "archiveArtifacts artifacts: '{RESULT_FILE}', allowEmptyArchive: true"
-        )),
-        format!("post {{ always }} does not archiveArtifacts '{RESULT_FILE}'"),
-    );
-    need(
-        always.contains("summary = resultSummary()")
-            && code.contains(&format!("formatResult(readJSON(file: '{RESULT_FILE}'))")),
-        "post { always } does not summarize result.json (resultSummary/formatResult)".into(),
-    );
+    let post = pipeline_post(code).unwrap_or("");
     for (section, color) in [
         ("success", "good"),
         ("unstable", "warning"),
@@ -734,11 +747,225 @@ fn structure_problems(p: &JobPipeline, code: &str) -> Vec<String> {
             format!("no slackSend with color '{color}' and the summary in post {{ {section} }}"),
         );
     }
-    problems.extend(
-        exit_code_problems(code)
-            .into_iter()
-            .map(|e| format!("{job}: {e}")),
+    let variant = match p.parallel {
+        None => single_problems(job, code),
+        Some(parallel) => parallel_problems(job, parallel, code),
+    };
+    problems.extend(variant.into_iter().map(|e| format!("{job}: {e}")));
+    problems
+}
+
+/// What is wrong with the single pipeline's own part: its one call, its Build stage, its
+/// result file and exit-code mapping.
+fn single_problems(job: &str, code: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut need = |ok: bool, what: String| {
+        if !ok {
+            problems.push(what);
+        }
+    };
+    // The call: `jenkins/run-job.sh <JOB> --result-file result.json`.
+    match run_call(code) {
+        Err(e) => need(false, e),
+        Ok(words) => need(
+            words == [job, "--result-file", RESULT_FILE],
+            format!(
+                "the call is `jenkins/run-job.sh {}`, want `{job} --result-file {RESULT_FILE}`",
+                words.join(" ")
+            ),
+        ),
+    }
+    need(
+        code.lines()
+            .any(|l| l.trim() == "sh 'cargo build --release --locked -p batch-launcher'"),
+        "no `sh 'cargo build --release --locked -p batch-launcher'`".into(),
     );
+
+    // The result file: not left from an earlier build, archived, summarized.
+    let post = pipeline_post(code).unwrap_or("");
+    let always = block(post, "always").unwrap_or("");
+    need(
+        code.contains(&format!("sh 'rm -f {RESULT_FILE}'")),
+        format!("no `sh 'rm -f {RESULT_FILE}'` before the run"),
+    );
+    need(
+        always.contains(&format!(
+            "archiveArtifacts artifacts: '{RESULT_FILE}', allowEmptyArchive: true"
+        )),
+        format!("post {{ always }} does not archiveArtifacts '{RESULT_FILE}'"),
+    );
+    need(
+        always.contains("summary = resultSummary()")
+            && code.contains(&format!("formatResult(readJSON(file: '{RESULT_FILE}'))")),
+        "post { always } does not summarize result.json (resultSummary/formatResult)".into(),
+    );
+    problems.extend(exit_code_problems(code));
+    problems
+}
+
+/// The pipeline's own `post` block (not a stage's).
+fn pipeline_post(code: &str) -> Option<&str> {
+    let at = code.find("\n    post {")?;
+    block(&code[at..], "post")
+}
+
+/// What is wrong with the parallel pipeline's own part: a Run stage of `parallel` worker stages
+/// `worker 1` .. `worker N` (see [`worker_problems`]), and `post { always }` unstashing their
+/// result files and summarizing them, JOINED workers apart.
+fn parallel_problems(job: &str, parallel: jenkins::Parallel, code: &str) -> Vec<String> {
+    let n = parallel.workers();
+    let mut problems = Vec::new();
+    let stages = block(code, "stage('Run')").and_then(|r| block(r, "parallel"));
+    if stages.is_none() {
+        problems.push("no `stage('Run') { parallel { ... } }`".to_owned());
+    }
+    let stages = stages.unwrap_or("");
+    let names: Vec<String> = stages
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("stage('")?.split_once("')"))
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let want: Vec<String> = (1..=n).map(|i| format!("worker {i}")).collect();
+    if names != want {
+        problems.push(format!(
+            "the parallel worker stages are {names:?}, want {n}: {want:?}"
+        ));
+    }
+    match run_calls(code) {
+        Err(e) => problems.push(e),
+        Ok(calls) if calls.len() != n as usize => problems.push(format!(
+            "{} jenkins/run-job.sh calls, want one per worker stage ({n})",
+            calls.len()
+        )),
+        Ok(_) => {}
+    }
+    for i in 1..=n {
+        if let Some(stage) = block(stages, &format!("stage('worker {i}')")) {
+            problems.extend(
+                worker_problems(job, parallel, i, stage)
+                    .into_iter()
+                    .map(|e| format!("worker {i}: {e}")),
+            );
+        }
+    }
+
+    let always = pipeline_post(code)
+        .and_then(|post| block(post, "always"))
+        .unwrap_or("");
+    let mut need = |ok: bool, what: String| {
+        if !ok {
+            problems.push(what);
+        }
+    };
+    need(
+        always.contains("sh 'rm -f result-*.json'"),
+        "post { always } does not `sh 'rm -f result-*.json'` (an earlier build's files) before unstashing".into(),
+    );
+    need(
+        always.contains(&format!("for (int i = 1; i <= {n}; i++) {{"))
+            && always.contains("unstash \"result-${i}\""),
+        format!("post {{ always }} does not unstash result-1 .. result-{n}"),
+    );
+    need(
+        always.contains(&format!("summary = resultSummary({n})")),
+        format!(
+            "post {{ always }} does not summarize the {n} result files: summary = resultSummary({n})"
+        ),
+    );
+    need(
+        [
+            "String file = \"result-${i}.json\"",
+            "readJSON(file: file)",
+            "r.status == 'JOINED'",
+            "formatJoined(r)",
+            "formatResult(r)",
+        ]
+        .iter()
+        .all(|c| code.contains(c)),
+        "resultSummary does not summarize each result file (readJSON), JOINED workers apart".into(),
+    );
+    problems
+}
+
+/// What is wrong with worker `i`'s stage: an agent of its own, the release build, its result
+/// file removed, then its one call `jenkins/run-job.sh <JOB> --join --partitions P --workers 2
+/// --result-file result-<i>.json` (with RERUN=false but for worker 1) and its exit code mapped;
+/// `post { always }` archiving and stashing the result file.
+fn worker_problems(job: &str, parallel: jenkins::Parallel, i: u32, stage: &str) -> Vec<String> {
+    let file = jenkins::Parallel::result_file(i);
+    let partitions = parallel.partitions().to_string();
+    let workers = jenkins::PROCESS_WORKERS.to_string();
+    let want = [
+        job,
+        "--join",
+        "--partitions",
+        &partitions,
+        "--workers",
+        &workers,
+        "--result-file",
+        &file,
+    ];
+    let mut problems = Vec::new();
+    let mut need = |ok: bool, what: String| {
+        if !ok {
+            problems.push(what);
+        }
+    };
+    need(
+        stage.lines().any(|l| l.trim() == "agent any"),
+        "no `agent any`: each worker needs an agent (executor) of its own".into(),
+    );
+    let steps = block(stage, "steps").unwrap_or("");
+    need(
+        steps
+            .lines()
+            .any(|l| l.trim() == "sh 'cargo build --release --locked -p batch-launcher'"),
+        "no `sh 'cargo build --release --locked -p batch-launcher'` in its steps".into(),
+    );
+    need(
+        steps.contains(&format!("sh 'rm -f {file}'")),
+        format!("no `sh 'rm -f {file}'` before the run"),
+    );
+    match run_call(steps) {
+        Err(e) => need(false, e),
+        Ok(words) => need(
+            words == want,
+            format!(
+                "the call is `jenkins/run-job.sh {}`, want `{}`",
+                words.join(" "),
+                want.join(" ")
+            ),
+        ),
+    }
+    // RERUN is worker 1's: the others' call runs inside withEnv(['RERUN=false']).
+    let rerun_off = block(stage, "withEnv(['RERUN=false'])");
+    if i == 1 {
+        need(
+            !stage.contains("withEnv("),
+            "worker 1 must run with the build's RERUN (no withEnv)".into(),
+        );
+    } else {
+        need(
+            rerun_off.is_some_and(|b| b.contains("'jenkins/run-job.sh ")),
+            "its call must run inside withEnv(['RERUN=false']): RERUN is worker 1's".into(),
+        );
+    }
+    let always = block(stage, "post")
+        .and_then(|post| block(post, "always"))
+        .unwrap_or("");
+    need(
+        always.contains(&format!(
+            "archiveArtifacts artifacts: '{file}', allowEmptyArchive: true"
+        )),
+        format!("post {{ always }} does not archiveArtifacts '{file}'"),
+    );
+    need(
+        always.contains(&format!(
+            "stash name: 'result-{i}', includes: '{file}', allowEmpty: true"
+        )),
+        format!("post {{ always }} does not stash '{file}' as result-{i}"),
+    );
+    problems.extend(exit_code_problems(steps));
     problems
 }
 
@@ -796,18 +1023,38 @@ fn exit_code_problems(code: &str) -> Vec<String> {
     problems
 }
 
+/// The `jenkinsfile` command line that generates `p`'s pipeline, after `batch-launcher`.
+fn command_of(p: &JobPipeline) -> String {
+    match p.parallel {
+        None => format!("jenkinsfile {}", p.job()),
+        Some(par) => format!(
+            "jenkinsfile {} --workers {} --partitions {}",
+            p.job(),
+            par.workers(),
+            par.partitions()
+        ),
+    }
+}
+
 #[test]
 fn generated_pipelines_have_the_structure_of_their_job() {
     let mut problems = Vec::new();
-    for p in job_pipelines() {
+    for p in all_pipelines() {
         problems.extend(structure_problems(&p, &p.code()));
         let header = p.text.lines().next().unwrap_or("");
-        if !header.contains(&format!(
-            "GENERATED by `batch-launcher jenkinsfile {}`",
-            p.job()
-        )) {
+        let command = command_of(&p);
+        if !header.contains(&format!("GENERATED by `batch-launcher {command}`;")) {
             problems.push(format!(
-                "{}: the header does not say it is generated: {header}",
+                "{}: the header does not say it is generated by `{command}`: {header}",
+                p.job()
+            ));
+        }
+        // The parallel variant says what it needs in its header: a database for --join.
+        if p.parallel.is_some()
+            && !(p.text.contains("PostgreSQL or MySQL/MariaDB") && p.text.contains("SQLite"))
+        {
+            problems.push(format!(
+                "{}: the parallel pipeline's header does not say that --join needs PostgreSQL or MySQL/MariaDB, not SQLite",
                 p.job()
             ));
         }
@@ -821,13 +1068,96 @@ fn generated_pipelines_have_the_structure_of_their_job() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// Breaks of a parallel pipeline with `par`'s shape: (from, to, a word of the problem).
+fn parallel_breaks(par: jenkins::Parallel) -> Vec<(String, String, String)> {
+    let (n, partitions) = (par.workers(), par.partitions());
+    [
+        (
+            format!("stage('worker {n}')"),
+            format!("stage('worker {}')", n + 1),
+            "worker stages",
+        ),
+        ("parallel {".into(), "sequential {".into(), "parallel"),
+        (
+            format!(" --partitions {partitions} "),
+            format!(" --partitions {} ", partitions + 1),
+            "the call is",
+        ),
+        (" --join ".into(), " ".into(), "the call is"),
+        (
+            " --workers 2 ".into(),
+            " --workers 3 ".into(),
+            "the call is",
+        ),
+        (
+            "stage('worker 2') {\n                    agent any".into(),
+            "stage('worker 2') {\n                    agent none".into(),
+            "agent any",
+        ),
+        (
+            "withEnv(['RERUN=false'])".into(),
+            "withEnv(['RERUN=true'])".into(),
+            "RERUN",
+        ),
+        (
+            "sh 'rm -f result-1.json'".into(),
+            "sh 'rm -f result-1.json'; withEnv(['RERUN=false']) { echo 'x' }".into(),
+            "worker 1 must run with the build's RERUN",
+        ),
+        (
+            "stash name: 'result-1'".into(),
+            "stash name: 'result-x'".into(),
+            "stash",
+        ),
+        (
+            "unstash \"result-${i}\"".into(),
+            "echo \"result-${i}\"".into(),
+            "unstash",
+        ),
+        (format!("i <= {n}; i++"), "i <= 1; i++".into(), "unstash"),
+        (
+            format!("summary = resultSummary({n})"),
+            format!("summary = resultSummary({})", n - 1),
+            "resultSummary",
+        ),
+        (
+            "sh 'rm -f result-*.json'".into(),
+            "sh 'true'".into(),
+            "rm -f",
+        ),
+        (
+            "r.status == 'JOINED'".into(),
+            "r.status == 'NOOP'".into(),
+            "JOINED",
+        ),
+        (
+            "archiveArtifacts artifacts: 'result-2.json'".into(),
+            "archiveArtifacts artifacts: 'result-1.json'".into(),
+            "archiveArtifacts 'result-2.json'",
+        ),
+        (
+            "case 3: unstable('worker 2".into(),
+            "case 3: echo('worker 2".into(),
+            "worker 2: exit code 3",
+        ),
+    ]
+    .into_iter()
+    .map(|(a, b, c)| (a, b, c.to_owned()))
+    .collect()
+}
+
 /// The structure checks can fail: each break of each job's pipeline is reported.
 #[test]
 fn broken_pipelines_fail_the_structure_checks() {
-    for p in job_pipelines() {
+    for p in all_pipelines() {
         let job = p.job();
         let code = p.code();
         assert!(structure_problems(&p, &code).is_empty(), "{job}");
+        // The (first) result file.
+        let file = match p.parallel {
+            None => RESULT_FILE.to_owned(),
+            Some(_) => jenkins::Parallel::result_file(1),
+        };
         let mut breaks: Vec<(String, String, String)> = [
             ("disableConcurrentBuilds()", "", "disableConcurrentBuilds"),
             ("timeout(time: ", "timeout(after: ", "timeout"),
@@ -847,8 +1177,6 @@ fn broken_pipelines_fail_the_structure_checks() {
             ),
             ("archiveArtifacts", "echo", "archiveArtifacts"),
             ("readJSON(", "readYaml(", "summarize"),
-            ("sh 'rm -f result.json'", "sh 'true'", "rm -f"),
-            (" --result-file result.json'", "'", "the call is"),
             (
                 "cargo build --release --locked",
                 "cargo build",
@@ -888,6 +1216,19 @@ fn broken_pipelines_fail_the_structure_checks() {
         ]
         .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
         .to_vec();
+        breaks.push((
+            format!("sh 'rm -f {file}'"),
+            "sh 'true'".into(),
+            "rm -f".into(),
+        ));
+        breaks.push((
+            format!(" --result-file {file}'"),
+            "'".into(),
+            "the call is".into(),
+        ));
+        if let Some(par) = p.parallel {
+            breaks.extend(parallel_breaks(par));
+        }
         breaks.push((
             format!("jenkins/run-job.sh {job} "),
             format!("jenkins/run-job.sh {job}s "),
@@ -1008,24 +1349,63 @@ fn checked_in_pipelines() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The `--workers N --partitions P` a parallel pipeline's first line names.
+fn header_shape(text: &str) -> Option<(u32, u32)> {
+    let line = text.lines().next()?;
+    let number = |flag: &str| -> Option<u32> {
+        let (_, rest) = line.split_once(flag)?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((number("--workers ")?, number("--partitions ")?))
+}
+
 /// Every checked-in pipeline is the generator's output for its job (with the built-in
-/// defaults): they cannot drift from the jobs, the config defaults or the generator.
+/// defaults): they cannot drift from the jobs, the config defaults or the generator. A
+/// `jenkins/<JOB>.parallel.Jenkinsfile` is the parallel pipeline its first line names; the one
+/// of [`CHECKED_IN_PARALLEL`] must be there, generated with the default partitions.
 #[test]
 fn checked_in_pipelines_are_the_generated_ones() {
-    let generated: BTreeMap<&str, JobPipeline> =
-        job_pipelines().into_iter().map(|p| (p.job(), p)).collect();
+    let registry = Registry::default();
+    let props = defaults(&registry);
     let files = checked_in_pipelines();
     assert!(
         files.iter().any(|(f, _)| f == "Jenkinsfile"),
         "no root Jenkinsfile"
     );
+    let (must_job, must_workers) = CHECKED_IN_PARALLEL;
+    let must_file = format!("jenkins/{must_job}.parallel.Jenkinsfile");
+    let must_command = format!("jenkinsfile {must_job} --workers {must_workers}");
+    assert!(
+        files.iter().any(|(f, _)| *f == must_file),
+        "no {must_file}: generate it with\n  \
+         env -u BATCH_CONFIG cargo run -q -p batch-launcher -- {must_command} > {must_file}"
+    );
     let mut problems = Vec::new();
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    // (job, parallel?) → file
+    let mut seen: BTreeMap<(String, bool), String> = BTreeMap::new();
     for (file, text) in &files {
-        let job = match file.strip_prefix("jenkins/") {
-            Some(name) => name.trim_end_matches(".Jenkinsfile").to_owned(),
+        // The job and the variant: from the file name, or the root file's call.
+        let (job, shape) = match file
+            .strip_prefix("jenkins/")
+            .map(|n| n.trim_end_matches(".Jenkinsfile"))
+        {
+            Some(name) => match name.strip_suffix(".parallel") {
+                None => (name.to_owned(), None),
+                Some(job) => match header_shape(text) {
+                    Some(shape) => (job.to_owned(), Some(shape)),
+                    None => {
+                        problems.push(format!(
+                            "{file}: its first line does not name `jenkinsfile {job} --workers N --partitions P`"
+                        ));
+                        continue;
+                    }
+                },
+            },
             None => match run_call(&strip_comments(text)) {
-                Ok(words) if !words.is_empty() => words[0].clone(),
+                Ok(words) if !words.is_empty() => (words[0].clone(), None),
                 _ => {
                     problems.push(format!(
                         "{file}: no `jenkins/run-job.sh <JOB>` call names its job"
@@ -1034,27 +1414,62 @@ fn checked_in_pipelines_are_the_generated_ones() {
                 }
             },
         };
-        if let Some(other) = seen.insert(job.clone(), file.clone()) {
-            problems.push(format!("{job} has two pipelines: {other} and {file}"));
+        if let Some(other) = seen.insert((job.clone(), shape.is_some()), file.clone()) {
+            let what = if shape.is_some() { "parallel " } else { "" };
+            problems.push(format!("{job} has two {what}pipelines: {other} and {file}"));
         }
-        let Some(p) = generated.get(job.as_str()) else {
+        if registry.find(&job).is_none() {
             problems.push(format!(
                 "{file}: `{job}` is not a registered job (known: {})",
-                generated.keys().copied().collect::<Vec<_>>().join(", ")
+                registry.names()
             ));
             continue;
+        }
+        let (want, command) = match shape {
+            None => (
+                jenkins::pipeline_for(&registry, &props, &job),
+                format!("jenkinsfile {job}"),
+            ),
+            Some((workers, partitions)) => {
+                let parallel = match jenkins::Parallel::new(workers, Some(partitions)) {
+                    Ok(parallel) => parallel,
+                    Err(e) => {
+                        problems.push(format!("{file}: {e}"));
+                        continue;
+                    }
+                };
+                let command = if *file == must_file {
+                    must_command.clone()
+                } else {
+                    format!("jenkinsfile {job} --workers {workers} --partitions {partitions}")
+                };
+                (
+                    jenkins::parallel_pipeline_for(&registry, &props, &job, parallel),
+                    command,
+                )
+            }
         };
-        if *text != p.text {
+        let want = want.unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        if *file == must_file
+            && shape != Some((must_workers, must_workers * jenkins::PARTITIONS_PER_STAGE))
+        {
+            problems.push(format!(
+                "{file} must be the output of `{must_command}` (the default partitions), not of {shape:?}: regenerate it with\n  \
+                 env -u BATCH_CONFIG cargo run -q -p batch-launcher -- {must_command} > {file}"
+            ));
+            continue;
+        }
+        if *text != want {
             let (n, (have, want)) = text
                 .lines()
                 .chain(std::iter::repeat("<end of file>"))
-                .zip(p.text.lines().chain(std::iter::repeat("<end of file>")))
+                .zip(want.lines().chain(std::iter::repeat("<end of file>")))
                 .enumerate()
                 .find(|(_, (a, b))| a != b)
                 .unwrap_or((0, ("", "")));
             problems.push(format!(
                 "{file} is not the generated pipeline of {job}: regenerate it with\n  \
-                 env -u BATCH_CONFIG cargo run -q -p batch-launcher -- jenkinsfile {job} > {file}\n\
+                 env -u BATCH_CONFIG cargo run -q -p batch-launcher -- {command} > {file}\n\
                  (no BATCH_* variables, no config file). First difference, line {}:\n  have: {have}\n  want: {want}",
                 n + 1
             ));
@@ -1118,6 +1533,76 @@ fn jenkinsfile_command_prints_the_pipelines() {
     for p in &pipelines {
         assert!(err.contains(p.job()), "{err}");
     }
+}
+
+/// `jenkinsfile <JOB> --workers N [--partitions P]` prints (or writes) the generator's parallel
+/// pipeline, whose header names the shape that makes it again, and refuses a bad shape with
+/// exit 2, naming the flag and printing no pipeline.
+#[test]
+fn jenkinsfile_command_prints_the_parallel_pipelines() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = TEST_WORKERS.to_string();
+    for p in parallel_pipelines(TEST_WORKERS, None) {
+        let job = p.job();
+        let o = launcher(dir.path(), &["jenkinsfile", job, "--workers", &n], &[]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{job}: {err}");
+        assert!(
+            out == p.text,
+            "{job}: `jenkinsfile {job} --workers {n}` differs from the generator's output"
+        );
+        assert_eq!(
+            header_shape(&out),
+            Some((TEST_WORKERS, TEST_WORKERS * jenkins::PARTITIONS_PER_STAGE)),
+            "{job}"
+        );
+    }
+    for p in parallel_pipelines(2, Some(5)) {
+        let job = p.job();
+        let file = dir.path().join(format!("{job}.parallel.Jenkinsfile"));
+        let args = [
+            "jenkinsfile",
+            job,
+            "--workers",
+            "2",
+            "--partitions",
+            "5",
+            "--output",
+            file.to_str().unwrap(),
+        ];
+        let o = launcher(dir.path(), &args, &[]);
+        assert_eq!(o.status.code(), Some(0), "{job}: {}", text(&o).1);
+        assert!(
+            read(&file) == p.text,
+            "{job}: {args:?} wrote something else"
+        );
+        assert_eq!(header_shape(&p.text), Some((2, 5)), "{job}");
+    }
+    let job = job_pipelines()[0].job();
+    for (args, flag) in [
+        (&["--workers", "1"][..], "--workers"),
+        (&["--workers", "65"], "--workers"),
+        (&["--workers", "four"], "--workers"),
+        (&["--workers", "4", "--partitions", "3"], "--partitions"),
+        (&["--workers", "4", "--partitions", "0"], "--partitions"),
+        (&["--partitions", "8"], "--workers"),
+    ] {
+        let mut all = vec!["jenkinsfile", job];
+        all.extend(args);
+        let o = launcher(dir.path(), &all, &[]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{all:?}: {out}{err}");
+        assert!(err.contains(flag), "{all:?} does not name {flag}: {err}");
+        assert!(out.is_empty(), "{all:?} printed: {out}");
+    }
+    let o = launcher(
+        dir.path(),
+        &["jenkinsfile", "noSuchJob", "--workers", "2"],
+        &[],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("unknown job `noSuchJob`"), "{err}");
 }
 
 /// Runs jenkins/run-job.sh as Jenkins would (the file itself, from `dir`), with only `env`,
@@ -1279,6 +1764,146 @@ fn every_pipeline_call_passes_validate_only_for_representative_values() {
     }
 }
 
+/// Sets each required parameter of `p`'s job in `env` to its first example; false when one has
+/// none (then only refusals can be checked).
+fn set_required(p: &JobPipeline, env: &mut BTreeMap<String, String>) -> bool {
+    let mut runnable = true;
+    for spec in p
+        .descriptor
+        .parameters
+        .iter()
+        .filter(|s| s.default == ParamDefault::Required)
+    {
+        match examples(spec.kind).first() {
+            Some(v) => {
+                env.insert(jenkins::build_parameter_name(spec.name), v.clone());
+            }
+            None => runnable = false,
+        }
+    }
+    runnable
+}
+
+/// Each worker stage's call of the parallel pipeline `p`: (worker, words after run-job.sh).
+fn worker_calls(p: &JobPipeline) -> Vec<(u32, Vec<String>)> {
+    let code = p.code();
+    let workers = p.parallel.expect("a parallel pipeline").workers();
+    (1..=workers)
+        .map(|i| {
+            let stage = block(&code, &format!("stage('worker {i}')"))
+                .unwrap_or_else(|| panic!("{}: no stage('worker {i}')", p.job()));
+            let call = run_call(stage).unwrap_or_else(|e| panic!("{}: worker {i}: {e}", p.job()));
+            (i, call)
+        })
+        .collect()
+}
+
+/// The environment worker `i` of `p` runs its call with: the build's `env` with the
+/// `withEnv(['NAME=value', ...])` of its stage applied.
+fn worker_env(p: &JobPipeline, i: u32, env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let code = p.code();
+    let stage = block(&code, &format!("stage('worker {i}')")).expect("the worker's stage");
+    let mut env = env.clone();
+    if let Some((_, rest)) = stage.split_once("withEnv([") {
+        let list = rest.split("])").next().unwrap_or("");
+        for item in list.split(',') {
+            let item = item.trim().trim_matches('\'');
+            let (name, value) = item
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{}: withEnv item `{item}`", p.job()));
+            env.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    env
+}
+
+/// Every worker's launcher call of every job's parallel pipeline, through jenkins/run-job.sh
+/// and the real binary with `--validate-only` (which takes `--join`, `--partitions` and
+/// `--workers` as `run` does): untouched, with RERUN, and with every parameter set.
+#[test]
+fn every_parallel_worker_call_passes_validate_only() {
+    let dir = tempfile::tempdir().unwrap();
+    for p in parallel_pipelines(TEST_WORKERS, None) {
+        let job = p.job();
+        let mut base = build_environment(&p);
+        if !set_required(&p, &mut base) {
+            eprintln!("{job}: a required parameter has no example value: not run");
+            continue;
+        }
+        let mut rerun = base.clone();
+        rerun.insert("RERUN".into(), "true".into());
+        let mut all_set = rerun.clone();
+        let mut set = Vec::new();
+        for spec in p.descriptor.parameters {
+            if let Some(v) = examples(spec.kind).first() {
+                all_set.insert(jenkins::build_parameter_name(spec.name), v.clone());
+                set.push((spec, v.clone()));
+            }
+        }
+        for (i, call) in worker_calls(&p) {
+            let mut words = call;
+            words.push("--validate-only".into());
+            for (case, build) in [
+                ("untouched", &base),
+                ("RERUN", &rerun),
+                ("every parameter set", &all_set),
+            ] {
+                let env = worker_env(&p, i, build);
+                let o = run_job_sh(dir.path(), launcher_bin(), &words, &env);
+                let what = format!("worker {i}, {case}: {}", describe(job, &words, &env, &o));
+                assert_eq!(o.status.code(), Some(0), "{what}");
+                let shown = shown_pairs(&text(&o).0, job).unwrap_or_else(|| panic!("{what}"));
+                if case == "every parameter set" {
+                    for (spec, v) in &set {
+                        assert_eq!(
+                            shown.get(spec.name).map(String::as_str),
+                            Some(canonical(spec, v).as_str()),
+                            "{what}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The worker calls' flags are checked by the launcher: each misspelled, and `--partitions 0`
+/// or `--workers 0`, is refused with exit 2.
+#[test]
+fn broken_parallel_worker_calls_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for p in parallel_pipelines(TEST_WORKERS, None) {
+        let job = p.job();
+        let mut env = build_environment(&p);
+        set_required(&p, &mut env);
+        for (i, words) in worker_calls(&p) {
+            let env = worker_env(&p, i, &env);
+            let run = |words: &[String]| {
+                let mut w = words.to_vec();
+                w.push("--validate-only".into());
+                let o = run_job_sh(dir.path(), launcher_bin(), &w, &env);
+                let what = format!("worker {i}: {}", describe(job, &w, &env, &o));
+                (o.status.code(), text(&o).1, what)
+            };
+            for f in (0..words.len()).filter(|&f| words[f].starts_with("--")) {
+                let mut misspelled = words.clone();
+                misspelled[f].pop();
+                let (code, err, what) = run(&misspelled);
+                assert_eq!(code, Some(2), "{what}");
+                assert!(err.contains("unexpected argument"), "{what}");
+            }
+            for flag in ["--partitions", "--workers"] {
+                let f = words.iter().position(|w| w == flag).expect(flag);
+                let mut zero = words.clone();
+                zero[f + 1] = "0".into();
+                let (code, err, what) = run(&zero);
+                assert_eq!(code, Some(2), "{what}");
+                assert!(err.contains(flag), "{what}");
+            }
+        }
+    }
+}
+
 /// The checks above can fail: a misspelled job, flag, credential variable or parameter
 /// mapping, a malformed value of each parameter and a bad RERUN are refused with exit 2 through
 /// the same script and binary.
@@ -1431,6 +2056,63 @@ fn run_job_sh_passes_each_pipelines_parameters() {
                 want.push("--rerun".into());
             }
             assert_eq!(stub_args(&args_file), want, "{what}");
+        }
+    }
+}
+
+/// run-job.sh passes each worker's call of every job's parallel pipeline through unchanged:
+/// `--join --partitions P --workers 2 --result-file result-<i>.json`, the non-empty build
+/// parameters, and `--rerun` from worker 1 only.
+#[test]
+fn run_job_sh_passes_each_parallel_workers_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stub, args_file) = stub_launcher(dir.path());
+    for p in parallel_pipelines(TEST_WORKERS, None) {
+        let job = p.job();
+        let partitions = p.parallel.unwrap().partitions().to_string();
+        let untouched = build_environment(&p);
+        let mut all_set = untouched.clone();
+        for spec in p.descriptor.parameters {
+            let value = examples(spec.kind)
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "x".into());
+            all_set.insert(jenkins::build_parameter_name(spec.name), value);
+        }
+        all_set.insert("RERUN".into(), "true".into());
+        for (i, words) in worker_calls(&p) {
+            for build in [&untouched, &all_set] {
+                let env = worker_env(&p, i, build);
+                let _ = std::fs::remove_file(&args_file);
+                let o = run_job_sh(dir.path(), &stub, &words, &env);
+                let what = format!("worker {i}: {}", describe(job, &words, &env, &o));
+                assert_eq!(o.status.code(), Some(0), "{what}");
+                let mut want: Vec<String> = [
+                    "--log-format",
+                    "json",
+                    "run",
+                    job,
+                    "--join",
+                    "--partitions",
+                    &partitions,
+                    "--workers",
+                    "2",
+                    "--result-file",
+                    &jenkins::Parallel::result_file(i),
+                ]
+                .map(String::from)
+                .to_vec();
+                for spec in p.descriptor.parameters {
+                    let value = &build[&jenkins::build_parameter_name(spec.name)];
+                    if !value.is_empty() {
+                        want.push(format!("{}={value}", spec.name));
+                    }
+                }
+                if i == 1 && build["RERUN"] == "true" {
+                    want.push("--rerun".into());
+                }
+                assert_eq!(stub_args(&args_file), want, "{what}");
+            }
         }
     }
 }

@@ -75,7 +75,7 @@ const RESERVED_PREFIXES: &[&str] = &[
 /// Jenkins, the pipeline or the launcher use (`path` → `PARAM_PATH`, `rerun` → `PARAM_RERUN`,
 /// `batch.size` → `PARAM_BATCH_SIZE`). Job parameter names are `[A-Za-z0-9_.-]`, so the result is a
 /// valid shell variable name; two parameters of one job that differ only in case or in `.`, `-`
-/// and `_` map to the same name, which [`generate`] refuses.
+/// and `_` map to the same name, which [`generate`](super::generate) refuses.
 pub fn build_parameter_name(name: &str) -> String {
     let base: String = name
         .chars()
