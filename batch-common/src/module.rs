@@ -135,6 +135,36 @@ impl BatchProperties {
             .iter()
             .flat_map(|m| m.default_schedules().iter().copied())
             .collect();
-        Self::load_layers(file, env, &specs, &schedules)
+        let props = Self::load_layers(file, env, &specs, &schedules)?;
+        check_partitioned_steps(&props, modules)?;
+        Ok(props)
     }
+}
+
+/// Every `[batch.partitions]` entry names a step of a registered job (names match regardless of
+/// case, as environment variables arrive lower-cased). Without modules (the runtime alone, its
+/// tests) there is nothing to check against.
+fn check_partitioned_steps(
+    props: &BatchProperties,
+    modules: &[&dyn JobModule],
+) -> Result<(), ConfigError> {
+    if modules.is_empty() {
+        return Ok(());
+    }
+    let steps: Vec<&str> = all_jobs(modules)
+        .flat_map(|j| j.descriptor.steps.iter().copied())
+        .collect();
+    for name in props.batch.partitions.keys() {
+        if !steps.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+            return Err(ConfigError::Invalid {
+                key: format!("batch.partitions.{name}"),
+                env: format!("BATCH__BATCH__PARTITIONS__{}", name.to_ascii_uppercase()),
+                message: format!(
+                    "no registered job has a step `{name}` (steps: {})",
+                    steps.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }

@@ -507,3 +507,46 @@ async fn sqlite_runs_partitions_locally_and_refuses_join() {
         );
     }
 }
+
+/// `[batch.partitions]` names steps of registered jobs (any case, as environment variables
+/// arrive lower-cased); another name or a count of 0 is exit 2 naming the key.
+#[test]
+fn partitions_per_step_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = launcher(
+        dir.path(),
+        &["config"],
+        &[("BATCH__BATCH__PARTITIONS__SYNCPOINTBALANCESTEP", "8")],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("partitions = { syncpointbalancestep = 8 }"),
+        "{out}"
+    );
+    let o = launcher(
+        dir.path(),
+        &["config"],
+        &[("BATCH__BATCH__PARTITIONS__NOSUCHSTEP", "8")],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(
+        err.contains("batch.partitions.nosuchstep") && err.contains("syncPointBalanceStep"),
+        "{err}"
+    );
+    let o = launcher(
+        dir.path(),
+        &["config"],
+        &[("BATCH__BATCH__PARTITIONS__SYNCPOINTBALANCESTEP", "0")],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(err.contains("batch.partitions"), "{err}");
+    let o = launcher(
+        dir.path(),
+        &["run", "pointBalanceSyncJob", "--partitions", "0"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+}

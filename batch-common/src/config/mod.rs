@@ -254,12 +254,7 @@ impl BatchProperties {
             if let serde_json::Value::Object(keys) = body {
                 for (k, v) in keys {
                     if !v.is_null() {
-                        let key = if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                            k.clone()
-                        } else {
-                            format!("\"{k}\"")
-                        };
-                        out.push_str(&format!("{key} = {v}"));
+                        out.push_str(&format!("{} = {}", toml_key(&k), toml_value(&v)));
                         if let Some(path) = self.secret_files.get(&format!("{section}.{k}")) {
                             // Where the secret came from, not what it is.
                             let path = serde_json::Value::from(path.display().to_string());
@@ -291,6 +286,42 @@ impl BatchProperties {
             }
             _ => None,
         }
+    }
+}
+
+/// A key as TOML writes it: bare when it can be, else quoted.
+fn toml_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_owned()
+    } else {
+        serde_json::Value::from(k).to_string()
+    }
+}
+
+/// A value as TOML writes it: strings, numbers, booleans and arrays as in JSON, objects as
+/// inline tables (`{ a = 1, b = 2 }`).
+fn toml_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(map) => {
+            let inner: Vec<String> = map
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("{} = {}", toml_key(k), toml_value(v)))
+                .collect();
+            if inner.is_empty() {
+                "{}".to_owned()
+            } else {
+                format!("{{ {} }}", inner.join(", "))
+            }
+        }
+        serde_json::Value::Array(items) => {
+            let inner: Vec<String> = items.iter().map(toml_value).collect();
+            format!("[{}]", inner.join(", "))
+        }
+        other => other.to_string(),
     }
 }
 
