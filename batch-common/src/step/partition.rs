@@ -394,3 +394,62 @@ impl ClaimSource for ManagerSource<'_> {
         MANAGER_MAX_POLL
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds(ranges: &[KeyRange]) -> Vec<(i64, i64)> {
+        ranges.iter().map(|r| (r.from, r.to)).collect()
+    }
+
+    #[test]
+    fn ranges_cover_every_key_with_about_the_same_width() {
+        assert_eq!(
+            bounds(&KeyRange::split(1, 50, 4)),
+            [(i64::MIN, 13), (14, 26), (27, 39), (40, i64::MAX)]
+        );
+        // Fewer keys than partitions: one range per key at most.
+        assert_eq!(
+            bounds(&KeyRange::split(1, 3, 8)),
+            [(i64::MIN, 1), (2, 2), (3, i64::MAX)]
+        );
+        assert_eq!(bounds(&KeyRange::split(5, 5, 4)), [(i64::MIN, i64::MAX)]);
+        assert_eq!(bounds(&KeyRange::split(1, 100, 0)), [(i64::MIN, i64::MAX)]);
+        // Negative keys and the whole i64 range, without overflow.
+        assert_eq!(
+            bounds(&KeyRange::split(-10, 9, 2)),
+            [(i64::MIN, -1), (0, i64::MAX)]
+        );
+        let all = KeyRange::split(i64::MIN, i64::MAX, 3);
+        assert_eq!(all.len(), 3);
+        assert_eq!((all[0].from, all[2].to), (i64::MIN, i64::MAX));
+        for pair in all.windows(2) {
+            assert_eq!(pair[0].to + 1, pair[1].from);
+        }
+    }
+
+    #[test]
+    fn ranges_read_like_their_bounds() {
+        assert_eq!(KeyRange::ALL.to_string(), "min..=max");
+        assert_eq!(KeyRange { from: 14, to: 26 }.to_string(), "14..=26");
+        assert!(KeyRange { from: 14, to: 26 }.contains(26));
+        assert!(!KeyRange { from: 14, to: 26 }.contains(27));
+    }
+
+    #[test]
+    fn partitions_per_step_match_regardless_of_case() {
+        let p = Partitioning {
+            per_step: [("syncpointbalancestep".to_owned(), 8)].into(),
+            ..Partitioning::default()
+        };
+        assert_eq!(p.partitions("syncPointBalanceStep"), 8);
+        assert_eq!(p.partitions("otherStep"), 1);
+        let all = Partitioning {
+            all_steps: Some(3),
+            ..p
+        };
+        assert_eq!(all.partitions("syncPointBalanceStep"), 3);
+        assert_eq!(all.partitions("otherStep"), 3);
+    }
+}
