@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use batch_common::config::{BatchProperties, RuntimeSettings};
 use batch_common::launcher::{JobLauncher, LaunchError, LaunchOptions};
 use batch_common::repository::{
-    BatchStatus, CreateExecution, JobRepository, LeaseLost, NewPartition, StepExecution,
+    BatchStatus, Claim, CreateExecution, JobRepository, LeaseLost, NewPartition, StepExecution,
     StepProgress,
 };
 use batch_common::{BatchResult, ExitCode, FixedClock, StepResult};
@@ -214,29 +214,37 @@ db_test!(async fn a_lost_lease_is_reclaimed_and_its_old_owner_fenced(db) {
 
     // b keeps renewing; a stops (its process died). After the lease, c takes a's partition.
     let t1 = t0 + chrono::Duration::seconds(100);
-    assert!(repo.renew_partition(b.id, "b", t1).await?);
+    assert!(repo.renew_partition(&Claim::of(&b), t1).await?);
     let t2 = t0 + chrono::Duration::seconds(150);
     let c = repo.claim_partition(&[manager], "c", t2, t2 - lease).await?.expect("c re-claims");
     assert_eq!((c.id, c.claim_count, c.owner.as_deref()), (a.id, 2, Some("c")));
     assert!(repo.claim_partition(&[manager], "d", t2, t2 - lease).await?.is_none(), "b's lease is fresh");
 
     // a comes back: it can neither renew, nor checkpoint, nor end the partition.
-    assert!(!repo.renew_partition(a.id, "a", t2).await?);
+    assert!(!repo.renew_partition(&Claim::of(&a), t2).await?);
     let progress = StepProgress { context: serde_json::json!({"last_id": 5}), ..StepProgress::default() };
     let mut conn = db.db.get().await?;
-    let err = JobRepository::save_partition_progress(&mut conn, a.id, "a", &progress, t2).await.unwrap_err();
+    let err = JobRepository::save_partition_progress(&mut conn, &Claim::of(&a), &progress, t2).await.unwrap_err();
     assert!(err.is::<LeaseLost>(), "{err:#}");
-    JobRepository::save_partition_progress(&mut conn, a.id, "c", &progress, t2).await?;
+    JobRepository::save_partition_progress(&mut conn, &Claim::of(&c), &progress, t2).await?;
     drop(conn);
-    assert!(!repo.end_partition(a.id, "a", BatchStatus::Completed, None, &progress, t2).await?);
-    assert!(repo.end_partition(a.id, "c", BatchStatus::Completed, None, &progress, t2).await?);
+    assert!(!repo.end_partition(&Claim::of(&a), BatchStatus::Completed, None, &progress, t2).await?);
+    assert!(repo.end_partition(&Claim::of(&c), BatchStatus::Completed, None, &progress, t2).await?);
     // A stopped worker releases: claimable again at once, from its checkpoint.
-    assert!(repo.end_partition(b.id, "b", BatchStatus::Stopped, Some("released"), &progress, t2).await?);
+    assert!(repo.end_partition(&Claim::of(&b), BatchStatus::Stopped, Some("released"), &progress, t2).await?);
     let d = repo.claim_partition(&[manager], "d", t2, t2 - lease).await?.expect("d claims the released one");
     assert_eq!((d.id, d.claim_count, d.execution_context.as_str()), (b.id, 2, r#"{"last_id":5}"#));
+    // A claim is fenced by its count too: the same owner's earlier claim of a re-claimed
+    // partition (another slot of one process) can no longer write.
+    let stale_d = Claim { claim: d.claim_count - 1, ..Claim::of(&d) };
+    assert!(!repo.renew_partition(&stale_d, t2).await?);
+    let mut conn = db.db.get().await?;
+    let err = JobRepository::save_partition_progress(&mut conn, &stale_d, &progress, t2).await.unwrap_err();
+    assert!(err.is::<LeaseLost>(), "{err:#}");
+    drop(conn);
     // Closing the step ends what is left and fences its holder.
     assert_eq!(repo.close_partitions(manager, BatchStatus::Stopped, "stopped", t2).await?, 1);
-    assert!(!repo.renew_partition(d.id, "d", t2).await?);
+    assert!(!repo.renew_partition(&Claim::of(&d), t2).await?);
     Ok(())
 });
 
@@ -258,7 +266,7 @@ db_test!(async fn racing_claimers_never_share_a_partition(db) {
                     .expect("claim")
                 {
                     assert!(
-                        repo.end_partition(p.id, &owner, BatchStatus::Completed, None, &StepProgress::default(), t0)
+                        repo.end_partition(&Claim::of(&p), BatchStatus::Completed, None, &StepProgress::default(), t0)
                             .await
                             .expect("end"),
                         "{owner} lost {} it had just claimed",

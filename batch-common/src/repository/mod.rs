@@ -35,7 +35,7 @@ pub use counts::{DomainCounters, StepCounts};
 pub use execution::{AlreadyRunning, CreateExecution};
 pub use item_failure::ItemFailureRecord;
 pub use migrations::{BASE_MIGRATIONS, METADATA_MIGRATIONS};
-pub use partition::{LeaseLost, NewPartition, PartitionStatuses, partition_name};
+pub use partition::{Claim, LeaseLost, NewPartition, PartitionStatuses, partition_name};
 pub use rows::{ItemFailure, JobExecution, JobInstance, StepExecution};
 use schema::{
     batch_item_failure as f, batch_job_execution as e, batch_job_instance as i,

@@ -108,7 +108,7 @@ pub struct CommitTarget {
     pub(super) job_instance_id: i64,
     pub(super) step_execution_id: i64,
     pub(super) step_name: String,
-    pub(super) fence: Option<Arc<str>>,
+    pub(super) fence: Option<crate::repository::Claim>,
     pub(super) retry: RetryEnv,
 }
 
@@ -163,7 +163,7 @@ pub(crate) async fn finish_chunk(
             )
             .await?;
         }
-        super::save_progress(conn, ctx.step_execution_id, ctx.fence.as_deref(), next, now).await?;
+        super::save_progress(conn, ctx.step_execution_id, ctx.fence.as_ref(), next, now).await?;
         anyhow::Ok(())
     }
     .await;

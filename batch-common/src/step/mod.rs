@@ -49,7 +49,7 @@ pub use tasklet::{Tasklet, TaskletStep};
 
 use crate::clock::{Clock, ClockExt};
 use crate::listener::{JobRunInfo, Listeners};
-use crate::repository::{JobRepository, StepProgress};
+use crate::repository::{Claim, JobRepository, StepProgress};
 use crate::retry::RetryPolicy;
 
 /// Chunking and retry settings of a step execution (from `[batch]`).
@@ -109,10 +109,10 @@ pub struct StepContext {
     /// On a restart: the step execution this one resumes (a partitioned step copies the
     /// partitions it did not complete).
     pub resumed_from: Option<i64>,
-    /// Of a partition: the worker holding it. Its checkpoints are then fenced: saved only while
-    /// that worker still holds the partition ([`LeaseLost`](crate::repository::LeaseLost)
+    /// Of a partition: the claim that holds it. Its checkpoints are then fenced: saved only
+    /// while that claim still holds the partition ([`LeaseLost`](crate::repository::LeaseLost)
     /// otherwise, which rolls the chunk back).
-    pub fence: Option<Arc<str>>,
+    pub fence: Option<Claim>,
     /// How partitioned steps are split and worked.
     pub partitioning: Partitioning,
 }
@@ -129,7 +129,7 @@ impl StepContext {
         save_progress(
             &mut conn,
             self.step_execution_id,
-            self.fence.as_deref(),
+            self.fence.as_ref(),
             &self.progress,
             self.now(),
         )
@@ -137,19 +137,16 @@ impl StepContext {
     }
 }
 
-/// Saves a step execution's progress on `conn`, fenced by `owner` for a partition.
+/// Saves a step execution's progress on `conn`, fenced by its claim for a partition.
 pub(crate) async fn save_progress(
     conn: &mut core_domain::DbConnection,
     step_execution_id: i64,
-    owner: Option<&str>,
+    fence: Option<&Claim>,
     progress: &StepProgress,
     now: NaiveDateTime,
 ) -> anyhow::Result<()> {
-    match owner {
-        Some(owner) => {
-            JobRepository::save_partition_progress(conn, step_execution_id, owner, progress, now)
-                .await
-        }
+    match fence {
+        Some(claim) => JobRepository::save_partition_progress(conn, claim, progress, now).await,
         None => Ok(JobRepository::save_progress(conn, step_execution_id, progress, now).await?),
     }
 }

@@ -15,7 +15,9 @@ use super::partition::{KeyRange, PartitionedStep, Partitioning};
 use super::{ChunkSettings, ReadScope, Step, StepContext, StepOutcome};
 use crate::clock::{Clock, ClockExt};
 use crate::listener::{JobListener, JobRunInfo, Listeners, PartitionEvent};
-use crate::repository::{BatchStatus, JobRepository, LeaseLost, StepExecution, StepProgress};
+use crate::repository::{
+    BatchStatus, Claim, JobRepository, LeaseLost, StepExecution, StepProgress,
+};
 use crate::result::StepResult;
 
 /// How long a slot with nothing to claim first waits before it looks again; each empty look
@@ -54,7 +56,7 @@ pub(crate) struct WorkerEnv {
     cancel: CancellationToken,
     listeners: Listeners,
     partitioning: Partitioning,
-    leases: Arc<Mutex<HashMap<i64, CancellationToken>>>,
+    leases: Arc<Mutex<HashMap<i64, (Claim, CancellationToken)>>>,
     renewal: tokio::task::JoinHandle<()>,
     progress: Arc<Mutex<BTreeMap<i64, StepProgress>>>,
     /// The partitions this process ended, in order.
@@ -91,11 +93,10 @@ impl WorkerEnv {
         listeners: Listeners,
         partitioning: Partitioning,
     ) -> Self {
-        let leases: Arc<Mutex<HashMap<i64, CancellationToken>>> = Arc::default();
+        let leases: Arc<Mutex<HashMap<i64, (Claim, CancellationToken)>>> = Arc::default();
         let renewal = tokio::spawn(renew(
             repo.clone(),
             clock.clone(),
-            partitioning.owner.clone(),
             partitioning.renew_every,
             leases.clone(),
         ));
@@ -142,23 +143,19 @@ impl WorkerEnv {
 async fn renew(
     repo: JobRepository,
     clock: Arc<dyn Clock>,
-    owner: String,
     every: Duration,
-    leases: Arc<Mutex<HashMap<i64, CancellationToken>>>,
+    leases: Arc<Mutex<HashMap<i64, (Claim, CancellationToken)>>>,
 ) {
     loop {
         tokio::time::sleep(every).await;
-        let held: Vec<(i64, CancellationToken)> = leases
+        let held: Vec<(i64, Claim, CancellationToken)> = leases
             .lock()
             .expect("leases")
             .iter()
-            .map(|(id, t)| (*id, t.clone()))
+            .map(|(id, (c, t))| (*id, c.clone(), t.clone()))
             .collect();
-        for (id, token) in held {
-            match repo
-                .renew_partition(id, &owner, clock.now_naive_utc())
-                .await
-            {
+        for (id, claim, token) in held {
+            match repo.renew_partition(&claim, clock.now_naive_utc()).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(
@@ -239,10 +236,11 @@ async fn run_partition(env: &WorkerEnv, step: &PartitionedStep, row: StepExecuti
     let span = tracing::info_span!("partition", partition = %row.step_name, range = %range);
     async {
         let lease = env.cancel.child_token();
+        let claim = Claim::of(&row);
         env.leases
             .lock()
             .expect("leases")
-            .insert(row.id, lease.clone());
+            .insert(row.id, (claim.clone(), lease.clone()));
         if row.claim_count > 1 {
             tracing::warn!(claims = row.claim_count, "re-claimed: resuming from its checkpoint");
             env.event(step, PartitionEvent::Reclaimed).await;
@@ -267,7 +265,7 @@ async fn run_partition(env: &WorkerEnv, step: &PartitionedStep, row: StepExecuti
                 inner: env.listeners.clone(),
             }) as Arc<dyn JobListener>]),
             resumed_from: None,
-            fence: Some(env.partitioning.owner.clone().into()),
+            fence: Some(claim.clone()),
             partitioning: Partitioning {
                 per_step: BTreeMap::new(),
                 all_steps: Some(1),
@@ -294,8 +292,7 @@ async fn run_partition(env: &WorkerEnv, step: &PartitionedStep, row: StepExecuti
         match env
             .repo
             .end_partition(
-                row.id,
-                &env.partitioning.owner,
+                &claim,
                 status,
                 message.as_deref(),
                 &ctx.progress,
