@@ -19,7 +19,7 @@ use crate::clock::ClockExt;
 use crate::listener::JobRunInfo;
 use crate::repository::{BatchStatus, NotRun, RunStatus};
 use crate::result::{BatchResult, ExitCode};
-use crate::step::worker::{ClaimSource, WorkerEnv, work};
+use crate::step::worker::{ClaimSource, PartitionWorker, WorkerEnv, work};
 use crate::step::{PartitionedStep, Step};
 
 impl JobLauncher {
@@ -119,7 +119,7 @@ impl JoinSource<'_> {
 
 #[async_trait]
 impl ClaimSource for JoinSource<'_> {
-    async fn managers(&self, env: &WorkerEnv) -> anyhow::Result<Vec<(i64, &PartitionedStep)>> {
+    async fn managers(&self, env: &WorkerEnv) -> anyhow::Result<Vec<(i64, &dyn PartitionWorker)>> {
         let names: Vec<&str> = self.steps.iter().map(|s| s.name()).collect();
         let rows = env.repo.running_managers(self.execution_id, &names).await?;
         Ok(rows
@@ -127,7 +127,7 @@ impl ClaimSource for JoinSource<'_> {
             .filter(|r| r.status == BatchStatus::Started)
             .filter_map(|r| {
                 let step = self.steps.iter().find(|s| s.name() == r.step_name)?;
-                Some((r.id, *step))
+                Some((r.id, *step as &dyn PartitionWorker))
             })
             .collect())
     }

@@ -16,7 +16,8 @@
 //! - `concurrent.rs`: [`ConcurrentStep`], per-item work in flight at once (slow remote calls);
 //! - `keyset.rs`: [`KeysetReader`], any keyset query as either step's reader;
 //! - `partition.rs`: [`PartitionedStep`], a step split into key ranges that worker processes
-//!   claim from the database; `worker.rs`: the claim-run-end loop of a process's workers.
+//!   claim from the database; `range.rs`: [`KeyRange`] and [`Partitioning`]; `worker.rs`: the
+//!   claim-run-end loop of a process's workers.
 
 mod chunk;
 mod commit;
@@ -25,6 +26,7 @@ mod item;
 mod keyset;
 mod partition;
 mod pipeline;
+mod range;
 mod tasklet;
 pub(crate) mod worker;
 
@@ -42,9 +44,8 @@ pub use item::{
     Map, PassThrough, Processed, TransactionalWriter, WriteOutcome,
 };
 pub use keyset::{KeysetCheckpoint, KeysetReader};
-pub use partition::{
-    KeyRange, KeyRangePartitioner, PartitionedStep, Partitioner, Partitioning, WorkerFactory,
-};
+pub use partition::{KeyRangePartitioner, PartitionedStep, Partitioner, WorkerFactory};
+pub use range::{KeyRange, Partitioning};
 pub use tasklet::{Tasklet, TaskletStep};
 
 use crate::clock::{Clock, ClockExt};

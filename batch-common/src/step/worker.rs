@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::partition::{KeyRange, PartitionedStep, Partitioning};
+use super::range::{KeyRange, Partitioning};
 use super::{ChunkSettings, ReadScope, Step, StepContext, StepOutcome};
 use crate::clock::{Clock, ClockExt};
 use crate::listener::{JobListener, JobRunInfo, Listeners, PartitionEvent};
@@ -33,11 +33,19 @@ const MAX_POLL: Duration = Duration::from_millis(1600);
 /// partition ends.
 pub(crate) const MANAGER_MAX_POLL: Duration = Duration::from_millis(400);
 
+/// What a worker needs of a partitioned step: its name and the worker step of a range.
+pub(crate) trait PartitionWorker: Send + Sync {
+    /// The step's name (item failures and listeners use it).
+    fn step_name(&self) -> &str;
+    /// The step that works one partition, its reader limited to `range`.
+    fn worker(&self, range: KeyRange) -> anyhow::Result<Arc<dyn Step>>;
+}
+
 /// Where a worker slot finds partitions, and when it is done.
 #[async_trait]
 pub(crate) trait ClaimSource: Send + Sync {
     /// The running manager step executions to claim from, with their steps.
-    async fn managers(&self, env: &WorkerEnv) -> anyhow::Result<Vec<(i64, &PartitionedStep)>>;
+    async fn managers(&self, env: &WorkerEnv) -> anyhow::Result<Vec<(i64, &dyn PartitionWorker)>>;
     /// Whether there is nothing more to wait for (asked when nothing could be claimed).
     async fn finished(&self, env: &WorkerEnv) -> anyhow::Result<bool>;
 
@@ -121,9 +129,9 @@ impl WorkerEnv {
     }
 
     /// Tells the run's listeners what happened to a partition of `step`.
-    async fn event(&self, step: &PartitionedStep, event: PartitionEvent) {
+    async fn event(&self, step: &dyn PartitionWorker, event: PartitionEvent) {
         for l in self.listeners.iter() {
-            l.on_partition(&self.run, step.name(), event).await;
+            l.on_partition(&self.run, step.step_name(), event).await;
         }
     }
 
@@ -228,7 +236,7 @@ async fn slot(env: &WorkerEnv, source: &dyn ClaimSource) {
 }
 
 /// Runs one claimed partition's worker step and ends the partition.
-async fn run_partition(env: &WorkerEnv, step: &PartitionedStep, row: StepExecution) {
+async fn run_partition(env: &WorkerEnv, step: &dyn PartitionWorker, row: StepExecution) {
     let range = KeyRange {
         from: row.range_from.unwrap_or(i64::MIN),
         to: row.range_to.unwrap_or(i64::MAX),
@@ -253,7 +261,7 @@ async fn run_partition(env: &WorkerEnv, step: &PartitionedStep, row: StepExecuti
             repo: env.repo.clone(),
             run: env.run.clone(),
             step_execution_id: row.id,
-            step_name: step.name().to_owned(),
+            step_name: step.step_name().to_owned(),
             progress: StepProgress::from_row(&row),
             scope: ReadScope::All,
             settings: env.settings.clone(),
