@@ -46,6 +46,9 @@ impl MariaDbServer {
         install
             .arg("--no-defaults")
             .arg(format!("--datadir={}", d.join("data").display()))
+            // Its own temporary tables in the server's directory, not the shared /tmp (another
+            // install there made one fail: "Could not remove temporary table").
+            .arg(format!("--tmpdir={}", d.display()))
             .args([
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
