@@ -13,7 +13,16 @@ use core_domain::{Backend, DbConnection};
 use redis::ErrorKind::Server as ServerError;
 use redis::ServerErrorKind::{ClusterDown, MasterDown, ReadOnly};
 
+/// The server's id of a MySQL/MariaDB connection.
+#[derive(diesel::QueryableByName)]
+struct ConnectionId {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
 db_test!(async fn a_connection_ended_by_the_server_is_transient(db) {
+    let mut victim = DbConnection::establish(db.url()).await?;
+    victim.batch_execute("SELECT 1").await?;
     let (kill, backend) = match db.backend() {
         // SQLite has no server to end a connection.
         Backend::Sqlite => return Ok(()),
@@ -25,18 +34,17 @@ db_test!(async fn a_connection_ended_by_the_server_is_transient(db) {
             ),
             "postgres",
         ),
-        Backend::Mysql => (
-            format!(
-                "SELECT id INTO @victim FROM information_schema.processlist \
-                 WHERE db = '{}' AND id <> CONNECTION_ID() LIMIT 1; \
-                 EXECUTE IMMEDIATE CONCAT('KILL ', @victim)",
-                db.url().database_name()
-            ),
-            "mysql",
-        ),
+        Backend::Mysql => {
+            // The victim's own id: the database may have other connections (the test's pool).
+            let id: ConnectionId = core_domain::dispatch!(&mut victim, c =>
+                diesel_async::RunQueryDsl::get_result(
+                    diesel::sql_query("SELECT CAST(CONNECTION_ID() AS SIGNED) AS id"),
+                    c,
+                )
+                .await)?;
+            (format!("KILL {}", id.id), "mysql")
+        }
     };
-    let mut victim = DbConnection::establish(db.url()).await?;
-    victim.batch_execute("SELECT 1").await?;
     let mut killer = DbConnection::establish(db.url()).await?;
     killer.batch_execute(&kill).await?;
     // The victim's next statements fail with what the server and driver report; every one of
