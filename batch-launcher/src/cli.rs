@@ -54,8 +54,20 @@ pub enum Command {
     Run(RunArgs),
     /// Show recent executions, newest first.
     History(HistoryArgs),
-    /// Mark a dead execution FAILED (abandoned) so its instance can be restarted.
+    /// Mark a dead execution FAILED (abandoned) so its instance can be restarted (alias of `abandon`).
     Recover(RecoverArgs),
+    /// Ask a running execution to stop after its current chunk, wherever it runs (the process
+    /// running it reads the request with its next heartbeat; a partitioned run stops all its
+    /// workers). It ends STOPPED and can be restarted.
+    Stop(ExecutionArg),
+    /// Run a FAILED or STOPPED execution's job instance again from its checkpoints, in this
+    /// process (exit 4 if it is running; exit 2 if it completed: use `run … --rerun`).
+    Restart(RestartArgs),
+    /// Mark a dead execution FAILED (abandoned) so its instance can be restarted (Spring Batch's
+    /// name for `recover`).
+    Abandon(RecoverArgs),
+    /// List an execution's item failures, page by page.
+    Failures(FailuresArgs),
     /// Delete the metadata of executions that ended before a cutoff.
     Purge(PurgeArgs),
     /// Run the scheduler of `[schedule]` and the HTTP API (kick, status, history, health, metrics) until SIGTERM.
@@ -205,6 +217,47 @@ pub struct RecoverArgs {
     pub force: bool,
 }
 
+/// One execution id (`stop`).
+#[derive(Debug, Args)]
+pub struct ExecutionArg {
+    /// The execution.
+    pub execution_id: i64,
+}
+
+/// Arguments of `restart`.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// A FAILED or STOPPED execution; its instance's latest execution decides.
+    pub execution_id: i64,
+
+    /// Write the run's result as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub result_file: Option<PathBuf>,
+
+    /// Work up to N partitions at once in this process (over [batch] partition_workers).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<std::num::NonZeroU32>,
+}
+
+/// Arguments of `failures`.
+#[derive(Debug, Args)]
+pub struct FailuresArgs {
+    /// The execution.
+    pub execution_id: i64,
+
+    /// At most this many failures.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1000))]
+    pub limit: i64,
+
+    /// Only failures with an id above this one (the previous page's last id).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    pub after: i64,
+
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Arguments of `purge`.
 #[derive(Debug, Args)]
 pub struct PurgeArgs {
@@ -231,6 +284,10 @@ pub fn normalize_args(mut args: Vec<String>) -> Vec<String> {
                 | "seed-demo"
                 | "history"
                 | "recover"
+                | "stop"
+                | "restart"
+                | "abandon"
+                | "failures"
                 | "purge"
                 | "jenkinsfile"
                 | "help"

@@ -6,6 +6,7 @@ pub mod jenkins;
 pub mod launch;
 pub mod logging;
 pub mod modules;
+pub mod operator;
 pub mod progress;
 pub mod run;
 pub mod serve;

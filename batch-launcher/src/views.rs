@@ -57,3 +57,35 @@ fn partition_view(p: &StepExecution) -> serde_json::Value {
     view["exit_message"] = serde_json::json!(p.exit_message);
     view
 }
+
+/// One item failure in the views (`failures --json`, `GET /executions/{id}/failures`).
+pub fn failure_view(f: &batch_common::repository::ItemFailure) -> serde_json::Value {
+    serde_json::json!({
+        "id": f.id,
+        "step": f.step_name,
+        "item_key": f.item_key,
+        "error": f.error,
+        "attempts": f.attempts,
+        "created_at": f.created_at,
+        "resolved_at": f.resolved_at,
+    })
+}
+
+/// A page of an execution's item failures: `next_after` is the `after` of the next page
+/// (absent on the last page).
+pub fn failures_page_view(
+    execution_id: i64,
+    total: i64,
+    page: &[batch_common::repository::ItemFailure],
+    limit: i64,
+) -> serde_json::Value {
+    let next_after = (page.len() as i64 >= limit)
+        .then(|| page.last().map(|f| f.id))
+        .flatten();
+    serde_json::json!({
+        "execution_id": execution_id,
+        "total": total,
+        "failures": page.iter().map(failure_view).collect::<Vec<_>>(),
+        "next_after": next_after,
+    })
+}

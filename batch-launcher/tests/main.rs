@@ -4,6 +4,7 @@ mod asset_job;
 mod cli;
 mod modules;
 mod notify_cli;
+mod operator;
 mod partitioned;
 mod pipelines;
 mod point_job;

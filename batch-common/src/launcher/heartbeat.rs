@@ -6,11 +6,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, ClockExt};
-use crate::repository::JobRepository;
+use crate::repository::{Heartbeat, JobRepository};
 
-/// Refreshes the execution's heartbeat every `every` until aborted; when the refresh finds the
-/// execution no longer live (another process marked it abandoned and took the instance over),
-/// cancels `cancel` so the run stops after its current chunk. A failed refresh is logged and
+/// Refreshes the execution's heartbeat every `every` until aborted. When the refresh finds a
+/// stop requested by an operator (status STOPPING, from `stop` or the API, in any process), or
+/// the execution no longer live (another process marked it abandoned and took the instance
+/// over), cancels `cancel` so the run stops after its current chunk; after a stop request it
+/// goes on beating until the run ends (the run is still live). A failed refresh is logged and
 /// retried at the next beat (the run goes on; `stale_after` is several beats long).
 pub(super) fn spawn(
     repo: JobRepository,
@@ -23,8 +25,17 @@ pub(super) fn spawn(
         loop {
             tokio::time::sleep(every).await;
             match repo.heartbeat(execution_id, clock.now_naive_utc()).await {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Heartbeat::Live) => {}
+                Ok(Heartbeat::StopRequested) => {
+                    if !cancel.is_cancelled() {
+                        tracing::warn!(
+                            execution.id = execution_id,
+                            "an operator asked this execution to stop; stopping after the current chunk"
+                        );
+                        cancel.cancel();
+                    }
+                }
+                Ok(Heartbeat::Lost) => {
                     tracing::error!(
                         execution.id = execution_id,
                         "this execution was marked abandoned by another process; stopping after the current chunk"

@@ -22,6 +22,17 @@ pub struct AlreadyRunning {
     pub last_updated: NaiveDateTime,
 }
 
+/// What [`JobRepository::heartbeat`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The execution is live; go on.
+    Live,
+    /// An operator asked it to stop (status STOPPING): stop after the current chunk.
+    StopRequested,
+    /// It is no longer live (marked abandoned, maybe taken over): stop writing.
+    Lost,
+}
+
 /// Outcome of [`JobRepository::create_execution`].
 #[derive(Debug)]
 pub enum CreateExecution {
@@ -176,10 +187,13 @@ impl JobRepository {
             .optional())?)
     }
 
-    /// Marks the execution STARTED.
+    /// Marks the execution STARTED, unless a stop was requested meanwhile (it stays STOPPING,
+    /// and the run's first heartbeat stops it).
     pub async fn mark_started(&self, execution_id: i64, now: NaiveDateTime) -> Result<(), DbError> {
         let mut conn = self.db.get().await?;
-        dispatch!(&mut *conn, c => diesel::update(e::table.find(execution_id))
+        let n = dispatch!(&mut *conn, c => diesel::update(e::table
+                .filter(e::id.eq(execution_id))
+                .filter(e::status.eq(BatchStatus::Starting.as_str())))
             .set((
                 e::status.eq(BatchStatus::Started.as_str()),
                 e::start_time.eq(now),
@@ -187,12 +201,23 @@ impl JobRepository {
             ))
             .execute(c)
             .await)?;
+        if n == 0 {
+            dispatch!(&mut *conn, c => diesel::update(e::table.find(execution_id))
+                .set((e::start_time.eq(now), e::last_updated.eq(now)))
+                .execute(c)
+                .await)?;
+        }
         Ok(())
     }
 
-    /// Refreshes the heartbeat. Returns false if the execution is no longer live (it was taken
-    /// over as abandoned): the caller must stop writing.
-    pub async fn heartbeat(&self, execution_id: i64, now: NaiveDateTime) -> Result<bool, DbError> {
+    /// Refreshes the heartbeat and says what the run must do: go on, stop after its current
+    /// chunk (an operator asked for it: status STOPPING), or stop writing at once (the execution
+    /// is no longer live: it was marked abandoned and maybe taken over).
+    pub async fn heartbeat(
+        &self,
+        execution_id: i64,
+        now: NaiveDateTime,
+    ) -> Result<Heartbeat, DbError> {
         let mut conn = self.db.get().await?;
         let n = dispatch!(&mut *conn, c => diesel::update(
                 e::table.filter(e::id.eq(execution_id)).filter(e::live_instance_id.is_not_null()),
@@ -200,7 +225,19 @@ impl JobRepository {
             .set(e::last_updated.eq(now))
             .execute(c)
             .await)?;
-        Ok(n > 0)
+        if n == 0 {
+            return Ok(Heartbeat::Lost);
+        }
+        let status: String = dispatch!(&mut *conn, c => e::table
+            .find(execution_id)
+            .select(e::status)
+            .first(c)
+            .await)?;
+        Ok(if status == BatchStatus::Stopping.as_str() {
+            Heartbeat::StopRequested
+        } else {
+            Heartbeat::Live
+        })
     }
 
     /// Records the end of an execution and frees its instance's live slot.
@@ -256,7 +293,7 @@ impl JobRepository {
         }
         let mut conn = self.db.get().await?;
         let message = format!(
-            "abandoned: marked FAILED by `recover` (owner {})",
+            "abandoned: marked FAILED by an operator (abandon) (owner {})",
             exec.owner.as_deref().unwrap_or("?")
         );
         mark_abandoned(

@@ -17,6 +17,7 @@ mod execution;
 mod instance;
 mod item_failure;
 mod migrations;
+mod operator;
 mod partition;
 mod rows;
 // `table!` generates a struct per column; the tables themselves carry doc comments.
@@ -32,9 +33,10 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::RunQueryDsl;
 
 pub use counts::{DomainCounters, StepCounts};
-pub use execution::{AlreadyRunning, CreateExecution};
+pub use execution::{AlreadyRunning, CreateExecution, Heartbeat};
 pub use item_failure::ItemFailureRecord;
 pub use migrations::{BASE_MIGRATIONS, METADATA_MIGRATIONS};
+pub use operator::{MAX_FAILURES_PAGE, StopRequest, heartbeat_age_secs};
 pub use partition::{Claim, LeaseLost, NewPartition, PartitionStatuses, partition_name};
 pub use rows::{ItemFailure, JobExecution, JobInstance, StepExecution};
 use schema::{

@@ -3,7 +3,7 @@
 //! large: 413, an unsupported `Content-Type`: 415, a method a route does not have: 405), is JSON:
 //! `{"error": "<code>", "message": "<what and why>"}`.
 //!
-//! A request that changes state (the kick) sends its body, if any, as
+//! A request that changes state (the kick, the operator verbs) sends its body, if any, as
 //! `Content-Type: application/json` (a charset parameter may follow); any other declared type, or a
 //! body without a type, is refused with 415 before anything runs. A body is at most
 //! [`MAX_BODY_BYTES`].
@@ -12,6 +12,7 @@
 //! |---|---|
 //! | `POST /jobs/{name}/executions` body `{"parameters": {"date": "2026-11-20"}, "rerun": false}` (body optional) | 202 `{execution_id, job_instance_id, status: "STARTED"}` and `Location`; 200 with the result if the instance already completed (NOOP); 409 if it is running; 400 bad parameters; 404 unknown job |
 //! | `GET /executions/{id}` | 200 the execution with its steps; 404 |
+//! | `POST /executions/{id}/stop`, `/restart`, `/abandon`; `GET /executions/{id}/failures` | the operator verbs: see [`super::operator_api`] |
 //! | `GET /jobs/{name}/executions?limit=N` | 200 newest first (default 20, at most 1000) |
 //! | `GET /health` (no token needed; the reasons of a failure only with it) | 200 / 503 `{status, database, <each module check, e.g. redis>}` |
 //! | `GET /metrics` | Prometheus text format 0.0.4 |
@@ -31,6 +32,7 @@ use batch_common::ExitCode;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use super::operator_api;
 use super::service::{KickOutcome, Service};
 use crate::launch::LaunchFailure;
 use crate::views::execution_view;
@@ -44,7 +46,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -83,7 +85,7 @@ impl From<LaunchFailure> for ApiError {
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// A body the framework could not read: too large (413) or broken off.
-fn body_rejection(r: &BytesRejection) -> ApiError {
+pub(super) fn body_rejection(r: &BytesRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -95,18 +97,18 @@ fn body_rejection(r: &BytesRejection) -> ApiError {
     }
 }
 
-fn path_rejection(r: &PathRejection) -> ApiError {
+pub(super) fn path_rejection(r: &PathRejection) -> ApiError {
     ApiError::new(r.status(), "bad_path", r.body_text())
 }
 
-fn query_rejection(r: &QueryRejection) -> ApiError {
+pub(super) fn query_rejection(r: &QueryRejection) -> ApiError {
     ApiError::new(r.status(), "bad_query", r.body_text())
 }
 
 /// A state-changing request's body must be JSON: a declared `Content-Type` other than
 /// `application/json` (parameters such as `charset=utf-8` allowed), or a non-empty body without
 /// one, is refused with 415. A request without a body and without a type is fine.
-fn require_json(headers: &HeaderMap, body_is_empty: bool) -> Result<(), ApiError> {
+pub(super) fn require_json(headers: &HeaderMap, body_is_empty: bool) -> Result<(), ApiError> {
     let unsupported = |what: String| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -134,7 +136,7 @@ fn require_json(headers: &HeaderMap, body_is_empty: bool) -> Result<(), ApiError
     }
 }
 
-fn db_error(e: impl std::fmt::Display) -> ApiError {
+pub(super) fn db_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "database",
@@ -186,6 +188,10 @@ pub fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route("/jobs/{name}/executions", post(kick).get(job_executions))
         .route("/executions/{id}", get(execution))
+        .route("/executions/{id}/stop", post(operator_api::stop))
+        .route("/executions/{id}/restart", post(operator_api::restart))
+        .route("/executions/{id}/abandon", post(operator_api::abandon))
+        .route("/executions/{id}/failures", get(operator_api::failures))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -206,7 +212,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such route; see GET /health, /metrics, /executions/{id}, /jobs/{name}/executions",
+        "no such route; see GET /health, /metrics, /executions/{id}, /executions/{id}/failures, /jobs/{name}/executions; POST /jobs/{name}/executions, /executions/{id}/stop, /restart, /abandon",
     )
 }
 
@@ -223,11 +229,43 @@ struct KickRequest {
 }
 
 fn parse_kick(body: &[u8]) -> Result<KickRequest, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(KickRequest::default());
+    parse_object(
+        body,
+        "{\"parameters\": {\"name\": \"value\"}, \"rerun\": false}",
+    )
+}
+
+/// A request body that must be a JSON object of `T`'s shape (`expected` shows it): an empty
+/// body is `T::default()`; anything else — an array, a string, a number, `null`, broken JSON,
+/// an unknown field — is 400 naming what is wrong and where. (serde would read a struct from
+/// a JSON array too: `[]` must not pass as `{}`.)
+pub(super) fn parse_object<T: Default + for<'de> Deserialize<'de>>(
+    body: &[u8],
+    expected: &str,
+) -> Result<T, ApiError> {
+    let bad = |what: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("request body{what} (expected {expected})"),
+        )
+    };
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
+        return Ok(T::default());
+    };
+    if *first != b'{' {
+        let kind = match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Array(_)) => "an array",
+            Ok(serde_json::Value::String(_)) => "a string",
+            Ok(serde_json::Value::Number(_)) => "a number",
+            Ok(serde_json::Value::Bool(_)) => "a boolean",
+            Ok(serde_json::Value::Null) => "null",
+            _ => "not JSON",
+        };
+        return Err(bad(format!(": must be a JSON object, got {kind}")));
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         // A syntax error has no field path (serde_path_to_error says `?`); serde_json's message
         // already gives the line and column.
@@ -236,15 +274,9 @@ fn parse_kick(body: &[u8]) -> Result<KickRequest, ApiError> {
         } else {
             format!(" at `{path}`")
         };
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            format!(
-                "request body{at}: {} (expected {{\"parameters\": {{\"name\": \"value\"}}, \"rerun\": false}})",
-                e.inner()
-            ),
-        )
-    })
+        bad(format!("{at}: {}", e.inner()))
+    })?;
+    Ok(value)
 }
 
 fn parameter_strings(
