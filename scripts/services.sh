@@ -31,11 +31,31 @@ if want redis; then
 fi
 # The tests' throwaway TLS servers (batch-testkit's servers) make their certificates with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# batch-common's promtool test lints /metrics with `promtool check metrics` (Debian's prometheus).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   as_root apt-get update -qq
+  # Only promtool is wanted from prometheus: its postinst would start a server on :9090 (and
+  # fail the install where the init script cannot run). Without a policy-rc.d of the machine's
+  # own (Docker images have one that denies every start), a temporary one denies that start.
+  policy=/usr/sbin/policy-rc.d own_policy=
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n[ "$1" = prometheus ] && exit 101\nexit 0\n' | as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+    own_policy=1
+    trap 'as_root rm -f "$policy"' EXIT
+  fi
   as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$own_policy" ]; then as_root rm -f "$policy"; trap - EXIT; fi
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then # whatever started it anyway: stopped
+    if [ -d /run/systemd/system ]; then
+      as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    else
+      as_root /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 # --- PostgreSQL ---------------------------------------------------------------------------

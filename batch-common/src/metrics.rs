@@ -1,9 +1,11 @@
-//! Run metrics in the Prometheus text exposition format (version 0.0.4).
+//! Run metrics through the Prometheus client library (`prometheus-client`), rendered in the
+//! Prometheus text exposition format (version 0.0.4, [`CONTENT_TYPE`]).
 //!
 //! [`Metrics`] is a [`JobListener`]: attach it to the launcher and it counts what the runs of this
 //! process did. `render` writes every family; the "last successful run" gauge can also be seeded
 //! from the job repository ([`Metrics::observe_last_success`]) so that runs launched elsewhere
-//! (Jenkins, another process) and runs before a restart show up too.
+//! (Jenkins, another process) and runs before a restart show up too. `serve`'s API reports what
+//! operators asked of it through [`Metrics::operator_action`].
 //!
 //! Families:
 //! - `batch_job_runs_total{job,status}`: finished executions by final status.
@@ -12,19 +14,30 @@
 //! - `batch_step_duration_seconds{job,step}`: histogram of step wall time.
 //! - `batch_step_items_total{job,step,kind}`: items `read`, `written`, `filtered` and `skipped`
 //!   (an item that failed alone and was recorded as an item failure; the run goes on).
-//! - `batch_step_counter_total{job,step,counter}`: the steps' domain counters (`created`, ...).
+//! - `batch_step_domain_events_total{job,step,counter}`: the steps' domain counters (`created`,
+//!   ...). Named `batch_step_counter_total` before the client library: `promtool check metrics`
+//!   objects to a metric name that includes its type.
 //! - `batch_job_item_failures_total{job}`: item failures recorded by finished executions.
 //! - `batch_partitions_total{job,step,event}`: partitions this process's workers `claimed`,
 //!   `reclaimed` (after a lost lease or a release), `completed`, `failed`, `released` (stopped)
 //!   and `lost` (its lease expired while it worked).
+//! - `batch_partitions_working{job,step}`: partitions this process's workers hold now (claimed or
+//!   re-claimed and not yet completed, failed, released or lost).
+//! - `batch_operator_actions_total{job,action,outcome}`: what operators asked (`run`, `stop`,
+//!   `restart`, `abandon`, ...) and how it was answered (`accepted`, `refused`, `not_found`, ...).
 //! - `batch_job_last_success_timestamp_seconds{job}`: end time of the last COMPLETED execution.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::listener::{JobListener, JobRunInfo, PartitionEvent};
 use crate::result::{BatchResult, StepResult};
@@ -34,46 +47,157 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
 ];
 
-#[derive(Debug, Clone, Default)]
-struct Histogram {
-    /// Cumulative counts per bucket of [`DURATION_BUCKETS`].
-    buckets: Vec<u64>,
-    sum: f64,
-    count: u64,
+/// The `Content-Type` of [`Metrics::render`]'s text: the Prometheus text format, version 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct JobLabels {
+    job: String,
 }
 
-impl Histogram {
-    fn observe(&mut self, value: f64) {
-        if self.buckets.is_empty() {
-            self.buckets = vec![0; DURATION_BUCKETS.len()];
-        }
-        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
-            if value <= *le {
-                self.buckets[i] += 1;
-            }
-        }
-        self.sum += value;
-        self.count += 1;
-    }
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RunLabels {
+    job: String,
+    status: String,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    runs: BTreeMap<(String, String), u64>,
-    running: BTreeMap<String, i64>,
-    job_duration: BTreeMap<String, Histogram>,
-    step_duration: BTreeMap<(String, String), Histogram>,
-    items: BTreeMap<(String, String, &'static str), u64>,
-    counters: BTreeMap<(String, String, String), i64>,
-    item_failures: BTreeMap<String, u64>,
-    last_success: BTreeMap<String, DateTime<Utc>>,
-    partitions: BTreeMap<(String, String, &'static str), u64>,
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StepLabels {
+    job: String,
+    step: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ItemLabels {
+    job: String,
+    step: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DomainLabels {
+    job: String,
+    step: String,
+    counter: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PartitionLabels {
+    job: String,
+    step: String,
+    event: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ActionLabels {
+    job: String,
+    action: String,
+    outcome: String,
+}
+
+type Durations<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS.iter().copied())
 }
 
 /// The metrics of one process; cheap to share (`Arc<Metrics>`), updated by its listener methods.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    state: Mutex<State>,
+    registry: Registry,
+    runs: Family<RunLabels, Counter>,
+    running: Family<JobLabels, Gauge>,
+    job_duration: Durations<JobLabels>,
+    step_duration: Durations<StepLabels>,
+    items: Family<ItemLabels, Counter>,
+    domain_events: Family<DomainLabels, Counter>,
+    item_failures: Family<JobLabels, Counter>,
+    partitions: Family<PartitionLabels, Counter>,
+    partitions_working: Family<StepLabels, Gauge>,
+    operator_actions: Family<ActionLabels, Counter>,
+    last_success: Family<JobLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Self {
+            registry: Registry::default(),
+            runs: Family::default(),
+            running: Family::default(),
+            job_duration: Family::new_with_constructor(duration_histogram),
+            step_duration: Family::new_with_constructor(duration_histogram),
+            items: Family::default(),
+            domain_events: Family::default(),
+            item_failures: Family::default(),
+            partitions: Family::default(),
+            partitions_working: Family::default(),
+            operator_actions: Family::default(),
+            last_success: Family::default(),
+        };
+        // Counters are registered without `_total`: the library appends it. It also ends each
+        // help text with a full stop.
+        let r = &mut m.registry;
+        r.register(
+            "batch_job_runs",
+            "Finished job executions by final status",
+            m.runs.clone(),
+        );
+        r.register(
+            "batch_job_running",
+            "Job executions of this process running now",
+            m.running.clone(),
+        );
+        r.register_with_unit(
+            "batch_job_duration",
+            "Wall time of job executions",
+            Unit::Seconds,
+            m.job_duration.clone(),
+        );
+        r.register_with_unit(
+            "batch_step_duration",
+            "Wall time of step executions",
+            Unit::Seconds,
+            m.step_duration.clone(),
+        );
+        r.register(
+            "batch_step_items",
+            "Items by kind: read, written, filtered, skipped (item failures)",
+            m.items.clone(),
+        );
+        r.register(
+            "batch_step_domain_events",
+            "Domain counters of steps (created, corrected, unchanged, skipped_newer, ...)",
+            m.domain_events.clone(),
+        );
+        r.register(
+            "batch_job_item_failures",
+            "Item failures recorded by finished job executions",
+            m.item_failures.clone(),
+        );
+        r.register(
+            "batch_partitions",
+            "Partitions of partitioned steps that this process's workers claimed, re-claimed, \
+             completed, failed, released or lost",
+            m.partitions.clone(),
+        );
+        r.register(
+            "batch_partitions_working",
+            "Partitions of partitioned steps that this process's workers hold now",
+            m.partitions_working.clone(),
+        );
+        r.register(
+            "batch_operator_actions",
+            "Operator requests (run, stop, restart, abandon, ...) by outcome",
+            m.operator_actions.clone(),
+        );
+        r.register_with_unit(
+            "batch_job_last_success_timestamp",
+            "End time (Unix seconds) of the job's last COMPLETED execution",
+            Unit::Seconds,
+            m.last_success.clone(),
+        );
+        m
+    }
 }
 
 impl Metrics {
@@ -82,228 +206,101 @@ impl Metrics {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock leaves plain counters behind: still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn job(job: &str) -> JobLabels {
+        JobLabels {
+            job: job.to_owned(),
+        }
     }
 
     /// Records that `job` last completed at `at`, if that is later than what is known (e.g. read
     /// from the job repository at start-up or before a scrape).
     pub fn observe_last_success(&self, job: &str, at: DateTime<Utc>) {
-        let mut s = self.lock();
-        let slot = s.last_success.entry(job.to_owned()).or_insert(at);
-        if *slot < at {
-            *slot = at;
-        }
+        let seconds = at.timestamp_millis() as f64 / 1000.0;
+        let gauge = self.last_success.get_or_create(&Self::job(job));
+        // Only forward: an older success (another process, the repository) never moves it back.
+        let _ = gauge
+            .inner()
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                (f64::from_bits(bits) < seconds).then_some(seconds.to_bits())
+            });
     }
 
     /// Makes `job` appear in every per-job family with zero values (so a scraper sees the series
     /// before the first run).
     pub fn register_job(&self, job: &str) {
-        let mut s = self.lock();
-        s.running.entry(job.to_owned()).or_insert(0);
-        s.job_duration.entry(job.to_owned()).or_default();
-        s.item_failures.entry(job.to_owned()).or_insert(0);
+        let labels = Self::job(job);
+        self.running.get_or_create_owned(&labels);
+        self.job_duration.get_or_create_owned(&labels);
+        self.item_failures.get_or_create_owned(&labels);
     }
 
-    /// The Prometheus text exposition of every family.
+    /// Counts an operator's request about `job`: `action` (`run`, `stop`, `restart`, `abandon`,
+    /// ...) answered with `outcome` (`accepted`, `refused`, `not_found`, ...).
+    pub fn operator_action(&self, job: &str, action: &str, outcome: &str) {
+        self.operator_actions
+            .get_or_create(&ActionLabels {
+                job: job.to_owned(),
+                action: action.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]) of every family.
     pub fn render(&self) -> String {
-        let s = self.lock();
-        let mut out = String::with_capacity(4096);
-        family(
-            &mut out,
-            "batch_job_runs_total",
-            "counter",
-            "Finished job executions by final status.",
-        );
-        for ((job, status), n) in &s.runs {
-            sample(
-                &mut out,
-                "batch_job_runs_total",
-                &[("job", job), ("status", status)],
-                *n as f64,
-            );
-        }
-        family(
-            &mut out,
-            "batch_job_running",
-            "gauge",
-            "Job executions of this process running now.",
-        );
-        for (job, n) in &s.running {
-            sample(&mut out, "batch_job_running", &[("job", job)], *n as f64);
-        }
-        family(
-            &mut out,
-            "batch_job_duration_seconds",
-            "histogram",
-            "Wall time of job executions.",
-        );
-        for (job, h) in &s.job_duration {
-            histogram(&mut out, "batch_job_duration_seconds", &[("job", job)], h);
-        }
-        family(
-            &mut out,
-            "batch_step_duration_seconds",
-            "histogram",
-            "Wall time of step executions.",
-        );
-        for ((job, step), h) in &s.step_duration {
-            histogram(
-                &mut out,
-                "batch_step_duration_seconds",
-                &[("job", job), ("step", step)],
-                h,
-            );
-        }
-        family(
-            &mut out,
-            "batch_step_items_total",
-            "counter",
-            "Items by kind: read, written, filtered, skipped (item failures).",
-        );
-        for ((job, step, kind), n) in &s.items {
-            sample(
-                &mut out,
-                "batch_step_items_total",
-                &[("job", job), ("step", step), ("kind", kind)],
-                *n as f64,
-            );
-        }
-        family(
-            &mut out,
-            "batch_step_counter_total",
-            "counter",
-            "Domain counters of steps (created, corrected, unchanged, skipped_newer, ...).",
-        );
-        for ((job, step, counter), n) in &s.counters {
-            sample(
-                &mut out,
-                "batch_step_counter_total",
-                &[("job", job), ("step", step), ("counter", counter)],
-                *n as f64,
-            );
-        }
-        family(
-            &mut out,
-            "batch_job_item_failures_total",
-            "counter",
-            "Item failures recorded by finished job executions.",
-        );
-        for (job, n) in &s.item_failures {
-            sample(
-                &mut out,
-                "batch_job_item_failures_total",
-                &[("job", job)],
-                *n as f64,
-            );
-        }
-        family(
-            &mut out,
-            "batch_partitions_total",
-            "counter",
-            "Partitions of partitioned steps that this process's workers claimed, re-claimed, completed, failed, released or lost.",
-        );
-        for ((job, step, event), n) in &s.partitions {
-            sample(
-                &mut out,
-                "batch_partitions_total",
-                &[("job", job), ("step", step), ("event", event)],
-                *n as f64,
-            );
-        }
-        family(
-            &mut out,
-            "batch_job_last_success_timestamp_seconds",
-            "gauge",
-            "End time (Unix seconds) of the job's last COMPLETED execution.",
-        );
-        for (job, at) in &s.last_success {
-            sample(
-                &mut out,
-                "batch_job_last_success_timestamp_seconds",
-                &[("job", job)],
-                at.timestamp_millis() as f64 / 1000.0,
-            );
+        let mut out = String::with_capacity(8192);
+        if let Err(e) = prometheus_text::encode(&mut out, &self.registry) {
+            // Writing to a String does not fail; an encoder error leaves a partial text behind.
+            tracing::error!(error = %e, "metrics: encoding failed");
         }
         out
     }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Escapes a label value: backslash, double quote and newline.
-fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn labels(pairs: &[(&str, &str)]) -> String {
-    let inner: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    format!("{{{}}}", inner.join(","))
-}
-
-fn number(v: f64) -> String {
-    if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
-    } else {
-        format!("{v}")
-    }
-}
-
-fn sample(out: &mut String, name: &str, pairs: &[(&str, &str)], value: f64) {
-    let _ = writeln!(out, "{name}{} {}", labels(pairs), number(value));
-}
-
-fn histogram(out: &mut String, name: &str, pairs: &[(&str, &str)], h: &Histogram) {
-    for (i, le) in DURATION_BUCKETS.iter().enumerate() {
-        let mut with_le = pairs.to_vec();
-        let le = number(*le);
-        with_le.push(("le", &le));
-        let n = h.buckets.get(i).copied().unwrap_or(0);
-        sample(out, &format!("{name}_bucket"), &with_le, n as f64);
-    }
-    let mut with_le = pairs.to_vec();
-    with_le.push(("le", "+Inf"));
-    sample(out, &format!("{name}_bucket"), &with_le, h.count as f64);
-    sample(out, &format!("{name}_sum"), pairs, h.sum);
-    sample(out, &format!("{name}_count"), pairs, h.count as f64);
+/// Subtracts one from `gauge` without going below zero (an end whose start this process did not
+/// see, e.g. counted before a reset, must not make it negative).
+fn dec_to_zero(gauge: &AtomicI64) {
+    let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        (n > 0).then_some(n - 1)
+    });
 }
 
 #[async_trait]
 impl JobListener for Metrics {
     async fn on_partition(&self, job: &JobRunInfo, step: &str, event: PartitionEvent) {
-        let mut s = self.lock();
-        *s.partitions
-            .entry((job.job_name.clone(), step.to_owned(), event.as_str()))
-            .or_insert(0) += 1;
+        self.partitions
+            .get_or_create(&PartitionLabels {
+                job: job.job_name.clone(),
+                step: step.to_owned(),
+                event: event.as_str(),
+            })
+            .inc();
+        let working = self.partitions_working.get_or_create(&StepLabels {
+            job: job.job_name.clone(),
+            step: step.to_owned(),
+        });
+        match event {
+            PartitionEvent::Claimed | PartitionEvent::Reclaimed => {
+                working.inc();
+            }
+            PartitionEvent::Completed
+            | PartitionEvent::Failed
+            | PartitionEvent::Released
+            | PartitionEvent::Lost => dec_to_zero(working.inner()),
+        }
     }
 
     async fn before_job(&self, job: &JobRunInfo) {
-        let mut s = self.lock();
-        *s.running.entry(job.job_name.clone()).or_insert(0) += 1;
+        self.running.get_or_create(&Self::job(&job.job_name)).inc();
     }
 
     async fn after_step(&self, job: &JobRunInfo, step: &StepResult) {
-        let mut s = self.lock();
-        let key = (job.job_name.clone(), step.name.clone());
-        s.step_duration
-            .entry(key.clone())
-            .or_default()
+        let labels = StepLabels {
+            job: job.job_name.clone(),
+            step: step.name.clone(),
+        };
+        self.step_duration
+            .get_or_create(&labels)
             .observe(step.duration_ms as f64 / 1000.0);
         for (kind, n) in [
             ("read", step.counts.read_count),
@@ -311,44 +308,52 @@ impl JobListener for Metrics {
             ("filtered", step.counts.filter_count),
             ("skipped", step.counts.skip_count),
         ] {
-            *s.items
-                .entry((key.0.clone(), key.1.clone(), kind))
-                .or_insert(0) += n.max(0) as u64;
+            self.items
+                .get_or_create(&ItemLabels {
+                    job: labels.job.clone(),
+                    step: labels.step.clone(),
+                    kind,
+                })
+                .inc_by(n.max(0) as u64);
         }
         for (counter, n) in &step.counts.counters {
-            *s.counters
-                .entry((key.0.clone(), key.1.clone(), counter.clone()))
-                .or_insert(0) += *n;
+            self.domain_events
+                .get_or_create(&DomainLabels {
+                    job: labels.job.clone(),
+                    step: labels.step.clone(),
+                    counter: counter.clone(),
+                })
+                .inc_by((*n).max(0) as u64);
         }
     }
 
     async fn after_job(&self, job: &JobRunInfo, result: &BatchResult) {
-        let mut s = self.lock();
-        if let Some(n) = s.running.get_mut(&job.job_name) {
-            *n = (*n - 1).max(0);
-        }
-        *s.runs
-            .entry((job.job_name.clone(), result.status.to_string()))
-            .or_insert(0) += 1;
-        s.job_duration
-            .entry(job.job_name.clone())
-            .or_default()
+        let labels = Self::job(&job.job_name);
+        dec_to_zero(self.running.get_or_create(&labels).inner());
+        self.runs
+            .get_or_create(&RunLabels {
+                job: job.job_name.clone(),
+                status: result.status.to_string(),
+            })
+            .inc();
+        self.job_duration
+            .get_or_create(&labels)
             .observe(result.duration_ms as f64 / 1000.0);
-        *s.item_failures.entry(job.job_name.clone()).or_insert(0) +=
-            result.item_failures.max(0) as u64;
+        self.item_failures
+            .get_or_create(&labels)
+            .inc_by(result.item_failures.max(0) as u64);
         if result.status == "COMPLETED"
             && let Some(ended) = result.ended_at
         {
-            let slot = s.last_success.entry(job.job_name.clone()).or_insert(ended);
-            if *slot < ended {
-                *slot = ended;
-            }
+            self.observe_last_success(&job.job_name, ended);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::repository::{BatchStatus, StepCounts};
     use crate::result::ExitCode;
@@ -362,15 +367,21 @@ mod tests {
         }
     }
 
+    fn assert_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(
+                text.lines().any(|l| l == *line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn counts_a_run() {
         let m = Metrics::new();
         m.register_job("otherJob");
         m.before_job(&run()).await;
-        assert!(
-            m.render()
-                .contains("batch_job_running{job=\"someJob\"} 1\n")
-        );
+        assert_lines(&m.render(), &["batch_job_running{job=\"someJob\"} 1"]);
         let step = StepResult {
             counts: StepCounts {
                 read_count: 10,
@@ -400,38 +411,90 @@ mod tests {
         };
         m.after_job(&run(), &result).await;
         let text = m.render();
-        for line in [
-            "batch_job_running{job=\"someJob\"} 0",
-            "batch_job_running{job=\"otherJob\"} 0",
-            "batch_job_runs_total{job=\"someJob\",status=\"COMPLETED\"} 1",
-            "batch_job_duration_seconds_bucket{job=\"someJob\",le=\"1\"} 0",
-            "batch_job_duration_seconds_bucket{job=\"someJob\",le=\"5\"} 1",
-            "batch_job_duration_seconds_bucket{job=\"someJob\",le=\"+Inf\"} 1",
-            "batch_job_duration_seconds_sum{job=\"someJob\"} 3",
-            "batch_job_duration_seconds_count{job=\"otherJob\"} 0",
-            "batch_step_duration_seconds_sum{job=\"someJob\",step=\"aStep\"} 2.5",
-            "batch_step_items_total{job=\"someJob\",step=\"aStep\",kind=\"read\"} 10",
-            "batch_step_items_total{job=\"someJob\",step=\"aStep\",kind=\"filtered\"} 1",
-            "batch_step_counter_total{job=\"someJob\",step=\"aStep\",counter=\"created\"} 4",
-            "batch_job_last_success_timestamp_seconds{job=\"someJob\"} 1700000000.5",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing `{line}` in:\n{text}"
-            );
-        }
-        // An older success seen in the repository does not move the gauge back.
+        assert_lines(
+            &text,
+            &[
+                "# HELP batch_job_runs_total Finished job executions by final status.",
+                "# TYPE batch_job_runs_total counter",
+                "# TYPE batch_job_duration_seconds histogram",
+                "# TYPE batch_job_last_success_timestamp_seconds gauge",
+                "batch_job_running{job=\"someJob\"} 0",
+                "batch_job_running{job=\"otherJob\"} 0",
+                "batch_job_runs_total{job=\"someJob\",status=\"COMPLETED\"} 1",
+                "batch_job_duration_seconds_bucket{job=\"someJob\",le=\"1\"} 0",
+                "batch_job_duration_seconds_bucket{job=\"someJob\",le=\"5\"} 1",
+                "batch_job_duration_seconds_bucket{job=\"someJob\",le=\"+Inf\"} 1",
+                "batch_job_duration_seconds_sum{job=\"someJob\"} 3.0",
+                "batch_job_duration_seconds_count{job=\"otherJob\"} 0",
+                "batch_job_item_failures_total{job=\"otherJob\"} 0",
+                "batch_step_duration_seconds_sum{job=\"someJob\",step=\"aStep\"} 2.5",
+                "batch_step_items_total{job=\"someJob\",step=\"aStep\",kind=\"read\"} 10",
+                "batch_step_items_total{job=\"someJob\",step=\"aStep\",kind=\"filtered\"} 1",
+                "batch_step_domain_events_total{job=\"someJob\",step=\"aStep\",counter=\"created\"} 4",
+                "batch_job_last_success_timestamp_seconds{job=\"someJob\"} 1700000000.5",
+            ],
+        );
+        // Every bucket of DURATION_BUCKETS, then +Inf.
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with("batch_job_duration_seconds_bucket{job=\"someJob\""))
+            .count();
+        assert_eq!(buckets, DURATION_BUCKETS.len() + 1, "{text}");
+        // An older success seen in the repository does not move the gauge back; a newer one does.
         m.observe_last_success("someJob", ended - chrono::Duration::hours(1));
-        assert!(
-            m.render()
-                .contains("batch_job_last_success_timestamp_seconds{job=\"someJob\"} 1700000000.5")
+        assert_lines(
+            &m.render(),
+            &["batch_job_last_success_timestamp_seconds{job=\"someJob\"} 1700000000.5"],
+        );
+        m.observe_last_success("someJob", ended + chrono::Duration::seconds(10));
+        m.observe_last_success("otherJob", ended);
+        assert_lines(
+            &m.render(),
+            &[
+                "batch_job_last_success_timestamp_seconds{job=\"someJob\"} 1700000010.5",
+                "batch_job_last_success_timestamp_seconds{job=\"otherJob\"} 1700000000.5",
+            ],
         );
     }
 
     #[tokio::test]
-    async fn counts_partition_events() {
+    async fn a_run_that_ends_unseen_does_not_go_below_zero() {
+        let m = Metrics::new();
+        let result = BatchResult {
+            job_name: "someJob".into(),
+            job_instance_id: Some(1),
+            execution_id: Some(7),
+            parameters: BTreeMap::new(),
+            status: BatchStatus::Failed.into(),
+            exit_code: ExitCode::Failed,
+            message: None,
+            started_at: None,
+            ended_at: None,
+            duration_ms: 10,
+            steps: vec![],
+            item_failures: 2,
+        };
+        m.after_job(&run(), &result).await;
+        let text = m.render();
+        assert_lines(
+            &text,
+            &[
+                "batch_job_running{job=\"someJob\"} 0",
+                "batch_job_runs_total{job=\"someJob\",status=\"FAILED\"} 1",
+                "batch_job_item_failures_total{job=\"someJob\"} 2",
+            ],
+        );
+        assert!(
+            !text.contains("batch_job_last_success_timestamp_seconds{"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn counts_partition_events_and_working_partitions() {
         let m = Metrics::new();
         for event in [
+            PartitionEvent::Claimed,
             PartitionEvent::Claimed,
             PartitionEvent::Claimed,
             PartitionEvent::Completed,
@@ -441,25 +504,61 @@ mod tests {
             m.on_partition(&run(), "aStep", event).await;
         }
         let text = m.render();
-        for line in [
-            "# TYPE batch_partitions_total counter",
-            "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"claimed\"} 2",
-            "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"completed\"} 1",
-            "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"reclaimed\"} 1",
-            "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"lost\"} 1",
+        assert_lines(
+            &text,
+            &[
+                "# TYPE batch_partitions_total counter",
+                "# TYPE batch_partitions_working gauge",
+                "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"claimed\"} 3",
+                "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"completed\"} 1",
+                "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"reclaimed\"} 1",
+                "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"lost\"} 1",
+                "batch_partitions_working{job=\"someJob\",step=\"aStep\"} 2",
+            ],
+        );
+        for event in [
+            PartitionEvent::Failed,
+            PartitionEvent::Released,
+            PartitionEvent::Lost,
         ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing `{line}` in:\n{text}"
-            );
+            m.on_partition(&run(), "aStep", event).await;
         }
+        assert_lines(
+            &m.render(),
+            &[
+                "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"failed\"} 1",
+                "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"released\"} 1",
+                "batch_partitions_total{job=\"someJob\",step=\"aStep\",event=\"lost\"} 2",
+                "batch_partitions_working{job=\"someJob\",step=\"aStep\"} 0",
+            ],
+        );
+    }
+
+    #[test]
+    fn counts_operator_actions() {
+        let m = Metrics::new();
+        m.operator_action("someJob", "stop", "accepted");
+        m.operator_action("someJob", "stop", "accepted");
+        m.operator_action("someJob", "restart", "refused");
+        m.operator_action("noSuchJob", "run", "not_found");
+        assert_lines(
+            &m.render(),
+            &[
+                "# TYPE batch_operator_actions_total counter",
+                "batch_operator_actions_total{job=\"someJob\",action=\"stop\",outcome=\"accepted\"} 2",
+                "batch_operator_actions_total{job=\"someJob\",action=\"restart\",outcome=\"refused\"} 1",
+                "batch_operator_actions_total{job=\"noSuchJob\",action=\"run\",outcome=\"not_found\"} 1",
+            ],
+        );
     }
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(
-            labels(&[("job", "a\"b\\c\nd")]),
-            "{job=\"a\\\"b\\\\c\\nd\"}"
+        let m = Metrics::new();
+        m.register_job("a\"b\\c\nd");
+        assert_lines(
+            &m.render(),
+            &["batch_job_running{job=\"a\\\"b\\\\c\\nd\"} 0"],
         );
     }
 }
