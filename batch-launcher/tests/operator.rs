@@ -528,6 +528,27 @@ async fn verbs_through_the_api(backend: Backend) {
             "{body}"
         );
     }
+    // Each action counted by outcome, under its job's name.
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "batch_operator_actions_total{job=\"assetRefreshJob\",action=\"stop\",outcome=\"accepted\"} 1",
+        "batch_operator_actions_total{job=\"assetRefreshJob\",action=\"stop\",outcome=\"refused\"} 1",
+        "batch_operator_actions_total{job=\"assetRefreshJob\",action=\"restart\",outcome=\"accepted\"} 1",
+        "batch_operator_actions_total{job=\"assetRefreshJob\",action=\"restart\",outcome=\"refused\"} 2",
+        "batch_operator_actions_total{job=\"assetRefreshJob\",action=\"abandon\",outcome=\"refused\"} 2",
+        "batch_operator_actions_total{job=\"unknown\",action=\"stop\",outcome=\"not_found\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     serve.kill().unwrap();
     let _ = serve.wait();
 }

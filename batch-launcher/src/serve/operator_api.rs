@@ -20,7 +20,7 @@ use batch_common::repository::MAX_FAILURES_PAGE;
 use batch_common::{ClockExt, ExitCode};
 use serde::Deserialize;
 
-use super::api::{
+use super::http::{
     ApiError, Authorized, body_rejection, db_error, parse_object, path_rejection, query_rejection,
     require_json,
 };
@@ -40,6 +40,29 @@ impl From<OperatorError> for ApiError {
         };
         ApiError::new(status, code, e.to_string())
     }
+}
+
+/// Counts an operator action on execution `id` in `batch_operator_actions_total` (labelled with
+/// its job, or `unknown` for an execution that does not exist) and passes its outcome on.
+async fn counted<T>(
+    service: &Service,
+    id: i64,
+    action: &str,
+    outcome: Result<T, OperatorError>,
+) -> Result<T, ApiError> {
+    let job = match service.repository().execution(id).await {
+        Ok(Some(e)) => match service.repository().instance(e.job_instance_id).await {
+            Ok(Some(i)) => i.job_name,
+            _ => "unknown".to_owned(),
+        },
+        _ => "unknown".to_owned(),
+    };
+    let label = match &outcome {
+        Ok(_) => "accepted",
+        Err(e) => e.outcome(),
+    };
+    service.metrics().operator_action(&job, action, label);
+    outcome.map_err(ApiError::from)
 }
 
 /// The `{id}` of an execution route.
@@ -93,7 +116,8 @@ pub(super) async fn stop(
     let id = execution_id(id)?;
     let _: Empty = optional_body(&headers, body, "{}")?;
     let now = service.clock.now_naive_utc();
-    let stopped = operator::stop(service.repository(), id, now).await?;
+    let outcome = operator::stop(service.repository(), id, now).await;
+    let stopped = counted(&service, id, "stop", outcome).await?;
     let body = serde_json::json!({
         "execution_id": id,
         "status": "STOPPING",
@@ -115,7 +139,8 @@ pub(super) async fn restart(
 ) -> Result<Response, ApiError> {
     let id = execution_id(id)?;
     let _: Empty = optional_body(&headers, body, "{}")?;
-    let (job, params) = operator::restart_target(service.repository(), id).await?;
+    let outcome = operator::restart_target(service.repository(), id).await;
+    let (job, params) = counted(&service, id, "restart", outcome).await?;
     match service.kick(&job, params, false).await? {
         KickOutcome::Started {
             execution_id,
@@ -166,14 +191,15 @@ pub(super) async fn abandon(
     let request: AbandonRequest = optional_body(&headers, body, "{\"force\": false}")?;
     let repo = service.repository();
     let now = service.clock.now_naive_utc();
-    let e = operator::abandon(
+    let outcome = operator::abandon(
         repo,
         id,
         service.props.batch.stale_after,
         request.force,
         now,
     )
-    .await?;
+    .await;
+    let e = counted(&service, id, "abandon", outcome).await?;
     let Some(i) = repo.instance(e.job_instance_id).await.map_err(db_error)? else {
         return Err(db_error(format!("execution {id} has no instance")));
     };
