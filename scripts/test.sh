@@ -17,3 +17,7 @@ cargo test --workspace --all-targets "${FEATURES[@]}"
 # The deployment examples (Kubernetes manifests, Dockerfile) offline against the Kubernetes
 # schemas, and each workload's command through the launcher the tests just built.
 BATCH_LAUNCHER_BIN="$PWD/target/debug/batch-launcher" scripts/check_deploy.sh
+# The HTTP API against its own OpenAPI document (GET /openapi.json): schemathesis (PyPI) in
+# negative and positive mode through a real `serve`; no 5xx, every answer documented and
+# matching, no schema-violating request accepted.
+BATCH_LAUNCHER_BIN="$PWD/target/debug/batch-launcher" scripts/api_check.sh

@@ -164,13 +164,15 @@ impl JobRepository {
         }
     }
 
-    /// Deletes an execution that never started (status STARTING) and frees its live slot; used
-    /// when the launch turns out to have nothing to do.
+    /// Deletes an execution that never started (status STARTING, or STOPPING if an operator
+    /// asked it to stop before it started) and frees its live slot; used when the launch turns
+    /// out to have nothing to do.
     pub async fn delete_unstarted_execution(&self, execution_id: i64) -> Result<(), DbError> {
         let mut conn = self.db.get().await?;
         dispatch!(&mut *conn, c => diesel::delete(e::table
                 .filter(e::id.eq(execution_id))
-                .filter(e::status.eq(BatchStatus::Starting.as_str())))
+                .filter(e::start_time.is_null())
+                .filter(e::status.eq_any([BatchStatus::Starting.as_str(), BatchStatus::Stopping.as_str()])))
             .execute(c)
             .await)?;
         Ok(())

@@ -36,9 +36,98 @@ use super::http::{
     require_json,
 };
 use super::operator_api;
+use super::schema::{
+    AlreadyRunning, ErrorBody, ExecutionView, Health, JobExecutions, ParamScalar, RunResult,
+    Started,
+};
 use super::service::{KickOutcome, Service};
 use crate::launch::LaunchFailure;
 use crate::views::execution_view;
+
+/// The API's OpenAPI 3.1 description, generated from the handlers' annotations and the body
+/// types ([`super::schema`]); served at `GET /openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "batch-launcher serve",
+        description = "Kick job runs, follow executions, stop/restart/abandon them from anywhere, read health and metrics. Every route but /health, /openapi.json needs `Authorization: Bearer <server.token>`. Every error is JSON: {\"error\": code, \"message\": text}."
+    ),
+    paths(
+        kick,
+        job_executions,
+        execution,
+        operator_api::stop,
+        operator_api::restart,
+        operator_api::abandon,
+        operator_api::failures,
+        health,
+        metrics,
+        openapi_json
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "runs", description = "Start runs and follow them."),
+        (name = "operator", description = "Spring Batch's JobOperator verbs, against an execution in any process on any machine."),
+        (name = "service", description = "Health, metrics and this description.")
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the bearer-token scheme the document's `security` names.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        // Every request body may be left out (no body = the defaults), but one that is sent
+        // must be the documented object (`null` is not).
+        for item in openapi.paths.paths.values_mut() {
+            if let Some(op) = item.post.as_mut()
+                && let Some(body) = op.request_body.as_mut()
+            {
+                body.required = Some(utoipa::openapi::Required::False);
+            }
+        }
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `GET /openapi.json`.
+#[utoipa::path(get, path = "/openapi.json", tag = "service", security(()),
+    summary = "This API's OpenAPI description",
+    responses((status = 200, description = "The OpenAPI 3.1 document.", content_type = "application/json", body = Object)))]
+async fn openapi_json(State(service): State<Arc<Service>>) -> Response {
+    axum::Json(openapi_for(&service.job_names_list())).into_response()
+}
+
+/// The document for a server running `jobs`: the `{name}` of the job routes is one of them.
+pub fn openapi_for(jobs: &[&str]) -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    let mut doc = ApiDoc::openapi();
+    let names = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(jobs.iter().copied()))
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        for op in [item.get.as_mut(), item.post.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            for p in op.parameters.iter_mut().flatten() {
+                if p.name == "name" {
+                    p.schema = Some(Schema::Object(names.clone()).into());
+                }
+            }
+        }
+    }
+    doc
+}
 
 /// The routes.
 pub fn router(service: Arc<Service>) -> Router {
@@ -51,6 +140,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/executions/{id}/failures", get(operator_api::failures))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -74,11 +164,13 @@ async fn not_found() -> ApiError {
 }
 
 /// The body of a kick.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct KickRequest {
-    /// Job parameters, `name: value` (strings, numbers or booleans).
+pub(super) struct KickRequest {
+    /// Job parameters, `name: value` (strings, numbers or booleans), checked against the job's
+    /// declared parameters (names, kinds, ranges; missing ones take their defaults).
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, ParamScalar>)]
     parameters: BTreeMap<String, serde_json::Value>,
     /// Run a COMPLETED instance again.
     #[serde(default)]
@@ -116,6 +208,22 @@ fn parameter_strings(
         .collect()
 }
 
+#[utoipa::path(post, path = "/jobs/{name}/executions", tag = "runs",
+    summary = "Start a run of a job (the kick)",
+    params(("name" = String, Path, description = "The job, e.g. `pointBalanceSyncJob`.")),
+    request_body(content = KickRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "A new execution, running.", body = Started,
+            headers(("Location" = String, description = "The execution's path."))),
+        (status = 200, description = "Nothing to do: the instance completed already (NOOP).", body = RunResult),
+        (status = 400, description = "A body that is not a JSON object of this shape, or bad parameters (named).", body = ErrorBody),
+        (status = 401, description = "No or a wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "No such job.", body = ErrorBody),
+        (status = 409, description = "The instance is running (here, in Jenkins or anywhere).", body = AlreadyRunning),
+        (status = 413, description = "A body over 64 KiB.", body = ErrorBody),
+        (status = 415, description = "A body that is not `application/json`.", body = ErrorBody),
+        (status = 503, description = "The database failed, the job could not be set up, or serve is shutting down.", body = ErrorBody),
+    ))]
 async fn kick(
     _auth: Authorized,
     State(service): State<Arc<Service>>,
@@ -175,6 +283,16 @@ async fn kick(
     }
 }
 
+#[utoipa::path(get, path = "/executions/{id}", tag = "runs",
+    summary = "An execution with its steps, counts, counters and partitions",
+    params(("id" = i64, Path, description = "The execution id.")),
+    responses(
+        (status = 200, description = "The execution.", body = ExecutionView),
+        (status = 400, description = "A malformed id.", body = ErrorBody),
+        (status = 401, description = "No or a wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "No such execution.", body = ErrorBody),
+        (status = 503, description = "The batch database failed.", body = ErrorBody),
+    ))]
 async fn execution(
     _auth: Authorized,
     State(service): State<Arc<Service>>,
@@ -210,6 +328,19 @@ async fn execution(
 const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 1000;
 
+#[utoipa::path(get, path = "/jobs/{name}/executions", tag = "runs",
+    summary = "A job's executions, newest first",
+    params(
+        ("name" = String, Path, description = "The job."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "How many (default 20)."),
+    ),
+    responses(
+        (status = 200, description = "Newest first.", body = JobExecutions),
+        (status = 400, description = "A malformed query.", body = ErrorBody),
+        (status = 401, description = "No or a wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "No such job.", body = ErrorBody),
+        (status = 503, description = "The batch database failed.", body = ErrorBody),
+    ))]
 async fn job_executions(
     _auth: Authorized,
     State(service): State<Arc<Service>>,
@@ -253,6 +384,12 @@ async fn job_executions(
     Ok(axum::Json(serde_json::json!({ "job_name": name, "executions": out })).into_response())
 }
 
+#[utoipa::path(get, path = "/health", tag = "service", security(()),
+    summary = "Whether the database and each module's services (e.g. Redis) answer",
+    responses(
+        (status = 200, description = "Everything answers.", body = Health),
+        (status = 503, description = "Something does not (why: only with the token).", body = Health),
+    ))]
 async fn health(State(service): State<Arc<Service>>, headers: HeaderMap) -> Response {
     let (db, modules) = tokio::join!(service.check_database(), service.check_modules());
     let ok = db.is_ok() && modules.iter().all(|(_, r)| r.is_ok());
@@ -286,6 +423,12 @@ async fn health(State(service): State<Arc<Service>>, headers: HeaderMap) -> Resp
     (status, axum::Json(serde_json::Value::Object(body))).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    summary = "Prometheus metrics (text format 0.0.4)",
+    responses(
+        (status = 200, description = "The metrics.", content_type = "text/plain", body = String),
+        (status = 401, description = "No or a wrong bearer token.", body = ErrorBody),
+    ))]
 async fn metrics(_auth: Authorized, State(service): State<Arc<Service>>) -> Response {
     let text = service.render_metrics().await;
     let mut headers = HeaderMap::new();
@@ -294,4 +437,65 @@ async fn metrics(_auth: Authorized, State(service): State<Arc<Service>>) -> Resp
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     (StatusCode::OK, headers, text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route of [`router`] is in the document, with its methods; every operation that
+    /// needs the token documents 401, and every one documents its error answers as JSON.
+    #[test]
+    fn the_document_covers_every_route() {
+        let doc = openapi_for(&["aJob", "bJob"]);
+        let json = serde_json::to_value(&doc).unwrap();
+        let routes = [
+            ("/jobs/{name}/executions", &["get", "post"][..]),
+            ("/executions/{id}", &["get"]),
+            ("/executions/{id}/stop", &["post"]),
+            ("/executions/{id}/restart", &["post"]),
+            ("/executions/{id}/abandon", &["post"]),
+            ("/executions/{id}/failures", &["get"]),
+            ("/health", &["get"]),
+            ("/metrics", &["get"]),
+            ("/openapi.json", &["get"]),
+        ];
+        let paths = json["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), routes.len(), "{:?}", paths.keys());
+        for (path, methods) in routes {
+            for m in methods {
+                let op = &json["paths"][path][m];
+                assert!(op.is_object(), "{m} {path} is not documented");
+                let responses = op["responses"].as_object().unwrap();
+                let public = matches!(path, "/health" | "/openapi.json");
+                assert_eq!(responses.contains_key("401"), !public, "{m} {path}");
+                for (code, r) in responses {
+                    if code.starts_with('4') {
+                        let schema = &r["content"]["application/json"]["schema"]["$ref"];
+                        assert!(
+                            schema == "#/components/schemas/ErrorBody"
+                                || schema == "#/components/schemas/AlreadyRunning",
+                            "{m} {path} {code}: {schema}"
+                        );
+                    }
+                }
+                if *m == "post" {
+                    for code in ["400", "413", "415"] {
+                        assert!(responses.contains_key(code), "{m} {path} {code}");
+                    }
+                    assert_eq!(op["requestBody"]["required"], false, "{m} {path}");
+                }
+            }
+        }
+        let names = &json["paths"]["/jobs/{name}/executions"]["post"]["parameters"][0]["schema"];
+        assert_eq!(names["enum"], serde_json::json!(["aJob", "bJob"]));
+        assert_eq!(
+            json["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert_eq!(
+            json["components"]["schemas"]["KickRequest"]["additionalProperties"],
+            false
+        );
+    }
 }

@@ -13,6 +13,7 @@
 pub mod api;
 mod http;
 mod operator_api;
+mod schema;
 mod service;
 
 use std::net::SocketAddr;

@@ -24,6 +24,7 @@ use super::http::{
     ApiError, Authorized, body_rejection, db_error, parse_object, path_rejection, query_rejection,
     require_json,
 };
+use super::schema::{ErrorBody, ExecutionView, FailuresPage, Started, StopAccepted};
 use super::service::{KickOutcome, Service};
 use crate::operator::{self, OperatorError};
 use crate::views::{execution_view, failures_page_view};
@@ -92,20 +93,34 @@ fn optional_body<T: Default + for<'de> Deserialize<'de>>(
 }
 
 /// No fields: the body of `stop` and `restart`, if any, is `{}`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Empty {}
+pub(super) struct Empty {}
 
 /// The body of `abandon`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AbandonRequest {
+pub(super) struct AbandonRequest {
     /// Even if its heartbeat is recent (only when its process is known to be gone).
     #[serde(default)]
     force: bool,
 }
 
 /// `POST /executions/{id}/stop`.
+#[utoipa::path(post, path = "/executions/{id}/stop", tag = "operator",
+    summary = "Ask a running execution to stop after its current chunk, wherever it runs",
+    params(("id" = i64, Path, description = "The execution id.")),
+    request_body(content = Empty, content_type = "application/json"),
+    responses(
+        (status = 202, description = "STOPPING: its process stops it within a heartbeat.", body = StopAccepted),
+        (status = 409, description = "It is not running.", body = ErrorBody),
+        (status = 400, description = "A malformed id or body (not a JSON object of this shape).", body = ErrorBody),
+        (status = 401, description = "No or a wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "No such execution.", body = ErrorBody),
+        (status = 413, description = "A body over 64 KiB.", body = ErrorBody),
+        (status = 415, description = "A body that is not `application/json`.", body = ErrorBody),
+        (status = 503, description = "The batch database failed.", body = ErrorBody),
+    ))]
 pub(super) async fn stop(
     _auth: Authorized,
     State(service): State<Arc<Service>>,
@@ -130,6 +145,20 @@ pub(super) async fn stop(
 }
 
 /// `POST /executions/{id}/restart`.
+#[utoipa::path(post, path = "/executions/{id}/restart", tag = "operator",
+    summary = "Run a FAILED or STOPPED execution's instance again from its checkpoints, in serve",
+    params(("id" = i64, Path, description = "The execution id.")),
+    request_body(content = Empty, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The new execution, running.", body = Started),
+        (status = 409, description = "Its instance is running.", body = ErrorBody),
+        (status = 400, description = "A malformed id or body (not a JSON object of this shape).", body = ErrorBody),
+        (status = 401, description = "No or a wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "No such execution.", body = ErrorBody),
+        (status = 413, description = "A body over 64 KiB.", body = ErrorBody),
+        (status = 415, description = "A body that is not `application/json`.", body = ErrorBody),
+        (status = 503, description = "The batch database failed.", body = ErrorBody),
+    ))]
 pub(super) async fn restart(
     _auth: Authorized,
     State(service): State<Arc<Service>>,
@@ -180,6 +209,20 @@ pub(super) async fn restart(
 }
 
 /// `POST /executions/{id}/abandon`.
+#[utoipa::path(post, path = "/executions/{id}/abandon", tag = "operator",
+    summary = "Mark a dead execution FAILED (abandoned) so its instance can be restarted",
+    params(("id" = i64, Path, description = "The execution id.")),
+    request_body(content = AbandonRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The execution, FAILED.", body = ExecutionView),
+        (status = 409, description = "Its heartbeat is fresh (`still_running`) or it is not running.", body = ErrorBody),
+        (status = 400, description = "A malformed id or body (not a JSON object of this shape).", body = ErrorBody),
+        (status = 401, description = "No or a wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "No such execution.", body = ErrorBody),
+        (status = 413, description = "A body over 64 KiB.", body = ErrorBody),
+        (status = 415, description = "A body that is not `application/json`.", body = ErrorBody),
+        (status = 503, description = "The batch database failed.", body = ErrorBody),
+    ))]
 pub(super) async fn abandon(
     _auth: Authorized,
     State(service): State<Arc<Service>>,
@@ -211,6 +254,20 @@ pub(super) async fn abandon(
 const DEFAULT_FAILURES_PAGE: i64 = 100;
 
 /// `GET /executions/{id}/failures?limit=&after=`.
+#[utoipa::path(get, path = "/executions/{id}/failures", tag = "operator",
+    summary = "An execution's item failures, a page at a time",
+    params(
+        ("id" = i64, Path, description = "The execution id."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)."),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Only failures with a larger id: the previous page's `next_after`."),
+    ),
+    responses(
+        (status = 200, description = "One page.", body = FailuresPage),
+        (status = 400, description = "A malformed id or query.", body = ErrorBody),
+        (status = 401, description = "No or a wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "No such execution.", body = ErrorBody),
+        (status = 503, description = "The batch database failed.", body = ErrorBody),
+    ))]
 pub(super) async fn failures(
     _auth: Authorized,
     State(service): State<Arc<Service>>,

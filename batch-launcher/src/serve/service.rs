@@ -110,6 +110,11 @@ impl Service {
         &self.shutdown
     }
 
+    /// The names of the jobs this service runs, in registration order.
+    pub fn job_names_list(&self) -> Vec<&'static str> {
+        self.jobs.iter().map(|j| j.descriptor.name).collect()
+    }
+
     pub(super) fn job_names(&self) -> String {
         self.jobs
             .iter()
