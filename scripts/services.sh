@@ -33,6 +33,9 @@ fi
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # batch-common's promtool test lints /metrics with `promtool check metrics` (Debian's prometheus).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# The dashboard's browser test (batch-launcher/tests/dashboard/browser.rs) drives headless Chromium.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

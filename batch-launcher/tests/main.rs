@@ -2,6 +2,7 @@
 
 mod asset_job;
 mod cli;
+mod dashboard;
 mod modules;
 mod notify_cli;
 mod operator;

@@ -23,6 +23,7 @@ mod rows;
 // `table!` generates a struct per column; the tables themselves carry doc comments.
 #[allow(missing_docs)]
 pub mod schema;
+mod search;
 mod status;
 mod step_execution;
 
@@ -43,6 +44,7 @@ use schema::{
     batch_item_failure as f, batch_job_execution as e, batch_job_instance as i,
     batch_step_execution as s,
 };
+pub use search::{ExecutionFilter, ExecutionPage};
 pub use status::{BatchStatus, NotRun, RunStatus, exit_codes};
 pub use step_execution::StepProgress;
 

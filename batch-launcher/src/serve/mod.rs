@@ -11,6 +11,7 @@
 //! next launch restarts them from their checkpoint. A second signal exits at once.
 
 pub mod api;
+mod dashboard;
 mod http;
 mod operator_api;
 mod schema;

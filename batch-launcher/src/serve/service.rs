@@ -40,7 +40,7 @@ pub struct Service {
     db: Database,
     pub(super) clock: Arc<dyn Clock>,
     launcher: JobLauncher,
-    jobs: Vec<JobRegistration>,
+    pub(super) jobs: Vec<JobRegistration>,
     health_checks: Vec<Arc<dyn HealthCheck>>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) shutdown: CancellationToken,
