@@ -102,7 +102,7 @@ fn launcher(db: &TestDb, retries: u32, notify: Option<&NotifySettings>) -> JobLa
         Utc.with_ymd_and_hms(2026, 11, 21, 1, 0, 0).unwrap(),
     ));
     let launcher = JobLauncher::new(JobRepository::new(db.db.clone()), clock, settings);
-    match notify.map(|n| listener_from_settings(n).unwrap()) {
+    match notify.map(|n| listener_from_settings(n, None).unwrap()) {
         Some(Some(listener)) => launcher.with_listener(listener),
         Some(None) => panic!("a webhook URL was configured but no listener was built"),
         None => launcher,
@@ -407,6 +407,7 @@ async fn slack_notifier_posts_json_and_its_errors_never_name_the_webhook() {
         title: "countingJob completed in 1s (execution 1)".into(),
         text: None,
         fields: Vec::new(),
+        link: None,
     };
     let send = |url: String| {
         let n = n.clone();

@@ -154,7 +154,10 @@ pub fn build_launcher(
     let launcher = JobLauncher::new(repo, clock, props.batch.clone())
         .with_listener(Arc::new(Progress::new(progress)));
     // Slack (`[notify]`). A notifier never fails a run, and neither does one that cannot be built.
-    match batch_common::notify::listener_from_settings(&props.notify) {
+    match batch_common::notify::listener_from_settings(
+        &props.notify,
+        props.server.public_url.as_ref(),
+    ) {
         Ok(Some(notify)) => launcher.with_listener(notify),
         Ok(None) => launcher,
         Err(e) => {

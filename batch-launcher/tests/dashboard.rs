@@ -32,6 +32,11 @@ fn build_counting(_env: &JobEnv) -> BuildFuture<'_> {
 }
 
 async fn start(db: &TestDb, clock: Arc<dyn Clock>) -> Server {
+    start_with(db, clock, &[]).await
+}
+
+/// [`start`] with more settings.
+async fn start_with(db: &TestDb, clock: Arc<dyn Clock>, extra: &[(&str, &str)]) -> Server {
     let mut env: Vec<(String, String)> = [
         ("BATCH__DATABASE__URL", db.url().expose_secret()),
         ("BATCH__SERVER__TOKEN", TOKEN),
@@ -52,6 +57,11 @@ async fn start(db: &TestDb, clock: Arc<dyn Clock>) -> Server {
                     "off".to_owned(),
                 )
             }),
+    );
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
     let props = BatchProperties::load_from(None, env, MODULES).expect("test settings");
     let checks = batch_point::MODULE.health_checks(&props);
@@ -284,6 +294,8 @@ async fn dashboard_sign_in_sessions_csrf_and_origin() {
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age=28800"] {
         assert!(set.split("; ").any(|f| f == flag), "{flag} in {set}");
     }
+    // Served over plain http here: not `Secure` (the browser would never send it back).
+    assert!(!set.split("; ").any(|f| f == "Secure"), "{set}");
     let id = ui.cookie.clone().unwrap();
     assert!(
         id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
@@ -473,3 +485,18 @@ db_test!(modules = MODULES; async fn dashboard_pages_forms_and_escaping(db) {
     server.shutdown().await?;
     Ok(())
 });
+
+/// Behind TLS (`[server] public_url` is https) the session cookie is `Secure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_cookie_is_secure_behind_https() {
+    let db = TestDb::for_modules(TestBackend::Sqlite, MODULES).await;
+    let server = start_with(
+        &db,
+        Arc::new(SystemClock),
+        &[("BATCH__SERVER__PUBLIC_URL", "https://batch.example.com/")],
+    )
+    .await;
+    let mut ui = Ui::new(&server);
+    let set = ui.sign_in().await;
+    assert!(set.split("; ").any(|f| f == "Secure"), "{set}");
+}

@@ -35,6 +35,7 @@ use check::clean_message;
 pub use check::{ConfigError, SectionCheck};
 pub use runtime::{
     DatabaseSettings, NotifySettings, RedisSettings, RuntimeSettings, ServerSettings,
+    execution_link,
 };
 
 pub use secret_files::MAX_SECRET_FILE;
@@ -346,6 +347,7 @@ fn load_sections(
     props.redis.validate(&origins.section("redis"))?;
     props.batch.validate(&origins.section("batch"))?;
     props.notify.validate(&origins.section("notify"))?;
+    props.server.validate(&origins.section("server"))?;
     for spec in specs {
         let loaded = (spec.load)(take(spec.name), &origins.section(spec.name))?;
         props.sections.0.insert(spec.name, loaded);

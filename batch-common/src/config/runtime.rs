@@ -184,6 +184,59 @@ pub struct ServerSettings {
     /// At start-up, a scheduled tick that fell while `serve` was down: `run_once` or `skip`.
     #[serde(default)]
     pub missed_ticks: crate::schedule::MissedTicks,
+    /// Where operators reach `serve` (its dashboard), e.g. `https://batch.example.com/`: when
+    /// set, notifications link to the execution's page (`<public_url>ui/executions/<id>`).
+    #[serde(default)]
+    pub public_url: Option<url::Url>,
+}
+
+impl ServerSettings {
+    pub(crate) fn validate(&self, c: &SectionCheck<'_>) -> Result<(), ConfigError> {
+        if let Some(u) = &self.public_url {
+            let shown = format!(
+                "{}://{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.path()
+            );
+            if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                return Err(c.invalid(
+                    "public_url",
+                    format!("`{shown}` is not an http(s) URL with a host"),
+                ));
+            }
+            if !u.username().is_empty() || u.password().is_some() {
+                return Err(c.invalid(
+                    "public_url",
+                    "must not carry a user or password (it is shown in notifications)",
+                ));
+            }
+            if u.query().is_some() || u.fragment().is_some() {
+                return Err(c.invalid(
+                    "public_url",
+                    format!("`{shown}…` must not have a query or a fragment"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The dashboard page of execution `id`, when `public_url` is set.
+    pub fn execution_link(&self, id: i64) -> Option<String> {
+        execution_link(self.public_url.as_ref()?, id)
+    }
+}
+
+/// `<base>ui/executions/<id>`, `base` taken as a folder (a missing final `/` added).
+pub fn execution_link(base: &url::Url, id: i64) -> Option<String> {
+    let mut base = base.clone();
+    if !base.path().ends_with('/') {
+        let path = format!("{}/", base.path());
+        base.set_path(&path);
+    }
+    base.join(&format!("ui/executions/{id}"))
+        .ok()
+        .map(String::from)
 }
 
 const MS: Duration = Duration::from_millis(1);

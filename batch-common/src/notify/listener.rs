@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use super::model::{Notification, NotificationKind};
 use super::slack::SlackNotifier;
 use super::{Notifier, NotifyError};
-use crate::config::NotifySettings;
+use crate::config::{NotifySettings, execution_link};
 use crate::listener::{JobListener, JobRunInfo};
 use crate::result::BatchResult;
 
@@ -22,6 +22,8 @@ pub struct NotifyListener {
     on_success: bool,
     /// Last step-retry attempt per (execution, step), to count attempts when retries run out.
     retries: Mutex<HashMap<(i64, String), u32>>,
+    /// `[server] public_url`: each notification links to its execution's page under it.
+    links: Option<url::Url>,
 }
 
 impl fmt::Debug for NotifyListener {
@@ -41,7 +43,15 @@ impl NotifyListener {
             on_start: true,
             on_success: true,
             retries: Mutex::new(HashMap::new()),
+            links: None,
         }
+    }
+
+    /// Links every notification to its execution's page under `public_url` (the dashboard's
+    /// `ui/executions/<id>`); `None`: no links.
+    pub fn link_executions_under(mut self, public_url: Option<url::Url>) -> Self {
+        self.links = public_url;
+        self
     }
 
     /// Whether to send [`NotificationKind::Started`] (`[notify] on_start`).
@@ -62,7 +72,10 @@ impl NotifyListener {
 
     /// Sends, and logs a failure instead of returning it. The launcher calls listeners inside the
     /// run's span, which carries `job.name` and `execution.id` as fields.
-    async fn deliver(&self, n: Notification) {
+    async fn deliver(&self, mut n: Notification) {
+        if let Some(base) = &self.links {
+            n.link = execution_link(base, n.execution_id);
+        }
         match self.notifier.send(&n).await {
             Ok(()) => tracing::debug!(
                 notification = %n.kind,
@@ -123,11 +136,13 @@ impl JobListener for NotifyListener {
     }
 }
 
-/// The notification listener `[notify]` asks for: `Ok(None)` when no `slack_webhook_url` is set.
+/// The notification listener `[notify]` asks for, linking to executions under `public_url`
+/// (`[server] public_url`) if given: `Ok(None)` when no `slack_webhook_url` is set.
 /// An error means the HTTP client could not be built; the caller decides whether to run without
 /// notifications.
 pub fn listener_from_settings(
     settings: &NotifySettings,
+    public_url: Option<&url::Url>,
 ) -> Result<Option<Arc<dyn JobListener>>, NotifyError> {
     let Some(url) = &settings.slack_webhook_url else {
         return Ok(None);
@@ -135,6 +150,7 @@ pub fn listener_from_settings(
     let slack = SlackNotifier::new(url.clone(), settings.timeout)?;
     let listener = NotifyListener::new(Arc::new(slack))
         .send_on_start(settings.on_start)
-        .send_on_success(settings.on_success);
+        .send_on_success(settings.on_success)
+        .link_executions_under(public_url.cloned());
     Ok(Some(Arc::new(listener)))
 }

@@ -81,6 +81,8 @@ pub struct Notification {
     pub text: Option<String>,
     /// Labelled values: duration, one per step with its counts, parameters, ...
     pub fields: Vec<NotificationField>,
+    /// The execution's page (the dashboard's), when `[server] public_url` is set.
+    pub link: Option<String>,
 }
 
 /// The field labels the builders use.
@@ -122,6 +124,7 @@ impl Notification {
             title: format!("{} started (execution {})", job.job_name, job.execution_id),
             text: None,
             fields: Vec::new(),
+            link: None,
         };
         n.push(labels::PARAMETERS, render_parameters(&job.parameters));
         n
@@ -173,6 +176,7 @@ impl Notification {
             title,
             text,
             fields: Vec::new(),
+            link: None,
         };
         n.push(labels::DURATION, duration);
         if result.item_failures > 0 {
@@ -205,6 +209,7 @@ impl Notification {
             ),
             text: Some(error.to_owned()),
             fields: Vec::new(),
+            link: None,
         };
         n.push(labels::STEP, step);
         n.push(labels::ATTEMPTS, attempts.to_string());

@@ -162,15 +162,26 @@ pub(super) fn slack_payload(n: &Notification) -> Value {
     for chunk in fields.chunks(FIELDS_PER_SECTION) {
         blocks.push(json!({"type": "section", "fields": chunk}));
     }
+    // The execution's page, if there is one: a link in the context line (`<url|text>`; the URL
+    // comes from the configuration, checked to be http(s); `|`, `<` and `>` are percent-encoded
+    // so the link cannot break out).
+    let link = n.link.as_deref().map(|url| {
+        let safe = url
+            .replace('|', "%7C")
+            .replace('<', "%3C")
+            .replace('>', "%3E");
+        format!(" · <{safe}|open execution {}>", n.execution_id)
+    });
     blocks.push(json!({
         "type": "context",
         "elements": [{
             "type": "mrkdwn",
             "text": format!(
-                "job `{}` · execution {} · {}",
+                "job `{}` · execution {} · {}{}",
                 escape(&n.job_name),
                 n.execution_id,
-                n.kind
+                n.kind,
+                link.unwrap_or_default()
             ),
         }],
     }));

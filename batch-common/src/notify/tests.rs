@@ -390,6 +390,7 @@ fn slack_payload_is_readable_and_escaped() {
                 value: format!("value {i}"),
             })
             .collect(),
+        link: None,
     };
     let p = slack_payload(&n);
     assert_eq!(
@@ -417,6 +418,16 @@ fn slack_payload_is_readable_and_escaped() {
     );
     assert_eq!(blocks.len(), 5);
 
+    // With `[server] public_url`, the context line links to the execution's page.
+    let linked = Notification {
+        link: crate::config::execution_link(&"https://batch.example.com/ops".parse().unwrap(), 12),
+        ..n.clone()
+    };
+    assert_eq!(
+        slack_payload(&linked)["blocks"][4]["elements"][0]["text"],
+        "job `exampleRefreshJob` · execution 12 · FAILED · <https://batch.example.com/ops/ui/executions/12|open execution 12>"
+    );
+
     // A long error is cut to what Slack accepts.
     let long = Notification {
         text: Some("x".repeat(10_000)),
@@ -438,7 +449,7 @@ fn settings_build_the_listener_only_with_a_webhook() {
     let p = BatchProperties::load_from(None, Vec::new(), &[]).unwrap();
     assert_eq!(p.notify.timeout, Duration::from_secs(5));
     assert!(p.notify.on_start && p.notify.on_success);
-    assert!(listener_from_settings(&p.notify).unwrap().is_none());
+    assert!(listener_from_settings(&p.notify, None).unwrap().is_none());
 
     let p = BatchProperties::load_from(
         None,
@@ -455,7 +466,7 @@ fn settings_build_the_listener_only_with_a_webhook() {
     .unwrap();
     assert_eq!(p.notify.timeout, Duration::from_millis(1500));
     assert!(!p.notify.on_start && p.notify.on_success);
-    let listener = listener_from_settings(&p.notify).unwrap();
+    let listener = listener_from_settings(&p.notify, None).unwrap();
     assert!(listener.is_some());
     let shown = format!("{p:?} {}", p.to_redacted_toml());
     assert!(!shown.contains("very-secret"), "{shown}");
@@ -499,4 +510,62 @@ fn parameters_render_in_order_or_as_none() {
     let p: BTreeMap<String, String> =
         [("run".into(), "a".into()), ("items".into(), "5".into())].into();
     assert_eq!(render_parameters(&p), "items=5 run=a");
+}
+
+#[tokio::test]
+async fn notifications_link_to_the_execution_page_under_public_url() {
+    let (mock, sent) = recording(Ok(()));
+    let p = BatchProperties::load_from(
+        None,
+        vec![(
+            "BATCH__SERVER__PUBLIC_URL".to_string(),
+            "https://batch.example.com".to_string(),
+        )],
+        &[],
+    )
+    .unwrap();
+    NotifyListener::new(Arc::new(mock))
+        .link_executions_under(p.server.public_url.clone())
+        .before_job(&run(7))
+        .await;
+    assert_eq!(
+        only(&sent).link.as_deref(),
+        Some("https://batch.example.com/ui/executions/7")
+    );
+    assert_eq!(
+        p.server.execution_link(8).as_deref(),
+        Some("https://batch.example.com/ui/executions/8")
+    );
+    // Without it, no link.
+    let (mock, sent) = recording(Ok(()));
+    NotifyListener::new(Arc::new(mock))
+        .before_job(&run(7))
+        .await;
+    assert_eq!(only(&sent).link, None);
+}
+
+#[test]
+fn a_public_url_must_be_a_plain_http_url() {
+    for (value, why) in [
+        ("ftp://batch.example.com/", "is not an http(s) URL"),
+        (
+            "https://ops:s3cret@batch.example.com/",
+            "must not carry a user",
+        ),
+        ("https://batch.example.com/?a=1", "must not have a query"),
+        ("not a url", "server.public_url"),
+    ] {
+        let err = BatchProperties::load_from(
+            None,
+            vec![("BATCH__SERVER__PUBLIC_URL".to_string(), value.to_string())],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("server.public_url") && err.contains(why),
+            "{value}: {err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
 }

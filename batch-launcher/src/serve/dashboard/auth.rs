@@ -288,9 +288,17 @@ pub(super) async fn login(
         }
     };
     tracing::info!("dashboard: signed in");
+    // Behind TLS (`[server] public_url` is https), the cookie travels only over TLS.
+    let secure = service
+        .props
+        .server
+        .public_url
+        .as_ref()
+        .is_some_and(|u| u.scheme() == "https");
     let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}",
-        SESSION_TTL.as_secs()
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        if secure { "; Secure" } else { "" }
     );
     let mut response = Redirect::to("/ui").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
