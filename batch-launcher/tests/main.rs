@@ -14,13 +14,15 @@ mod secret_files;
 mod serve;
 mod tls;
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use batch_common::job::ParamKind;
 
-/// Runs the launcher in `dir` with only the given BATCH variables set.
-pub fn launcher(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+/// The launcher in `dir` with only the given BATCH variables set (none inherited).
+fn command<K: AsRef<OsStr>, V: AsRef<OsStr>>(dir: &Path, args: &[&str], env: &[(K, V)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_batch-launcher"));
     cmd.current_dir(dir).args(args);
     for (k, _) in std::env::vars() {
@@ -28,8 +30,40 @@ pub fn launcher(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
             cmd.env_remove(k);
         }
     }
-    cmd.envs(env.iter().copied());
-    cmd.output().expect("run batch-launcher")
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// Runs the launcher in `dir` with only the given BATCH variables set.
+pub fn launcher(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(dir, args, env)
+        .output()
+        .expect("run batch-launcher")
+}
+
+/// Starts the launcher in `dir` without waiting, its output piped.
+pub fn start<K: AsRef<OsStr>, V: AsRef<OsStr>>(dir: &Path, args: &[&str], env: &[(K, V)]) -> Child {
+    command(dir, args, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start batch-launcher")
+}
+
+/// Polls `check` every 20 ms until it gives a value; panics after `limit` naming `what`.
+pub async fn wait_for<T, Fut: Future<Output = Option<T>>>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// (stdout, stderr) as text.

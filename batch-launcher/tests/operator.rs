@@ -5,7 +5,7 @@
 //! the heartbeat is fresh), `failures` (paged), an unknown execution (exit 2 / 404); the same
 //! verbs over the API of a `serve` process; and a partitioned run whose workers all stop.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use batch_asset::fake_server::{FakeApiConfig, FakeState, spawn as fake_api};
@@ -16,25 +16,10 @@ use core_domain::Backend;
 use core_domain::models::{AssetHistory, User};
 use serde_json::Value;
 
-use crate::{launcher, text};
+use crate::{launcher, start, text, wait_for};
 
 const JOB: &str = "assetRefreshJob";
 const TOKEN: &str = "operator-token-0123456789";
-
-fn start(dir: &std::path::Path, args: &[&str], env: &[(String, String)]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_batch-launcher"));
-    cmd.current_dir(dir).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BATCH_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start batch-launcher")
-}
 
 fn cli(dir: &std::path::Path, args: &[&str], env: &[(String, String)]) -> Output {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -53,21 +38,6 @@ fn finish_within(mut child: Child, limit: Duration, what: &str) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().expect("output")
-}
-
-async fn wait_for<T, Fut: Future<Output = Option<T>>>(
-    limit: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Fut,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The newest execution of the asset job.

@@ -6,8 +6,8 @@
 //! assetRefreshJob: one snapshot per active user. SQLite: the same partitioned run in one
 //! process, and `--join` refused with exit 2.
 
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Output};
+use std::time::Duration;
 
 use batch_asset::fake_server::{FakeApiConfig, spawn as fake_api};
 use batch_common::repository::{BatchStatus, JobRepository, StepExecution};
@@ -16,23 +16,7 @@ use batch_testkit::{TestDb, TestRedis};
 use core_domain::Backend;
 use core_domain::models::{AssetHistory, DailyPointReport, PointBalance};
 
-use crate::{launcher, text};
-
-/// Starts the launcher in `dir` without waiting.
-fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_batch-launcher"));
-    cmd.current_dir(dir).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BATCH_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start batch-launcher")
-}
+use crate::{launcher, start, text, wait_for};
 
 fn finish(child: Child) -> Output {
     child.wait_with_output().expect("wait")
@@ -55,22 +39,6 @@ async fn latest(
         steps.push((step, partitions));
     }
     Some((exec.id, steps))
-}
-
-/// Waits (polling) for `check`, panicking after `limit`.
-async fn wait_for<T, Fut: Future<Output = Option<T>>>(
-    limit: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Fut,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Runs `args` in four processes (one first, three joining once its partitions exist) and
