@@ -63,7 +63,8 @@ pub enum PartitionEvent {
     Failed,
     /// Released after its current chunk (the worker was stopped); another worker resumes it.
     Released,
-    /// Lost: its lease expired and another worker claimed it, or its step ended.
+    /// Lost: its lease expired and another worker claimed it, its step ended, or its end could
+    /// not be recorded (its lease then expires and another worker resumes it).
     Lost,
 }
 

@@ -19,7 +19,7 @@ use batch_launcher::serve::{Server, Service};
 use batch_testkit::jobs::{COUNTING, CountingJob};
 use batch_testkit::{TestBackend, TestDb, db_test};
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
+use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER, SET_COOKIE};
 
 const TOKEN: &str = "dashboard-token-0123456789";
 
@@ -392,6 +392,38 @@ async fn dashboard_sign_in_sessions_csrf_and_origin() {
         .submit("/ui/jobs/countingJob/run", &[("p.run", "late")])
         .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
+
+    // Guessing: after 10 wrong tokens within a minute sign-in answers 429 (the right token
+    // too) until the minute has passed.
+    let origin = ui.base.clone();
+    let mut wrong = 0;
+    let throttled = loop {
+        let a = ui
+            .post("/ui/login", &[("token", "guess")], Some(&origin))
+            .await;
+        if a.status == StatusCode::TOO_MANY_REQUESTS {
+            break a;
+        }
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.body);
+        wrong += 1;
+        assert!(
+            wrong <= 10,
+            "still not throttled after {wrong} wrong tokens"
+        );
+    };
+    assert!(wrong >= 8, "throttled after only {wrong} wrong tokens");
+    let wait: u64 = throttled.headers[RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let a = ui
+        .post("/ui/login", &[("token", TOKEN)], Some(&origin))
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    clock.advance(chrono::Duration::seconds(61));
+    ui.sign_in().await;
     server.shutdown().await.unwrap();
 }
 

@@ -331,7 +331,11 @@ async fn run_partition(env: &WorkerEnv, step: &dyn PartitionWorker, row: StepExe
                 tracing::warn!("the partition was no longer held when it ended; another worker resumes it");
                 env.event(step, PartitionEvent::Lost).await;
             }
-            Err(e) => tracing::error!(error = %e, "could not record the end of the partition; its lease expires and another worker resumes it"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not record the end of the partition; its lease expires and another worker resumes it");
+                // This process no longer works it (the metrics' working gauge goes down).
+                env.event(step, PartitionEvent::Lost).await;
+            }
         }
     }
     .instrument(span)

@@ -330,7 +330,12 @@ async fn dashboard_in_headless_chromium() {
         .await
         .unwrap();
     b.click("form button[type=submit]").await;
-    assert!(b.text("p.error").await.contains("Wrong token"));
+    let refused = wait_until(Duration::from_secs(20), "the sign-in refusal", || async {
+        let e = b.text("p.error").await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert!(refused.contains("Wrong token"), "{refused}");
     b.shot("login-refused.png").await;
 
     // Sign in.

@@ -26,12 +26,22 @@ pub(super) const COOKIE: &str = "batch_session";
 /// How long a session lasts after sign-in.
 pub(super) const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 
+/// Wrong tokens accepted per [`FAILURE_WINDOW`] before sign-in answers 429 until the window
+/// has passed: guessing the token through the form is slowed to this rate (the bearer API is
+/// not affected).
+pub(super) const MAX_FAILURES: usize = 10;
+
+/// The window of [`MAX_FAILURES`].
+pub(super) const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
 /// The signed-in sessions of this process (lost on restart: everyone signs in again).
 #[derive(Debug)]
 pub(crate) struct Sessions {
     ttl: Duration,
     /// By the SHA-256 of the session id.
     live: Mutex<HashMap<[u8; 32], Session>>,
+    /// When the recent wrong tokens were sent (at most [`MAX_FAILURES`], oldest first).
+    failures: Mutex<std::collections::VecDeque<DateTime<Utc>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +56,30 @@ impl Sessions {
         Sessions {
             ttl,
             live: Mutex::new(HashMap::new()),
+            failures: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Seconds until sign-in is accepted again, if [`MAX_FAILURES`] wrong tokens came within
+    /// the last [`FAILURE_WINDOW`] before `now`.
+    fn throttled(&self, now: DateTime<Utc>) -> Option<u64> {
+        let window = chrono::Duration::from_std(FAILURE_WINDOW).unwrap_or_default();
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        while failures.front().is_some_and(|t| *t + window <= now) {
+            failures.pop_front();
+        }
+        (failures.len() >= MAX_FAILURES).then(|| {
+            let oldest = failures.front().copied().unwrap_or(now);
+            ((oldest + window - now).num_seconds()).max(1) as u64
+        })
+    }
+
+    /// Records a wrong token at `now`.
+    fn failed(&self, now: DateTime<Utc>) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        failures.push_back(now);
+        while failures.len() > MAX_FAILURES {
+            failures.pop_front();
         }
     }
 
@@ -265,11 +299,29 @@ pub(super) async fn login(
         Ok(f) => f,
         Err(refused) => return refused.into_response(),
     };
+    let now = service.clock.now();
+    if let Some(wait) = sessions.throttled(now) {
+        tracing::warn!(
+            retry_after_s = wait,
+            "dashboard: sign-in refused (too many wrong tokens)"
+        );
+        let mut page = login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&format!(
+                "Too many wrong tokens in the last minute. Try again in {wait} s."
+            )),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            page.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return page;
+    }
     let given = form.get("token").unwrap_or("").trim();
     let expected = service.props.server.token.as_ref();
     let ok =
         expected.is_some_and(|t| !given.is_empty() && digest(given) == digest(t.expose().trim()));
     if !ok {
+        sessions.failed(now);
         tracing::warn!("dashboard: sign-in refused (wrong token)");
         return login_page(
             StatusCode::UNAUTHORIZED,
