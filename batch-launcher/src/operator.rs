@@ -153,8 +153,13 @@ pub async fn restart_target(
         .instance(execution.job_instance_id)
         .await?
         .ok_or(OperatorError::NotFound(id))?;
+    // Never a restart with other parameters (another instance): unreadable ones are an error.
     let params: BTreeMap<String, String> =
-        serde_json::from_str(&execution.parameters).unwrap_or_default();
+        serde_json::from_str(&execution.parameters).map_err(|e| {
+            DbError::Other(format!(
+                "execution {id}'s stored parameters are not a JSON object of strings: {e}"
+            ))
+        })?;
     if let Some(live) = repo.live_execution(instance.id).await? {
         return Err(OperatorError::Running {
             job: instance.job_name,
