@@ -14,7 +14,7 @@ use batch_common::params::ParameterError;
 use batch_common::params::{JobParameters, ParamContext};
 use batch_common::repository::JobRepository;
 use batch_common::{Clock, ExitCode};
-use core_domain::DbError;
+use core_domain::{Database, DbError};
 
 use crate::modules::Registry;
 use crate::progress::{Progress, ProgressMode};
@@ -204,4 +204,18 @@ pub fn error_line(err: &anyhow::Error) -> String {
         line.push_str(text);
     }
     line.replace('\n', " ")
+}
+
+/// The job repository on `[database]`, migrated (or checked) with every registered set.
+pub async fn connect_repo(
+    registry: &Registry,
+    props: &BatchProperties,
+) -> anyhow::Result<JobRepository> {
+    let db = Database::connect(
+        &props.database.url,
+        &props.database.pool_options(),
+        &registry.migrations(),
+    )
+    .await?;
+    Ok(JobRepository::new(db))
 }

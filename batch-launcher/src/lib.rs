@@ -7,6 +7,7 @@ pub mod launch;
 pub mod logging;
 pub mod modules;
 pub mod operator;
+mod operator_cli;
 pub mod progress;
 pub mod run;
 pub mod serve;

@@ -90,6 +90,13 @@ impl OperatorError {
         }
     }
 
+    /// The metric outcome label of a verb's result: `accepted`, or the refusal's label.
+    pub fn label_of<T>(result: &Result<T, OperatorError>) -> &'static str {
+        result
+            .as_ref()
+            .map_or_else(OperatorError::outcome, |_| "accepted")
+    }
+
     /// The metric outcome label.
     pub fn outcome(&self) -> &'static str {
         match self {

@@ -16,15 +16,13 @@ use batch_common::{BatchResult, Clock, ClockExt, ExitCode, SystemClock};
 use core_domain::{Database, migrate};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{
-    Cli, Command, FailuresArgs, HistoryArgs, LogFormat, PurgeArgs, RecoverArgs, RestartArgs,
-    RunArgs, SeedDemoArgs,
-};
+use crate::cli::{Cli, Command, HistoryArgs, LogFormat, PurgeArgs, RunArgs, SeedDemoArgs};
 use crate::demo;
+use crate::launch::connect_repo;
 use crate::launch::{LaunchFailure, build_launcher, check, prepare};
 pub use crate::launch::{UsageError, error_line, exit_code_for};
 use crate::modules::Registry;
-use crate::operator::{self, OperatorError};
+use crate::operator_cli;
 use crate::progress::ProgressMode;
 use crate::views::execution_view;
 
@@ -55,13 +53,16 @@ pub async fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<ExitCode> 
         }
         Command::History(args) => history_cmd(registry, &props, args).await,
         Command::Recover(args) | Command::Abandon(args) => {
-            abandon_cmd(registry, &props, args).await
+            operator_cli::abandon_cmd(registry, &props, args).await
         }
-        Command::Stop(args) => stop_cmd(registry, &props, args.execution_id).await,
-        Command::Restart(args) => {
-            restart_cmd(registry, props, args, cli.log_format == LogFormat::Human).await
-        }
-        Command::Failures(args) => failures_cmd(registry, &props, args).await,
+        Command::Stop(args) => operator_cli::stop_cmd(registry, &props, args.execution_id).await,
+        Command::Restart(args) => match operator_cli::restart_run(registry, &props, args).await? {
+            Ok(run) => {
+                run_reporting(registry, Ok(props), run, cli.log_format == LogFormat::Human).await
+            }
+            Err(refused) => Ok(refused),
+        },
+        Command::Failures(args) => operator_cli::failures_cmd(registry, &props, args).await,
         Command::Purge(args) => purge_cmd(registry, &props, args).await,
         Command::FakeAssetApi(args) => fake_asset_api_cmd(args).await,
         Command::Jenkinsfile(args) => crate::jenkins::jenkinsfile_cmd(registry, &props, &args),
@@ -258,19 +259,6 @@ async fn run_cmd(
     Ok(result.exit_code)
 }
 
-async fn connect_repo(
-    registry: &Registry,
-    props: &BatchProperties,
-) -> anyhow::Result<JobRepository> {
-    let db = Database::connect(
-        &props.database.url,
-        &props.database.pool_options(),
-        &registry.migrations(),
-    )
-    .await?;
-    Ok(JobRepository::new(db))
-}
-
 fn fmt_time(t: Option<chrono::NaiveDateTime>) -> String {
     t.map_or_else(
         || "-".to_owned(),
@@ -369,168 +357,6 @@ fn partition_summary(step: &str, partitions: &[batch_common::repository::StepExe
         line.push_str(&format!("; running: {}", running.join(", ")));
     }
     line
-}
-
-/// An operator verb's refusal: the message on stderr, its exit code.
-fn refused(e: OperatorError) -> anyhow::Result<ExitCode> {
-    match e {
-        OperatorError::Database(db) => Err(db.into()),
-        e => {
-            eprintln!("error: {e}");
-            Ok(e.exit_code())
-        }
-    }
-}
-
-async fn abandon_cmd(
-    registry: &Registry,
-    props: &BatchProperties,
-    args: RecoverArgs,
-) -> anyhow::Result<ExitCode> {
-    let repo = connect_repo(registry, props).await?;
-    let now = SystemClock.now_naive_utc();
-    match operator::abandon(
-        &repo,
-        args.execution_id,
-        props.batch.stale_after,
-        args.force,
-        now,
-    )
-    .await
-    {
-        Ok(e) => {
-            println!(
-                "execution {} marked FAILED (abandoned); the next launch of its job instance restarts it (`restart {}`)",
-                e.id, e.id
-            );
-            Ok(ExitCode::Completed)
-        }
-        Err(e) => refused(e),
-    }
-}
-
-async fn stop_cmd(
-    registry: &Registry,
-    props: &BatchProperties,
-    id: i64,
-) -> anyhow::Result<ExitCode> {
-    let repo = connect_repo(registry, props).await?;
-    let now = SystemClock.now_naive_utc();
-    match operator::stop(&repo, id, now).await {
-        Ok(s) => {
-            let owner = s.execution.owner.as_deref().unwrap_or("?");
-            println!(
-                "execution {id}: stop {} (status STOPPING); {owner} stops it after its current chunk, within {} (its heartbeat)",
-                if s.already {
-                    "was already requested"
-                } else {
-                    "requested"
-                },
-                humantime::format_duration(props.batch.heartbeat_interval)
-            );
-            if s.heartbeat_age_secs > props.batch.stale_after.as_secs_f64() {
-                println!(
-                    "warning: its last heartbeat is {:.0}s old: if {owner} is gone nothing will read the request; `abandon {id}` marks it FAILED",
-                    s.heartbeat_age_secs
-                );
-            }
-            Ok(ExitCode::Completed)
-        }
-        Err(e) => refused(e),
-    }
-}
-
-async fn restart_cmd(
-    registry: &Registry,
-    props: BatchProperties,
-    args: RestartArgs,
-    human_logs: bool,
-) -> anyhow::Result<ExitCode> {
-    let repo = connect_repo(registry, &props).await?;
-    let (job, params) = match operator::restart_target(&repo, args.execution_id).await {
-        Ok(target) => target,
-        Err(e) => return refused(e),
-    };
-    drop(repo);
-    println!(
-        "restarting execution {}'s job instance: {job} {}",
-        args.execution_id,
-        params
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let run = RunArgs {
-        job_name: Some(job),
-        args: params
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect(),
-        rerun: false,
-        result_file: args.result_file,
-        validate_only: false,
-        join: false,
-        partitions: None,
-        workers: args.workers,
-    };
-    run_reporting(registry, Ok(props), run, human_logs).await
-}
-
-async fn failures_cmd(
-    registry: &Registry,
-    props: &BatchProperties,
-    args: FailuresArgs,
-) -> anyhow::Result<ExitCode> {
-    let repo = connect_repo(registry, props).await?;
-    if repo.execution(args.execution_id).await?.is_none() {
-        return refused(OperatorError::NotFound(args.execution_id));
-    }
-    let total = repo.count_failures(args.execution_id).await?;
-    let page = repo
-        .failures_page(args.execution_id, args.after, args.limit)
-        .await?;
-    if args.json {
-        let view = crate::views::failures_page_view(args.execution_id, total, &page, args.limit);
-        println!("{}", serde_json::to_string_pretty(&view)?);
-        return Ok(ExitCode::Completed);
-    }
-    if page.is_empty() {
-        println!(
-            "execution {}: no item failures{}",
-            args.execution_id,
-            if args.after > 0 {
-                format!(" after id {}", args.after)
-            } else {
-                String::new()
-            }
-        );
-        return Ok(ExitCode::Completed);
-    }
-    println!(
-        "{:>8}  {:<28} {:<16} {:>8}  {:<10} ERROR",
-        "ID", "STEP", "ITEM", "ATTEMPTS", "RESOLVED"
-    );
-    for f in &page {
-        println!(
-            "{:>8}  {:<28} {:<16} {:>8}  {:<10} {}",
-            f.id,
-            f.step_name,
-            f.item_key,
-            f.attempts,
-            if f.resolved_at.is_some() { "yes" } else { "no" },
-            f.error.replace('\n', " ")
-        );
-    }
-    if page.len() as i64 >= args.limit {
-        let last = page.last().map_or(0, |f| f.id);
-        println!(
-            "{} of {total} shown; next page: failures {} --after {last}",
-            page.len(),
-            args.execution_id
-        );
-    }
-    Ok(ExitCode::Completed)
 }
 
 async fn purge_cmd(

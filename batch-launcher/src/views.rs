@@ -37,6 +37,20 @@ pub async fn execution_view(
     }))
 }
 
+/// [`execution_view`] of `e`, its instance read from the repository.
+pub async fn execution_view_of(
+    repo: &JobRepository,
+    e: &batch_common::repository::JobExecution,
+) -> Result<serde_json::Value, DbError> {
+    let i = repo.instance(e.job_instance_id).await?.ok_or_else(|| {
+        DbError::Other(format!(
+            "execution {} has no instance {}",
+            e.id, e.job_instance_id
+        ))
+    })?;
+    execution_view(repo, e, &i).await
+}
+
 /// One step in the view: its counts under the API's short names.
 fn step_view(name: &str, status: BatchStatus, c: &StepCounts) -> serde_json::Value {
     serde_json::json!({

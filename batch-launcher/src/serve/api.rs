@@ -32,8 +32,8 @@ use serde::Deserialize;
 
 pub use super::http::{ApiError, Authorized, MAX_BODY_BYTES};
 use super::http::{
-    body_rejection, check_token, db_error, parse_object, path_rejection, query_rejection,
-    require_json,
+    body_rejection, check_token, db_error, execution_id, parse_object, path_rejection,
+    query_rejection, require_json,
 };
 use super::operator_api;
 use super::schema::{
@@ -42,7 +42,7 @@ use super::schema::{
 };
 use super::service::{KickOutcome, Service};
 use crate::launch::LaunchFailure;
-use crate::views::execution_view;
+use crate::views::{execution_view, execution_view_of};
 
 /// The API's OpenAPI 3.1 description, generated from the handlers' annotations and the body
 /// types ([`super::schema`]); served at `GET /openapi.json`.
@@ -299,29 +299,12 @@ async fn execution(
     State(service): State<Arc<Service>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(id) = id.map_err(|r| path_rejection(&r))?;
-    let id: i64 = id.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_id",
-            format!("execution id `{id}` is not a number"),
-        )
-    })?;
+    let id = execution_id(id)?;
     let repo = service.repository();
     let Some(e) = repo.execution(id).await.map_err(db_error)? else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_execution",
-            format!("execution {id} does not exist"),
-        ));
+        return Err(crate::operator::OperatorError::NotFound(id).into());
     };
-    let Some(i) = repo.instance(e.job_instance_id).await.map_err(db_error)? else {
-        return Err(db_error(format!(
-            "execution {id} has no instance {}",
-            e.job_instance_id
-        )));
-    };
-    let view = execution_view(repo, &e, &i).await.map_err(db_error)?;
+    let view = execution_view_of(repo, &e).await.map_err(db_error)?;
     Ok(axum::Json(view).into_response())
 }
 

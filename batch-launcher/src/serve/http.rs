@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -203,4 +203,16 @@ pub(super) fn parse_object<T: Default + for<'de> Deserialize<'de>>(
         bad(format!("{at}: {}", e.inner()))
     })?;
     Ok(value)
+}
+
+/// The `{id}` of an execution route.
+pub(super) fn execution_id(id: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
+    let Path(id) = id.map_err(|r| path_rejection(&r))?;
+    id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_id",
+            format!("execution id `{id}` is not a number"),
+        )
+    })
 }

@@ -21,13 +21,13 @@ use batch_common::{ClockExt, ExitCode};
 use serde::Deserialize;
 
 use super::http::{
-    ApiError, Authorized, body_rejection, db_error, parse_object, path_rejection, query_rejection,
+    ApiError, Authorized, body_rejection, db_error, execution_id, parse_object, query_rejection,
     require_json,
 };
 use super::schema::{ErrorBody, ExecutionView, FailuresPage, Started, StopAccepted};
 use super::service::{KickOutcome, Service};
 use crate::operator::{self, OperatorError};
-use crate::views::{execution_view, failures_page_view};
+use crate::views::{execution_view_of, failures_page_view};
 
 impl From<OperatorError> for ApiError {
     fn from(e: OperatorError) -> Self {
@@ -43,39 +43,18 @@ impl From<OperatorError> for ApiError {
     }
 }
 
-/// Counts an operator action on execution `id` in `batch_operator_actions_total` (labelled with
-/// its job, or `unknown` for an execution that does not exist) and passes its outcome on.
+/// Counts an operator action on execution `id` ([`Service::count_operator_action`]) and passes
+/// its outcome on as the API's answer.
 async fn counted<T>(
     service: &Service,
     id: i64,
     action: &str,
     outcome: Result<T, OperatorError>,
 ) -> Result<T, ApiError> {
-    let job = match service.repository().execution(id).await {
-        Ok(Some(e)) => match service.repository().instance(e.job_instance_id).await {
-            Ok(Some(i)) => i.job_name,
-            _ => "unknown".to_owned(),
-        },
-        _ => "unknown".to_owned(),
-    };
-    let label = match &outcome {
-        Ok(_) => "accepted",
-        Err(e) => e.outcome(),
-    };
-    service.metrics().operator_action(&job, action, label);
+    service
+        .count_operator_action(id, action, OperatorError::label_of(&outcome))
+        .await;
     outcome.map_err(ApiError::from)
-}
-
-/// The `{id}` of an execution route.
-fn execution_id(id: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
-    let Path(id) = id.map_err(|r| path_rejection(&r))?;
-    id.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_id",
-            format!("execution id `{id}` is not a number"),
-        )
-    })
 }
 
 /// A state-changing request's optional JSON-object body, as `T`.
@@ -243,10 +222,7 @@ pub(super) async fn abandon(
     )
     .await;
     let e = counted(&service, id, "abandon", outcome).await?;
-    let Some(i) = repo.instance(e.job_instance_id).await.map_err(db_error)? else {
-        return Err(db_error(format!("execution {id} has no instance")));
-    };
-    let view = execution_view(repo, &e, &i).await.map_err(db_error)?;
+    let view = execution_view_of(repo, &e).await.map_err(db_error)?;
     Ok(axum::Json(view).into_response())
 }
 

@@ -110,6 +110,21 @@ impl Service {
         &self.shutdown
     }
 
+    /// Counts an operator action (`stop`, `restart`, `abandon`) on execution `id` in
+    /// `batch_operator_actions_total`, under its job's name — `unknown` for an execution that
+    /// does not exist (a path is not a label value). The API and the dashboard both count here.
+    pub async fn count_operator_action(&self, id: i64, action: &str, outcome: &str) {
+        let repo = self.repository();
+        let job = match repo.execution(id).await {
+            Ok(Some(e)) => match repo.instance(e.job_instance_id).await {
+                Ok(Some(i)) => i.job_name,
+                _ => "unknown".to_owned(),
+            },
+            _ => "unknown".to_owned(),
+        };
+        self.metrics.operator_action(&job, action, outcome);
+    }
+
     /// The names of the jobs this service runs, in registration order.
     pub fn job_names_list(&self) -> Vec<&'static str> {
         self.jobs.iter().map(|j| j.descriptor.name).collect()

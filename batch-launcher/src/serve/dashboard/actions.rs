@@ -43,18 +43,6 @@ fn launch_status(e: &LaunchFailure) -> StatusCode {
     }
 }
 
-/// Counts an action on execution `id` under its job (`unknown` if there is none).
-async fn count(service: &Service, id: i64, action: &str, outcome: &str) {
-    let job = match service.repository().execution(id).await {
-        Ok(Some(e)) => match service.repository().instance(e.job_instance_id).await {
-            Ok(Some(i)) => i.job_name,
-            _ => "unknown".to_owned(),
-        },
-        _ => "unknown".to_owned(),
-    };
-    service.metrics().operator_action(&job, action, outcome);
-}
-
 /// The execution page again, with the refusal at its top and the API's status.
 async fn refused(service: &Service, session: &SignedIn, id: i64, e: &OperatorError) -> Response {
     if matches!(e, OperatorError::NotFound(_)) {
@@ -92,10 +80,9 @@ pub(super) async fn stop(
         Err(r) => return r.into_response(),
     };
     let outcome = operator::stop(service.repository(), id, service.clock.now_naive_utc()).await;
-    let label = outcome
-        .as_ref()
-        .map_or_else(OperatorError::outcome, |_| "accepted");
-    count(&service, id, "stop", label).await;
+    service
+        .count_operator_action(id, "stop", OperatorError::label_of(&outcome))
+        .await;
     match outcome {
         Ok(_) => to_execution(id, "stop"),
         Err(e) => refused(&service, &session, id, &e).await,
@@ -115,10 +102,9 @@ pub(super) async fn restart(
         Err(r) => return r.into_response(),
     };
     let outcome = operator::restart_target(service.repository(), id).await;
-    let label = outcome
-        .as_ref()
-        .map_or_else(OperatorError::outcome, |_| "accepted");
-    count(&service, id, "restart", label).await;
+    service
+        .count_operator_action(id, "restart", OperatorError::label_of(&outcome))
+        .await;
     let (job, params) = match outcome {
         Ok(t) => t,
         Err(e) => return refused(&service, &session, id, &e).await,
@@ -164,10 +150,9 @@ pub(super) async fn abandon(
         service.clock.now_naive_utc(),
     )
     .await;
-    let label = outcome
-        .as_ref()
-        .map_or_else(OperatorError::outcome, |_| "accepted");
-    count(&service, id, "abandon", label).await;
+    service
+        .count_operator_action(id, "abandon", OperatorError::label_of(&outcome))
+        .await;
     match outcome {
         Ok(_) => to_execution(id, "abandon"),
         Err(e) => refused(&service, &session, id, &e).await,
